@@ -1,0 +1,13 @@
+"""imgclf: turn a folder of images into an accurate image classifier, fast."""
+
+__version__ = "0.1.0"
+
+from .data import Augment, ImageData  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .models import create_model, list_models, register_model  # noqa: E402
+from .train import Learner, vision_learner  # noqa: E402
+
+__all__ = [
+    "Augment", "ImageData", "Learner", "UserError", "__version__", "create_model", "list_models",
+    "register_model", "vision_learner",
+]

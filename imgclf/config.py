@@ -1,0 +1,65 @@
+"""Typed settings for a training run. The defaults are the recipe; `config.json` records them resolved."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    valid: str | None = None  # name of an existing validation folder; None = look for valid/val, else split
+    valid_pct: float = 0.2
+    seed: int = 42
+    label_re: str | None = None  # regex on the file name whose first group is the label
+    csv: str | None = None  # CSV with file,label[,is_valid]
+    size: int = 224
+    bs: int = 64
+    workers: int = 0  # decoding threads; 0 = one per CPU core
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "efficientnet_lite0"
+    weights: str | None = None  # local file or URL; None = the arch's own pretrained weights
+    pretrained: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1  # unfrozen epochs
+    freeze_epochs: int = 4  # head-only epochs (on cached features: about a second each)
+    lr: float | str = 2e-3  # a number or "auto" (lr_find's valley suggestion)
+    opt: str = "adamw"
+    wd: float = 0.01
+    label_smoothing: float = 0.1
+    clip: float | None = 1.0
+    patience: int | None = None  # early stopping on valid_loss; None = off
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        def build(kind, values):
+            names = {f.name for f in fields(kind)}
+            return kind(**{k: v for k, v in (values or {}).items() if k in names})
+
+        return cls(
+            data=build(DataConfig, d.get("data")),
+            model=build(ModelConfig, d.get("model")),
+            train=build(TrainConfig, d.get("train")),
+            out=d.get("out"),
+        )

@@ -1,0 +1,125 @@
+"""`ImageData`: labelled images decoded and presized once, split into train and valid, ready to batch."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .augment import Augment
+from .decode import decode_all
+from .loaders import BatchLoader
+from .sources import Items, check_items, items_from_csv, items_from_files, items_from_folder
+
+CROP_PCT = 0.875  # validation crop: the ImageNet convention the pretrained backbones were scored with
+
+
+def presize_for(size: int) -> int:
+    """The presized square that a `size` training crop is taken from (256 for 224)."""
+    return int(round(size / CROP_PCT))
+
+
+class ImageData:
+    """Train and validation images as uint8 tensors in memory, with their class indices.
+
+    Build one with `from_folder`, `from_name_re`, `from_csv` or `from_files`; the learner asks it for
+    batch loaders with the model's normalisation, so the data never needs to know the model.
+    """
+
+    def __init__(
+        self,
+        items: Items,
+        size: int = 224,
+        bs: int = 64,
+        workers: int = 0,
+        augment: Augment | None = None,
+        source: str = "data",
+        progress: bool = True,
+    ):
+        if size < 8:
+            raise UserError(f"--size {size}: too small (at least 8 pixels)")
+        self.classes = check_items(items, source)
+        self.source, self.size, self.bs = source, size, bs
+        self.presize = presize_for(size)
+        self.augment = augment or Augment()
+        class_idx = {c: i for i, c in enumerate(self.classes)}
+        self.skipped: list[tuple[Path, str]] = []
+        splits = {}
+        for name, valid in (("train", False), ("valid", True)):
+            paths, labels = items.split(valid)
+            images, keep, bad = decode_all(paths, self.presize, workers, desc=f"decode {name}", progress=progress)
+            self.skipped += bad
+            targets = torch.tensor([class_idx[labels[i]] for i in keep], dtype=torch.long)
+            splits[name] = ([paths[i] for i in keep], images, targets)
+        self.train_paths, self.train_images, self.train_y = splits["train"]
+        self.valid_paths, self.valid_images, self.valid_y = splits["valid"]
+        if len(self.train_y) == 0 or len(self.valid_y) == 0:
+            raise UserError(f"{source}: no decodable images left in the {'train' if not len(self.train_y) else 'valid'} split")
+        missing = [c for i, c in enumerate(self.classes) if not (self.train_y == i).any()]
+        if missing:
+            raise UserError(f"{source}: class(es) {', '.join(missing)} have no training images")
+
+    # --- constructors: one per label source, all ending in the same Items ---
+    @classmethod
+    def from_folder(
+        cls, path: str | Path, valid: str | None = None, valid_pct: float = 0.2, seed: int = 42,
+        label_re: str | None = None, **kwargs,
+    ) -> ImageData:
+        """Classes from sub-folder names; `train/` + `valid|val/` if present, else a seeded `valid_pct` split."""
+        items = items_from_folder(path, valid=valid, valid_pct=valid_pct, seed=seed, label_re=label_re)
+        return cls(items, source=str(path), **kwargs)
+
+    @classmethod
+    def from_name_re(cls, path: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42,
+                     **kwargs) -> ImageData:
+        """Labels from a regex on file names, e.g. the pets' `^(.+)_\\d+\\.jpg$`."""
+        return cls.from_folder(path, valid_pct=valid_pct, seed=seed, label_re=pattern, **kwargs)
+
+    @classmethod
+    def from_csv(cls, csv_file: str | Path, folder: str | Path | None = None, valid_pct: float = 0.2,
+                 seed: int = 42, **kwargs) -> ImageData:
+        """Rows of `file,label[,is_valid]`, files relative to `folder` (default: beside the CSV)."""
+        items = items_from_csv(csv_file, folder=folder, valid_pct=valid_pct, seed=seed)
+        return cls(items, source=str(csv_file), **kwargs)
+
+    @classmethod
+    def from_files(cls, files: Sequence[str | Path], labels: Sequence[str], valid_pct: float = 0.2,
+                   seed: int = 42, **kwargs) -> ImageData:
+        return cls(items_from_files(files, labels, valid_pct=valid_pct, seed=seed), source="files", **kwargs)
+
+    # --- loaders ---
+    @property
+    def n_train(self) -> int:
+        return len(self.train_y)
+
+    @property
+    def n_valid(self) -> int:
+        return len(self.valid_y)
+
+    def loader(
+        self, split: str, mean: Sequence[float], std: Sequence[float], view: str | None = None,
+        device: torch.device | str = "cpu", seed: int = 0, bs: int | None = None, channels_last: bool = True,
+    ) -> BatchLoader:
+        """Batches of `split` ("train" or "valid"); train defaults to the augmented, shuffled view."""
+        train = split == "train"
+        images, targets = (self.train_images, self.train_y) if train else (self.valid_images, self.valid_y)
+        view = view or ("augment" if train else "center")
+        return BatchLoader(
+            images, targets, self.size, tuple(mean), tuple(std), bs=bs or self.bs, view=view,
+            augment=self.augment, shuffle=train and view == "augment", seed=seed, device=device,
+            channels_last=channels_last,
+        )
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class in each split."""
+        return {
+            name: {self.classes[k]: v for k, v in sorted(Counter(y.tolist()).items())}
+            for name, y in (("train", self.train_y), ("valid", self.valid_y))
+        }
+
+    def __repr__(self) -> str:
+        return (f"ImageData({self.source!r}: {len(self.classes)} classes, {self.n_train} train, "
+                f"{self.n_valid} valid, size {self.size}, presize {self.presize})")

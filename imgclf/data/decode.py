@@ -1,0 +1,125 @@
+"""Decode any image file into an RGB uint8 tensor at a presized resolution, once per item.
+
+Presizing (fastai's idea) resizes each image once to a square a little larger than the training size;
+the random augmentation later crops and warps that on the batch, resampling only once. Large JPEGs
+decode reduced with PIL's `draft` (DCT scaling): a 2592x1944 photo presized to 256 decodes about 8x
+faster than at full size.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+
+class BadImage(Exception):
+    """A file that is not a decodable image; the message says why."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Every PIL mode to 8-bit RGB: palette/alpha over white, 16/32-bit and float rescaled by range."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        if img.mode.startswith("I;16") or hi > 255:
+            lo, hi = (0.0, 65535.0) if lo >= 0 and hi <= 65535 else (lo, hi)
+        elif img.mode == "F" and hi <= 1.0:
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = 0.0, 255.0
+        a = np.clip((a - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
+    """An RGB image upright per its EXIF orientation; JPEGs decode reduced to >= `min_size` on each side."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise BadImage("empty file (0 bytes)")
+        with Image.open(path) as img:
+            if min_size and img.format == "JPEG":
+                img.draft("RGB", (min_size, min_size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image PIL can read") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage(f"cannot decode ({e})") from None
+
+
+def presize(img: Image.Image, size: int) -> torch.Tensor:
+    """Resize the short side to `size` and center-crop a square: a (3, size, size) uint8 tensor."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0 if scale < 0.5 else None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def load_presized(path: str | Path, size: int) -> torch.Tensor:
+    return presize(open_image(path, min_size=size), size)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def decode_all(
+    paths: Sequence[Path], size: int, workers: int = 0, desc: str = "decode", progress: bool = True
+) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
+    """Presize every file into one (N, 3, size, size) uint8 tensor, in parallel threads.
+
+    PIL releases the GIL while decoding and resizing, so threads scale across cores without the
+    start-up cost of worker processes. Returns the tensor of the good images, the indices (into
+    `paths`) they came from, and (path, reason) for each file skipped.
+    """
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    ok = [False] * len(paths)
+    bad: list[tuple[Path, str]] = []
+
+    def work(i: int) -> None:
+        try:
+            out[i] = load_presized(paths[i], size)
+            ok[i] = True
+        except BadImage as e:
+            bad.append((paths[i], str(e)))
+
+    n_threads = workers or default_workers()
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, disable=not progress,
+                  leave=False, unit="img"))
+    keep = [i for i, good in enumerate(ok) if good]
+    if bad:
+        warn_skipped(bad)
+    if len(keep) < len(paths):
+        out = out[keep]
+    return out, keep, sorted(bad)
+
+
+def warn_skipped(bad: Sequence[tuple[Path, str]]) -> None:
+    lines = "\n".join(f"  {p}: {why}" for p, why in sorted(bad))
+    warnings.warn(f"skipped {len(bad)} file(s) that could not be decoded:\n{lines}", stacklevel=3)

@@ -1,0 +1,95 @@
+"""Batches from in-memory uint8 images: index, move to the device, augment or center-crop, normalise.
+
+No worker processes: the decoded images already sit in one tensor, so a batch is a single indexing
+op, and augmentation runs as batch maths on the training device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .augment import Augment, augment_batch, center_batch
+
+
+class BatchLoader:
+    """Yields `(x, y)`: float images normalised for the model, and int64 targets, on `device`.
+
+    `view` is "augment" (random transform per image), "center" (the validation view) or "flip"
+    (the validation view mirrored, used for cached features and test-time augmentation).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        bs: int = 64,
+        view: str = "center",
+        augment: Augment | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = True,
+    ):
+        if view not in ("augment", "center", "flip"):
+            raise ValueError(f"view must be augment, center or flip, not {view!r}")
+        self.images, self.targets = images, targets
+        self.size, self.bs, self.view, self.shuffle = size, bs, view, shuffle
+        self.augment = augment or Augment()
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self.channels_last = channels_last
+        self.generator = torch.Generator().manual_seed(seed)
+        # a last batch of one breaks batch-norm in training: drop it there
+        self.drop_last = shuffle and len(images) % bs == 1
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.bs if self.drop_last else -(-n // self.bs)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def transform(self, xb: torch.Tensor) -> torch.Tensor:
+        if self.view == "augment":
+            x = augment_batch(xb, self.size, self.augment, self.generator, self.mean, self.std)
+        else:
+            x = center_batch(xb, self.size, self.mean, self.std)
+            if self.view == "flip":
+                x = x.flip(-1)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.images)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.bs : (b + 1) * self.bs]
+            xb = self._to_device(self.images[idx])
+            yield self.transform(xb), self._to_device(self.targets[idx])
+
+
+class TensorLoader:
+    """Batches of ready tensors (cached features and their targets), shuffled with a seeded generator."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 256, shuffle: bool = False, seed: int = 0):
+        self.x, self.y, self.bs, self.shuffle = x, y, bs, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        self.drop_last = shuffle and len(x) % bs == 1
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.bs if self.drop_last else -(-n // self.bs)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.x)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.bs : (b + 1) * self.bs].to(self.x.device)
+            yield self.x[idx], self.y[idx]

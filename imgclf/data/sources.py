@@ -1,0 +1,209 @@
+"""Where items and labels come from: image files in folders, a regex on file names, or a CSV.
+
+Every source returns the same thing, an `Items` record (paths, labels, is_valid), so splitting,
+decoding and loading have one path whatever the labels came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
+VALID_NAMES = ("valid", "val", "validation")
+TRAIN_NAMES = ("train", "training")
+
+
+@dataclass
+class Items:
+    """Labelled image files and which of them are held out for validation."""
+
+    paths: list[Path]
+    labels: list[str]
+    is_valid: list[bool]
+
+    def split(self, valid: bool) -> tuple[list[Path], list[str]]:
+        keep = [i for i, v in enumerate(self.is_valid) if v == valid]
+        return [self.paths[i] for i in keep], [self.labels[i] for i in keep]
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
+
+
+def find_images(path: str | Path) -> list[Path]:
+    """Image files under `path`, recursively, sorted; hidden files and folders are ignored."""
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"{root}: no such file or directory")
+    if root.is_file():
+        if not is_image_file(root):
+            raise UserError(f"{root}: not an image file (extensions: {', '.join(sorted(IMAGE_EXTS))})")
+        return [root]
+    found = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") for part in rel):
+            continue
+        if p.is_file() and is_image_file(p):
+            found.append(p)
+    return sorted(found)
+
+
+def _require_images(paths: Sequence[Path], where: Path) -> None:
+    if not paths:
+        raise UserError(f"{where}: no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
+
+
+def random_split(n: int, valid_pct: float, seed: int) -> list[bool]:
+    """A seeded split: the same seed and item count always hold out the same items."""
+    if not 0 < valid_pct < 1:
+        raise UserError(f"--valid-pct must be between 0 and 1, got {valid_pct}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_valid = max(1, round(n * valid_pct))
+    held = set(order[:n_valid])
+    return [i in held for i in range(n)]
+
+
+def _find_split_dirs(root: Path, valid: str | None) -> tuple[Path, Path] | None:
+    """The (train, valid) folders when the data set ships its own split, else None."""
+    names = (valid,) if valid else VALID_NAMES
+    valid_dir = next((root / n for n in names if (root / n).is_dir()), None)
+    if valid_dir is None:
+        if valid:
+            raise UserError(f"{root / valid}: validation folder not found")
+        return None
+    train_dir = next((root / n for n in TRAIN_NAMES if (root / n).is_dir()), None)
+    if train_dir is None:
+        raise UserError(f"{root}: found {valid_dir.name}/ but no train/ folder beside it")
+    return train_dir, valid_dir
+
+
+def label_from_re(pattern: str):
+    """A labeller taking the regex's first group (or whole match) on the file name."""
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise UserError(f"--label-re {pattern!r}: invalid regex ({e})") from None
+
+    def label(path: Path) -> str:
+        m = rx.search(path.name)
+        if m is None:
+            raise UserError(f"{path}: file name does not match --label-re {pattern!r}")
+        return m.group(1) if rx.groups else m.group(0)
+
+    return label
+
+
+def _check_folder_classes(split_root: Path, labels: Sequence[str]) -> None:
+    """An empty class folder is almost always a mistake (a failed copy): say which."""
+    present = set(labels)
+    for d in sorted(p for p in split_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if d.name not in present:
+            raise UserError(f"{d}: class folder has no images")
+
+
+def items_from_folder(
+    path: str | Path,
+    valid: str | None = None,
+    valid_pct: float = 0.2,
+    seed: int = 42,
+    label_re: str | None = None,
+) -> Items:
+    """Labels from parent folder names (or `label_re` on file names); split from train/ + valid/ or at random."""
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory")
+    labeller = label_from_re(label_re) if label_re else (lambda p: p.parent.name)
+    dirs = _find_split_dirs(root, valid)
+    if dirs is not None:
+        parts = []
+        for d, is_valid in ((dirs[0], False), (dirs[1], True)):
+            paths = find_images(d)
+            _require_images(paths, d)
+            labels = [labeller(p) for p in paths]
+            if label_re is None:
+                _check_folder_classes(d, labels)
+            parts.append((paths, labels, [is_valid] * len(paths)))
+        return Items(*(a + b for a, b in zip(*parts, strict=True)))
+    paths = find_images(root)
+    _require_images(paths, root)
+    labels = [labeller(p) for p in paths]
+    if label_re is None:
+        if any(p.parent == root for p in paths):
+            loose = next(p for p in paths if p.parent == root)
+            raise UserError(
+                f"{loose}: image not inside a class folder; put images in {root}/<class>/ or use --label-re/--csv"
+            )
+        _check_folder_classes(root, labels)
+    return Items(paths, labels, random_split(len(paths), valid_pct, seed))
+
+
+_FILE_COLS = ("file", "filename", "fname", "path", "image", "name", "id")
+_LABEL_COLS = ("label", "labels", "class", "category", "target", "y")
+
+
+def items_from_csv(
+    csv_file: str | Path, folder: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42
+) -> Items:
+    """Rows of `file,label[,is_valid]`; files are relative to `folder` (default: the CSV's folder)."""
+    csv_path = Path(csv_file)
+    if not csv_path.is_file():
+        raise UserError(f"{csv_path}: CSV file not found")
+    base = Path(folder) if folder is not None else csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise UserError(f"{csv_path}: needs a header row and at least one data row")
+    header = [h.strip().lower() for h in rows[0]]
+    fcol = next((header.index(c) for c in _FILE_COLS if c in header), 0)
+    lcol = next((header.index(c) for c in _LABEL_COLS if c in header), 1 if fcol == 0 else 0)
+    vcol = header.index("is_valid") if "is_valid" in header else None
+    paths, labels, flags = [], [], []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(fcol, lcol):
+            raise UserError(f"{csv_path}:{lineno}: expected a file and a label column")
+        p = base / row[fcol].strip()
+        if not p.suffix and not p.exists():
+            p = next((p.with_suffix(e) for e in sorted(IMAGE_EXTS) if p.with_suffix(e).exists()), p)
+        paths.append(p)
+        labels.append(row[lcol].strip())
+        if vcol is not None:
+            flags.append(row[vcol].strip().lower() in ("1", "true", "yes", "valid"))
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{missing[0]}: file listed in {csv_path.name} not found{more}")
+    is_valid = flags if vcol is not None else random_split(len(paths), valid_pct, seed)
+    return Items(paths, labels, is_valid)
+
+
+def items_from_files(
+    files: Sequence[str | Path], labels: Sequence[str], valid_pct: float = 0.2, seed: int = 42
+) -> Items:
+    if len(files) != len(labels):
+        raise UserError(f"{len(files)} files but {len(labels)} labels")
+    paths = [Path(f) for f in files]
+    return Items(paths, [str(label) for label in labels], random_split(len(paths), valid_pct, seed))
+
+
+def check_items(items: Items, where: str) -> list[str]:
+    """The sorted class names, after the checks every source shares."""
+    classes = sorted(set(items.labels))
+    if len(classes) < 2:
+        found = f"one class ({classes[0]!r})" if classes else "no classes"
+        raise UserError(f"{where}: found {found}; a classifier needs at least two")
+    if not any(items.is_valid):
+        raise UserError(f"{where}: the validation split is empty")
+    if all(items.is_valid):
+        raise UserError(f"{where}: the training split is empty")
+    return classes

@@ -1,0 +1,30 @@
+"""CSVLogger: append each epoch's history row to a CSV as it happens, so a killed run keeps its log."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .core import Callback
+
+
+class CSVLogger(Callback):
+    order = 70
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.fields: list[str] | None = None
+
+    def after_epoch(self, learn) -> None:
+        row = learn.recorder.history[-1]
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if new:
+            self.fields = list(row)
+        elif self.fields is None:
+            with open(self.path, newline="") as f:
+                self.fields = next(csv.reader(f), list(row))
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

@@ -1,0 +1,79 @@
+"""Recorder: per-batch losses and learning rates, and the per-epoch history table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from .core import Callback
+
+
+class Recorder(Callback):
+    """Always attached. `history` has one row per epoch: epoch, phase, train_loss, valid_loss, metrics, seconds."""
+
+    order = -10
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self.losses: list[float] = []  # smoothed training loss per batch, across fits
+        self.lrs: list[float] = []
+        self._epoch_base = 0
+
+    def before_fit(self, learn) -> None:
+        self._epoch_base = len(self.history)
+        self._smooth, self._count = 0.0, 0
+
+    def before_epoch(self, learn) -> None:
+        self._t0 = time.perf_counter()
+        self._sum, self._n = 0.0, 0
+
+    def after_batch(self, learn) -> None:
+        if not learn.training:
+            return
+        loss, bs = learn.loss.detach().float().item(), len(learn.yb)
+        self._sum, self._n = self._sum + loss * bs, self._n + bs
+        self._count += 1
+        self._smooth = 0.98 * self._smooth + 0.02 * loss
+        self.losses.append(self._smooth / (1 - 0.98**self._count))
+        self.lrs.append(learn.opt.param_groups[-1]["lr"])
+
+    def after_validate(self, learn) -> None:
+        pass
+
+    def after_epoch(self, learn) -> None:
+        row = {"epoch": self._epoch_base + learn.epoch, "phase": learn.phase,
+               "train_loss": self._sum / max(self._n, 1)}
+        row.update(learn.last_validation)
+        row["seconds"] = time.perf_counter() - self._t0
+        self.history.append(row)
+
+    def plot_loss(self):
+        """Train and valid loss per epoch, and the smoothed per-batch train loss: a matplotlib Figure."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(9, 3.6), layout="constrained")
+        ax1, ax2 = fig.subplots(1, 2)
+        ax1.plot(self.losses, color="C0", lw=1)
+        ax1.set(title="training loss per batch (smoothed)", xlabel="batch", ylabel="loss")
+        ep = [r["epoch"] + 1 for r in self.history]
+        ax2.plot(ep, [r["train_loss"] for r in self.history], "o-", label="train")
+        if self.history and "valid_loss" in self.history[0]:
+            ax2.plot(ep, [r["valid_loss"] for r in self.history], "o-", label="valid")
+        for i, r in enumerate(self.history):  # shade frozen (head-only) epochs
+            if r["phase"] == "frozen":
+                ax2.axvspan(ep[i] - 0.5, ep[i] + 0.5, color="0.9", zorder=0)
+        ax2.set(title="loss per epoch (grey: head only)", xlabel="epoch", ylabel="loss")
+        ax2.legend()
+        return fig
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+
+
+def _to_float(x: torch.Tensor | float) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)

@@ -1,0 +1,292 @@
+"""The Learner: one small training loop with named events, and the fine-tuning recipes built on it.
+
+Read `fit` top to bottom to know the loop. Everything else that hooks into training (schedules,
+precision, progress, logging, early stopping, save-best) is a callback in `callbacks/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .callbacks import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    MixedPrecision,
+    ParamScheduler,
+    ProgressCallback,
+    Recorder,
+)
+from .callbacks.precision import best_dtype
+from .metrics import get_metric
+from .optim import make_optimizer
+from .schedule import constant, one_cycle_lr, one_cycle_mom
+
+LR = float | slice | Sequence[float]
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """CUDA when present (or Apple's MPS), else CPU; an explicit name is checked, not trusted."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return best_dtype(device)
+    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in table:
+        raise UserError(f"--precision {precision}: choose auto, fp32, bf16 or fp16")
+    return table[precision]
+
+
+class Learner:
+    """Model + data loaders + loss + optimizer, trained by `fit` with callbacks.
+
+    `groups` are the layer groups (lists of parameters; body parts first, head last) that freezing and
+    discriminative learning rates act on. Loaders yield `(x, y)` already on `device`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dl: Iterable,
+        valid_dl: Iterable | None = None,
+        loss_func: Callable | None = None,
+        metrics: Sequence[str | Callable] = ("accuracy",),
+        opt: str = "adamw",
+        lr: float = 1e-3,
+        wd: float = 0.01,
+        groups: Sequence[Sequence[nn.Parameter]] | None = None,
+        cbs: Sequence[Callback] = (),
+        device: str | torch.device | None = "auto",
+        precision: str = "auto",
+        channels_last: bool = True,
+        clip: float | None = None,
+        progress: bool = True,
+        recorder: Recorder | None = None,
+    ):
+        self.device = pick_device(device)
+        self.model = model.to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_dl, self.valid_dl = train_dl, valid_dl
+        self.loss_func = loss_func or nn.CrossEntropyLoss()
+        self.metrics = [get_metric(m) for m in metrics]
+        self.opt_name, self.lr, self.wd, self.clip = opt, lr, wd, clip
+        self.groups = [list(g) for g in groups] if groups else [list(model.parameters())]
+        self.opt: torch.optim.Optimizer | None = None
+        self.grad_scaler: torch.amp.GradScaler | None = None
+        self.dtype = resolve_precision(precision, self.device)
+        self.recorder = recorder or Recorder()
+        self.cbs: list[Callback] = [self.recorder]
+        if self.dtype is not None:
+            self.cbs.append(MixedPrecision(self.dtype))
+        if progress:
+            self.cbs.append(ProgressCallback())
+        self.cbs += list(cbs)
+        self.phase = "train"
+        self.epoch, self.n_epoch, self.iter, self.pct_train, self.training = 0, 0, 0, 0.0, False
+        self.last_validation: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ events
+    def _event(self, name: str, cbs: Sequence[Callback]) -> None:
+        for cb in cbs:
+            getattr(cb, name)(self)
+
+    def add_cb(self, cb: Callback) -> None:
+        self.cbs.append(cb)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, n_epoch: int, lr: LR | None = None, cbs: Sequence[Callback] = (),
+            lr_sched: Callable[[float], float] = constant, mom_sched: Callable[[float], float] | None = None
+            ) -> None:
+        """Train `n_epoch` epochs; the rate of each layer group follows `lr_sched(progress)`."""
+        if self.opt is None:
+            self.opt = make_optimizer(self.opt_name, self.groups, self.lr, self.wd)
+        sched = ParamScheduler(self.group_lrs(self.lr if lr is None else lr), lr_sched, mom_sched)
+        all_cbs = sorted([*self.cbs, sched, *cbs], key=lambda c: c.order)
+        self.n_epoch, self.iter = n_epoch, 0
+        self._n_iter = max(1, n_epoch * len(self.train_dl))
+        try:
+            self._event("before_fit", all_cbs)
+            for self.epoch in range(n_epoch):
+                try:
+                    self._event("before_epoch", all_cbs)
+                    self._train_epoch(all_cbs)
+                    if self.valid_dl is not None:
+                        self._validate(all_cbs)
+                    self._event("after_epoch", all_cbs)
+                except CancelEpochException:
+                    pass
+        except CancelFitException:
+            pass
+        finally:
+            self._event("after_fit", all_cbs)
+
+    def _train_epoch(self, cbs: Sequence[Callback]) -> None:
+        self.training = True
+        self.model.train()
+        self._event("before_train", cbs)
+        for self.xb, self.yb in self.train_dl:
+            self.pct_train = self.iter / self._n_iter
+            try:
+                self._event("before_batch", cbs)
+                self.pred = self.model(self.xb)
+                self._event("after_pred", cbs)
+                self.loss = self.loss_func(self.pred.float(), self.yb)
+                self._event("after_loss", cbs)
+                self._backward_step(cbs)
+            except CancelBatchException:
+                pass
+            self._event("after_batch", cbs)
+            self.iter += 1
+        self._event("after_train", cbs)
+        self.training = False
+
+    def _backward_step(self, cbs: Sequence[Callback]) -> None:
+        scaler = self.grad_scaler
+        (scaler.scale(self.loss) if scaler else self.loss).backward()
+        if scaler:
+            scaler.unscale_(self.opt)
+        if self.clip:
+            nn.utils.clip_grad_norm_([p for g in self.groups for p in g if p.grad is not None], self.clip)
+        self._event("before_step", cbs)
+        if scaler:
+            scaler.step(self.opt)
+            scaler.update()
+        else:
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def _validate(self, cbs: Sequence[Callback]) -> None:
+        self.model.eval()
+        self._event("before_validate", cbs)
+        preds, targets = [], []
+        with torch.no_grad():
+            for self.xb, self.yb in self.valid_dl:
+                try:
+                    self._event("before_batch", cbs)
+                    self.pred = self.model(self.xb)
+                    self._event("after_pred", cbs)
+                    self.loss = self.loss_func(self.pred.float(), self.yb)
+                    self._event("after_loss", cbs)
+                    preds.append(self.pred.float().cpu())
+                    targets.append(self.yb.cpu())
+                except CancelBatchException:
+                    pass
+                self._event("after_batch", cbs)
+        self.last_validation = self.score(torch.cat(preds), torch.cat(targets))
+        self._event("after_validate", cbs)
+
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """valid_loss and every metric over a full set of predictions."""
+        out = {"valid_loss": float(self.loss_func(logits, targets))}
+        out.update({name: fn(logits, targets) for name, fn in self.metrics})
+        return out
+
+    # ------------------------------------------------------------------ predictions
+    @torch.no_grad()
+    def get_preds(self, dl: Iterable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, targets) over a loader (default: validation), in eval mode, without callbacks."""
+        self.model.eval()
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+        preds, targets = [], []
+        for xb, yb in dl if dl is not None else self.valid_dl:
+            with ctx:
+                preds.append(self.model(xb).float().cpu())
+            targets.append(yb.cpu())
+        return torch.cat(preds), torch.cat(targets)
+
+    def validate(self, dl: Iterable | None = None) -> dict[str, float]:
+        return self.score(*self.get_preds(dl))
+
+    # ------------------------------------------------------------------ rates and freezing
+    def group_lrs(self, lr: LR) -> list[float]:
+        """Per layer group rates: a number for all; `slice(lo, hi)` spread geometrically (fastai)."""
+        n = len(self.groups)
+        if isinstance(lr, slice):
+            hi = lr.stop
+            if lr.start is None:
+                return [hi / 10] * (n - 1) + [hi]
+            if n == 1:
+                return [hi]
+            lo = lr.start
+            return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+        if isinstance(lr, Sequence):
+            if len(lr) != n:
+                raise ValueError(f"{len(lr)} rates for {n} layer groups")
+            return [float(x) for x in lr]
+        return [float(lr)] * n
+
+    def freeze_to(self, n: int, train_bn: bool = True) -> None:
+        """Train only layer groups from `n` on; batch-norm layers stay trainable when `train_bn`."""
+        bn_ids = set()
+        if train_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase):
+                    bn_ids |= {id(p) for p in m.parameters()}
+        for i, g in enumerate(self.groups):
+            for p in g:
+                p.requires_grad_(i >= n or id(p) in bn_ids)
+
+    def freeze(self, train_bn: bool = True) -> None:
+        """Train only the head (and batch-norm layers, fastai's default)."""
+        self.freeze_to(len(self.groups) - 1, train_bn)
+
+    def unfreeze(self) -> None:
+        self.freeze_to(0)
+
+    # ------------------------------------------------------------------ recipes
+    def fit_one_cycle(self, n_epoch: int, lr_max: LR | None = None, cbs: Sequence[Callback] = (),
+                      div: float = 25.0, div_final: float = 1e5, pct_start: float = 0.25) -> None:
+        """Smith's one-cycle: warm up to `lr_max`, anneal to nearly zero; momentum the other way."""
+        self.fit(n_epoch, lr_max, cbs,
+                 lr_sched=lambda p: one_cycle_lr(p, pct_start, div, div_final),
+                 mom_sched=lambda p: one_cycle_mom(p, pct_start))
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100):
+        """Sweep the rate exponentially for `num_it` batches; the model and optimizer are restored after.
+
+        Returns an `LRFind` with the curve, its suggestions and `plot()`.
+        """
+        from .lr_finder import LRFinder, LRFind
+
+        state = copy.deepcopy(self.model.state_dict())
+        opt_state = copy.deepcopy(self.opt.state_dict()) if self.opt is not None else None
+        finder = LRFinder(start_lr, end_lr, num_it)
+        # the sweep is not training: no history, no logs, no validation; precision stays as it is
+        saved_cbs, saved_valid = self.cbs, self.valid_dl
+        self.cbs, self.valid_dl = [cb for cb in self.cbs if isinstance(cb, MixedPrecision)], None
+        try:
+            self.fit(math.ceil(num_it / max(1, len(self.train_dl))), start_lr, cbs=[finder])
+        finally:
+            self.cbs, self.valid_dl = saved_cbs, saved_valid
+            self.model.load_state_dict(state)
+            if opt_state is not None:
+                self.opt.load_state_dict(opt_state)
+            else:
+                self.opt = None
+        return LRFind(finder.lrs, finder.losses)
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs from the callbacks (Lightning's habit)."""
+        return {type(cb).__name__: cb.state_dict() for cb in self.cbs}
+

@@ -1,0 +1,136 @@
+"""`vision_learner`: a pretrained backbone with a new head on `ImageData`, and the fine-tuning recipe.
+
+`fine_tune` follows fastai's recipe (train the head with the body frozen, then everything with
+discriminative rates) with one change measured to pay on CPU: the frozen phase trains the head on
+cached pooled features of each image and its mirror, so it costs one forward pass, not one per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.core import CROP_PCT, ImageData
+from ..data.loaders import TensorLoader
+from ..models import ModelMeta, create_model, layer_groups
+from ..rundir import save_model
+from .callbacks import Callback, CSVLogger, ProgressCallback
+from .features import FeatureCache, extract_features
+from .learner import Learner
+
+
+class VisionLearner(Learner):
+    """A `Learner` that knows its `ImageData` and `ModelMeta`: it can cache features, fine-tune and export."""
+
+    def __init__(self, data: ImageData, model: nn.Module, meta: ModelMeta, seed: int = 42,
+                 progress: bool = True, channels_last: bool = True, device: str | torch.device | None = "auto",
+                 **kwargs: Any):
+        from .learner import pick_device
+
+        dev = pick_device(device)
+        self.data, self.meta, self.seed, self.progress = data, meta, seed, progress
+        train_dl = data.loader("train", meta.mean, meta.std, device=dev, seed=seed, channels_last=channels_last)
+        valid_dl = data.loader("valid", meta.mean, meta.std, device=dev, channels_last=channels_last)
+        super().__init__(model, train_dl, valid_dl, groups=layer_groups(model), device=dev, progress=progress,
+                         channels_last=channels_last, **kwargs)
+        self.features = FeatureCache()
+        self.phase = "unfrozen"
+
+    # ------------------------------------------------------------------ cached features
+    def cached_features(self, split: str, view: str = "center") -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled body features of `split` seen through `view` ("center" or "flip"), computed once."""
+        def make():
+            dl = self.data.loader(split, self.meta.mean, self.meta.std, view=view, device=self.device,
+                                  channels_last=self.model_channels_last)
+            return extract_features(self.model, _progress(dl, f"features {split}/{view}", self.progress),
+                                    self.dtype, self.device)
+
+        return self.features.get((split, view), self.model, make)
+
+    @property
+    def model_channels_last(self) -> bool:
+        return self.train_dl.channels_last
+
+    def head_learner(self) -> Learner:
+        """A `Learner` over the head alone on cached features (image + mirror), sharing this one's head.
+
+        Same loop, same loss, optimizer settings, history and logs: only the model and the data differ.
+        """
+        x1, y1 = self.cached_features("train", "center")
+        x2, y2 = self.cached_features("train", "flip")
+        xv, yv = self.cached_features("valid", "center")
+        head = nn.Sequential(nn.Dropout(getattr(self.model, "drop_rate", 0.0)), self.model.get_classifier())
+        logs = [cb for cb in self.cbs if isinstance(cb, CSVLogger)]
+        learn = Learner(
+            head, TensorLoader(torch.cat([x1, x2]), torch.cat([y1, y2]), self.data.bs, shuffle=True, seed=self.seed),
+            TensorLoader(xv, yv, 1024), loss_func=self.loss_func, metrics=[fn for _, fn in self.metrics],
+            opt=self.opt_name, lr=self.lr, wd=self.wd, device=self.device, precision="fp32",
+            channels_last=False, clip=self.clip, progress=self.progress, recorder=self.recorder, cbs=logs,
+        )
+        learn.phase = "frozen"
+        return learn
+
+    def fit_head(self, n_epoch: int, lr: float | None = None, cbs: Sequence[Callback] = ()) -> None:
+        """One-cycle on the head alone, on cached features: the frozen phase in seconds."""
+        self.head_learner().fit_one_cycle(n_epoch, self.lr if lr is None else lr, cbs=cbs)
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, cached: bool = True):
+        """The head's rate sweep on cached features (seconds); `cached=False` sweeps the whole model."""
+        if cached:
+            return self.head_learner().lr_find(start_lr, end_lr, num_it)
+        return super().lr_find(start_lr, end_lr, num_it)
+
+    # ------------------------------------------------------------------ recipes
+    def fine_tune(self, epochs: int, freeze_epochs: int = 1, base_lr: float | None = None, lr_mult: float = 100,
+                  cached: bool = True, cbs: Sequence[Callback] = ()) -> None:
+        """Head first (body frozen), then everything with rates spread from base_lr/2/lr_mult to base_lr/2."""
+        base_lr = self.lr if base_lr is None else base_lr
+        if freeze_epochs:
+            if cached:
+                self.fit_head(freeze_epochs, base_lr, cbs=cbs)
+            else:
+                self.freeze()
+                self.phase = "frozen"
+                self.fit_one_cycle(freeze_epochs, base_lr, cbs=cbs)
+        if epochs:
+            self.unfreeze()
+            self.phase = "unfrozen"
+            base_lr /= 2
+            self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), cbs=cbs)
+
+    # ------------------------------------------------------------------ export
+    def model_meta(self) -> dict[str, Any]:
+        return {
+            **self.meta.to_dict(), "classes": self.data.classes, "size": self.data.size,
+            "presize": self.data.presize, "crop_pct": CROP_PCT,
+        }
+
+    def export(self, path: str | Path) -> Path:
+        """Write `model.safetensors` + `model.json` into `path` (created if needed)."""
+        save_model(path, self.model, self.model_meta())
+        return Path(path)
+
+
+def _progress(dl, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(dl, desc=desc, leave=False, unit="batch", disable=not enabled)
+
+
+def vision_learner(
+    data: ImageData, arch: str = "efficientnet_lite0", metrics: Sequence[str | Callable] = ("accuracy",),
+    pretrained: bool = True, weights: str | None = None, label_smoothing: float = 0.1, seed: int = 42,
+    **kwargs: Any,
+) -> VisionLearner:
+    """A backbone (embedded ImageNet weights by default) with a new head for `data.classes`.
+
+    kwargs go to `Learner`: opt, lr, wd, clip, cbs, device, precision, channels_last, progress.
+    """
+    torch.manual_seed(seed)
+    model, meta = create_model(arch, len(data.classes), pretrained=pretrained, weights=weights)
+    loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return VisionLearner(data, model, meta, seed=seed, metrics=metrics, loss_func=loss, **kwargs)
