@@ -24,9 +24,11 @@ def pretrained_lite0(num_classes: int) -> nn.Module:
     if len(src) != len(dst):
         raise RuntimeError(f"weight file has {len(src)} tensors, timm model expects {len(dst)}")
     mapped = {}
-    for (src_key, tensor), (dst_key, ref) in zip(src.items(), dst.items()):
+    for (src_key, tensor), (dst_key, ref) in zip(src.items(), dst.items(), strict=True):
         if tensor.shape != ref.shape:
-            raise RuntimeError(f"shape mismatch: {src_key} {tuple(tensor.shape)} -> {dst_key} {tuple(ref.shape)}")
+            raise RuntimeError(
+                f"shape mismatch: {src_key} {tuple(tensor.shape)} -> {dst_key} {tuple(ref.shape)}"
+            )
         mapped[dst_key] = tensor
     model.load_state_dict(mapped)
     model.reset_classifier(num_classes)

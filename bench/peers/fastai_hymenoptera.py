@@ -71,13 +71,17 @@ def main() -> None:
 
     # Recorder.values rows are [train_loss, valid_loss, accuracy] per epoch.
     acc = float(learn.recorder.values[-1][-1])
-    print(json.dumps({
-        "peer": "fastai",
-        "accuracy": round(acc, 4),
-        "fit_seconds": round(fit_seconds, 2),
-        "total_seconds": round(total_seconds, 2),
-        "epochs": "1 frozen + 2 unfrozen",
-    }))
+    print(
+        json.dumps(
+            {
+                "peer": "fastai",
+                "accuracy": round(acc, 4),
+                "fit_seconds": round(fit_seconds, 2),
+                "total_seconds": round(total_seconds, 2),
+                "epochs": "1 frozen + 2 unfrozen",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,13 +35,17 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared/datasets/hym
 EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
 
 
+def is_image(path: str) -> bool:
+    return has_file_allowed_extension(path, EXTENSIONS)
+
+
 def loaders(root: Path, batch_size: int, num_workers: int) -> tuple[DataLoader, DataLoader]:
     """Train/val loaders with the tutorial's augmentation; ImageFolder's loader converts to RGB."""
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
     train_tf = v2.Compose([v2.RandomResizedCrop(224), v2.RandomHorizontalFlip(), *tail])
     val_tf = v2.Compose([v2.Resize(256), v2.CenterCrop(224), *tail])
-    train_ds = datasets.ImageFolder(str(root / "train"), train_tf, extensions=EXTENSIONS)
-    val_ds = datasets.ImageFolder(str(root / "val"), val_tf, extensions=EXTENSIONS)
+    train_ds = datasets.ImageFolder(str(root / "train"), train_tf, is_valid_file=is_image)
+    val_ds = datasets.ImageFolder(str(root / "val"), val_tf, is_valid_file=is_image)
     return (
         DataLoader(train_ds, batch_size, shuffle=True, num_workers=num_workers),
         DataLoader(val_ds, batch_size, shuffle=False, num_workers=num_workers),
@@ -90,19 +94,26 @@ def main() -> None:
                 preds = model(images.to(memory_format=memory_format)).argmax(1)
                 correct += int((preds == labels).sum())
         epoch_accuracy.append(correct / len(val_dl.dataset))
-        print(f"epoch {epoch}: loss {loss.item():.4f} train {epoch_seconds[-1]:.1f}s "
-              f"val_acc {epoch_accuracy[-1]:.4f}", file=sys.stderr)
+        print(
+            f"epoch {epoch}: loss {loss.item():.4f} train {epoch_seconds[-1]:.1f}s "
+            f"val_acc {epoch_accuracy[-1]:.4f}",
+            file=sys.stderr,
+        )
     fit_seconds = time.perf_counter() - t_fit
 
-    print(json.dumps({
-        "peer": "torch",
-        "accuracy": round(epoch_accuracy[-1], 4),
-        "fit_seconds": round(fit_seconds, 2),
-        "epoch_seconds": [round(s, 2) for s in epoch_seconds],
-        "epoch_accuracy": [round(a, 4) for a in epoch_accuracy],
-        "channels_last": args.channels_last,
-        "bf16": args.bf16,
-    }))
+    print(
+        json.dumps(
+            {
+                "peer": "torch",
+                "accuracy": round(epoch_accuracy[-1], 4),
+                "fit_seconds": round(fit_seconds, 2),
+                "epoch_seconds": [round(s, 2) for s in epoch_seconds],
+                "epoch_accuracy": [round(a, 4) for a in epoch_accuracy],
+                "channels_last": args.channels_last,
+                "bf16": args.bf16,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

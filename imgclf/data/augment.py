@@ -91,7 +91,7 @@ def augment_batch(
     x: torch.Tensor, size: int, aug: Augment, g: torch.Generator, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
     """uint8 (B, 3, P, P) -> normalised float (B, 3, size, size), randomly transformed."""
-    xf = x.float().div_(255)
+    xf = x.float() / 255  # not in place: a float input stays the caller's
     grid = _grid(random_transforms(x.shape[0], aug, g), size, x.device)
     xf = F.grid_sample(xf, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return normalize(_lighting(xf, aug, g), mean, std)
@@ -105,4 +105,4 @@ def center_batch(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tens
     else:
         top = (p - size) // 2
         xf = x[..., top : top + size, top : top + size].float()
-    return normalize(xf.div_(255), mean, std)
+    return normalize(xf / 255, mean, std)

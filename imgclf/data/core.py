@@ -57,7 +57,8 @@ class ImageData:
         self.train_paths, self.train_images, self.train_y = splits["train"]
         self.valid_paths, self.valid_images, self.valid_y = splits["valid"]
         if len(self.train_y) == 0 or len(self.valid_y) == 0:
-            raise UserError(f"{source}: no decodable images left in the {'train' if not len(self.train_y) else 'valid'} split")
+            empty = "train" if len(self.train_y) == 0 else "valid"
+            raise UserError(f"{source}: no decodable images left in the {empty} split")
         missing = [c for i, c in enumerate(self.classes) if not (self.train_y == i).any()]
         if missing:
             raise UserError(f"{source}: class(es) {', '.join(missing)} have no training images")

@@ -110,7 +110,7 @@ def decode_all(
 
     n_threads = workers or default_workers()
     with ThreadPoolExecutor(n_threads) as pool:
-        list(tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, disable=not progress,
+        list(tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, disable=None if progress else True,
                   leave=False, unit="img"))
     keep = [i for i, good in enumerate(ok) if good]
     if bad:

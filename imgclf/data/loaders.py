@@ -46,7 +46,7 @@ class BatchLoader:
         self.channels_last = channels_last
         self.generator = torch.Generator().manual_seed(seed)
         # a last batch of one breaks batch-norm in training: drop it there
-        self.drop_last = shuffle and len(images) % bs == 1
+        self.drop_last = shuffle and len(images) > 1 and len(images) % bs == 1
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -81,7 +81,7 @@ class TensorLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 256, shuffle: bool = False, seed: int = 0):
         self.x, self.y, self.bs, self.shuffle = x, y, bs, shuffle
         self.generator = torch.Generator().manual_seed(seed)
-        self.drop_last = shuffle and len(x) % bs == 1
+        self.drop_last = shuffle and len(x) > 1 and len(x) % bs == 1
 
     def __len__(self) -> int:
         n = len(self.x)

@@ -79,6 +79,11 @@ def _find_split_dirs(root: Path, valid: str | None) -> tuple[Path, Path] | None:
     if valid_dir is None:
         if valid:
             raise UserError(f"{root / valid}: validation folder not found")
+        train_dir = next((root / n for n in TRAIN_NAMES if (root / n).is_dir()), None)
+        others = [p.name for p in root.iterdir() if p.is_dir() and p != train_dir and not p.name.startswith(".")]
+        if train_dir is not None and others:
+            raise UserError(f"{root}: found {train_dir.name}/ beside {', '.join(sorted(others))}/ but no valid/ "
+                            "or val/; name the validation folder with --valid NAME")
         return None
     train_dir = next((root / n for n in TRAIN_NAMES if (root / n).is_dir()), None)
     if train_dir is None:
@@ -121,29 +126,48 @@ def items_from_folder(
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root}: no such directory")
-    labeller = label_from_re(label_re) if label_re else (lambda p: p.parent.name)
+    root = _unwrap(root)
     dirs = _find_split_dirs(root, valid)
     if dirs is not None:
         parts = []
         for d, is_valid in ((dirs[0], False), (dirs[1], True)):
             paths = find_images(d)
             _require_images(paths, d)
-            labels = [labeller(p) for p in paths]
-            if label_re is None:
-                _check_folder_classes(d, labels)
-            parts.append((paths, labels, [is_valid] * len(paths)))
+            parts.append((paths, _labels(paths, d, label_re), [is_valid] * len(paths)))
         return Items(*(a + b for a, b in zip(*parts, strict=True)))
     paths = find_images(root)
     _require_images(paths, root)
-    labels = [labeller(p) for p in paths]
-    if label_re is None:
-        if any(p.parent == root for p in paths):
-            loose = next(p for p in paths if p.parent == root)
-            raise UserError(
-                f"{loose}: image not inside a class folder; put images in {root}/<class>/ or use --label-re/--csv"
-            )
-        _check_folder_classes(root, labels)
-    return Items(paths, labels, random_split(len(paths), valid_pct, seed))
+    return Items(paths, _labels(paths, root, label_re), random_split(len(paths), valid_pct, seed))
+
+
+def _unwrap(root: Path) -> Path:
+    """Step into a lone wrapping folder (`data/hymenoptera_data/train/...`, as archives unpack)."""
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        subdirs = [p for p in entries if p.is_dir()]
+        if len(subdirs) != 1 or any(is_image_file(p) for p in entries if p.is_file()):
+            return root
+        if (subdirs[0].name in (*TRAIN_NAMES, *VALID_NAMES)):
+            return root
+        inner = [p for p in subdirs[0].iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if len(inner) < 2 and not any(n.name in TRAIN_NAMES for n in inner):
+            return root  # a single class folder: let the one-class check say so
+        root = subdirs[0]
+
+
+def _labels(paths: Sequence[Path], split_root: Path, label_re: str | None) -> list[str]:
+    """Labels by regex on names, or by the first folder under `split_root` (torchvision's ImageFolder)."""
+    if label_re:
+        labeller = label_from_re(label_re)
+        return [labeller(p) for p in paths]
+    loose = next((p for p in paths if p.parent == split_root), None)
+    if loose is not None:
+        raise UserError(
+            f"{loose}: image not inside a class folder; put images in {split_root}/<class>/ or use --label-re/--csv"
+        )
+    labels = [p.relative_to(split_root).parts[0] for p in paths]
+    _check_folder_classes(split_root, labels)
+    return labels
 
 
 _FILE_COLS = ("file", "filename", "fname", "path", "image", "name", "id")
@@ -160,6 +184,10 @@ def items_from_csv(
     base = Path(folder) if folder is not None else csv_path.parent
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
+    if not rows:
+        raise UserError(f"{csv_path}: needs a header row and at least one data row")
+    if rows[0] and (base / rows[0][0].strip()).is_file():  # no header row: file,label[,is_valid]
+        rows.insert(0, ["file", "label", "is_valid"][: len(rows[0])])
     if len(rows) < 2:
         raise UserError(f"{csv_path}: needs a header row and at least one data row")
     header = [h.strip().lower() for h in rows[0]]
@@ -174,7 +202,8 @@ def items_from_csv(
             raise UserError(f"{csv_path}:{lineno}: expected a file and a label column")
         p = base / row[fcol].strip()
         if not p.suffix and not p.exists():
-            p = next((p.with_suffix(e) for e in sorted(IMAGE_EXTS) if p.with_suffix(e).exists()), p)
+            exts = sorted(IMAGE_EXTS) + sorted(e.upper() for e in IMAGE_EXTS)
+            p = next((p.with_suffix(e) for e in exts if p.with_suffix(e).exists()), p)
         paths.append(p)
         labels.append(row[lcol].strip())
         if vcol is not None:

@@ -71,23 +71,26 @@ def create_model(
             close = timm.list_models(f"*{arch}*")[:5]
             hint = f"; similar: {', '.join(close)}" if close else ""
             raise UserError(f"--arch {arch}: unknown architecture{hint} (see `imgclf models`)")
-        use_timm_weights = pretrained and weights is None and arch not in EMBEDDED
-        model, got_weights = _timm_model(timm_name, use_timm_weights)
+        embedded = pretrained and weights is None and arch in EMBEDDED
+        if embedded:  # the embedded file holds an ImageNet head: load it whole, then replace the head
+            model = timm.create_model(timm_name, pretrained=False)
+            path = EMBEDDED[arch][1]()
+            load_into(model, read_state_dict(path), source=str(path))
+            if num_classes != model.num_classes:
+                model.reset_classifier(num_classes)
+            got_weights = True
+        else:
+            model, got_weights = _timm_model(timm_name, num_classes, pretrained and weights is None)
         cfg = model.pretrained_cfg
         meta = ModelMeta(
             arch, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
             cfg.get("interpolation", "bilinear"),
-            pretrained="timm" if got_weights else "none",
+            pretrained="embedded" if embedded else ("timm" if got_weights else "none"),
         )
-        if pretrained and weights is None and arch in EMBEDDED:
-            path = EMBEDDED[arch][1]()
-            load_into(model, read_state_dict(path), source=str(path))
-            meta.pretrained = "embedded"
-    if weights is not None:
+    if weights is not None:  # a head of another class count is skipped by load_into
         path = resolve(weights)
         load_into(model, read_state_dict(path), source=str(path))
         meta.pretrained = str(weights)
-    model.reset_classifier(num_classes)
     return model, meta
 
 
@@ -102,20 +105,20 @@ def _hub_reachable(host: str = "huggingface.co") -> bool:
         return False
 
 
-def _timm_model(name: str, pretrained: bool) -> tuple[nn.Module, bool]:
+def _timm_model(name: str, num_classes: int, pretrained: bool) -> tuple[nn.Module, bool]:
     """timm's model, with its published weights when they can be had; (model, whether they loaded)."""
     if pretrained:
         why = "no network"
         if _hub_reachable():
             try:
-                return timm.create_model(name, pretrained=True), True
+                return timm.create_model(name, pretrained=True, num_classes=num_classes), True
             except Exception as e:  # no weights published for this arch, or the download failed
                 why = type(e).__name__
         warnings.warn(
             f"{name}: pretrained weights unavailable ({why}); training from random init. "
             "Pass --weights FILE (or URL) to start from other weights.", stacklevel=3,
         )
-    return timm.create_model(name, pretrained=False), False
+    return timm.create_model(name, pretrained=False, num_classes=num_classes), False
 
 
 def layer_groups(model: nn.Module, n_body: int = 2) -> list[list[nn.Parameter]]:

@@ -88,9 +88,9 @@ def download(url: str, cache_dir: Path | None = None, progress: bool = True) -> 
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".part") as tmp, tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"download {name}", disable=not progress, leave=False
-            ) as bar:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}",
+                       disable=None if progress else True, leave=False)
+            with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".part") as tmp, bar:
                 while chunk := resp.read(1 << 20):
                     tmp.write(chunk)
                     h.update(chunk)

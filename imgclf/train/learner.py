@@ -70,6 +70,7 @@ class Learner:
         train_dl: Iterable,
         valid_dl: Iterable | None = None,
         loss_func: Callable | None = None,
+        valid_loss_func: Callable | None = None,
         metrics: Sequence[str | Callable] = ("accuracy",),
         opt: str = "adamw",
         lr: float = 1e-3,
@@ -89,6 +90,8 @@ class Learner:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_dl, self.valid_dl = train_dl, valid_dl
         self.loss_func = loss_func or nn.CrossEntropyLoss()
+        # what `valid_loss` reports: plain cross-entropy even when training smooths labels
+        self.valid_loss_func = valid_loss_func or self.loss_func
         self.metrics = [get_metric(m) for m in metrics]
         self.opt_name, self.lr, self.wd, self.clip = opt, lr, wd, clip
         self.groups = [list(g) for g in groups] if groups else [list(model.parameters())]
@@ -145,7 +148,8 @@ class Learner:
         self.training = True
         self.model.train()
         self._event("before_train", cbs)
-        for self.xb, self.yb in self.train_dl:
+        for xb, yb in self.train_dl:
+            self.xb, self.yb = xb, yb
             self.pct_train = self.iter / self._n_iter
             try:
                 self._event("before_batch", cbs)
@@ -181,12 +185,13 @@ class Learner:
         self._event("before_validate", cbs)
         preds, targets = [], []
         with torch.no_grad():
-            for self.xb, self.yb in self.valid_dl:
+            for xb, yb in self.valid_dl:
+                self.xb, self.yb = xb, yb
                 try:
                     self._event("before_batch", cbs)
                     self.pred = self.model(self.xb)
                     self._event("after_pred", cbs)
-                    self.loss = self.loss_func(self.pred.float(), self.yb)
+                    self.loss = self.valid_loss_func(self.pred.float(), self.yb)
                     self._event("after_loss", cbs)
                     preds.append(self.pred.float().cpu())
                     targets.append(self.yb.cpu())
@@ -198,7 +203,7 @@ class Learner:
 
     def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """valid_loss and every metric over a full set of predictions."""
-        out = {"valid_loss": float(self.loss_func(logits, targets))}
+        out = {"valid_loss": float(self.valid_loss_func(logits, targets))}
         out.update({name: fn(logits, targets) for name, fn in self.metrics})
         return out
 
@@ -267,7 +272,7 @@ class Learner:
 
         Returns an `LRFind` with the curve, its suggestions and `plot()`.
         """
-        from .lr_finder import LRFinder, LRFind
+        from .lr_finder import LRFind, LRFinder
 
         state = copy.deepcopy(self.model.state_dict())
         opt_state = copy.deepcopy(self.opt.state_dict()) if self.opt is not None else None

@@ -18,7 +18,7 @@ from ..data.core import CROP_PCT, ImageData
 from ..data.loaders import TensorLoader
 from ..models import ModelMeta, create_model, layer_groups
 from ..rundir import save_model
-from .callbacks import Callback, CSVLogger, ProgressCallback
+from .callbacks import Callback, CSVLogger
 from .features import FeatureCache, extract_features
 from .learner import Learner
 
@@ -67,7 +67,8 @@ class VisionLearner(Learner):
         logs = [cb for cb in self.cbs if isinstance(cb, CSVLogger)]
         learn = Learner(
             head, TensorLoader(torch.cat([x1, x2]), torch.cat([y1, y2]), self.data.bs, shuffle=True, seed=self.seed),
-            TensorLoader(xv, yv, 1024), loss_func=self.loss_func, metrics=[fn for _, fn in self.metrics],
+            TensorLoader(xv, yv, 1024), loss_func=self.loss_func, valid_loss_func=self.valid_loss_func,
+            metrics=[fn for _, fn in self.metrics],
             opt=self.opt_name, lr=self.lr, wd=self.wd, device=self.device, precision="fp32",
             channels_last=False, clip=self.clip, progress=self.progress, recorder=self.recorder, cbs=logs,
         )
@@ -118,7 +119,7 @@ class VisionLearner(Learner):
 def _progress(dl, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(dl, desc=desc, leave=False, unit="batch", disable=not enabled)
+    return tqdm(dl, desc=desc, leave=False, unit="batch", disable=None if enabled else True)
 
 
 def vision_learner(
@@ -133,4 +134,5 @@ def vision_learner(
     torch.manual_seed(seed)
     model, meta = create_model(arch, len(data.classes), pretrained=pretrained, weights=weights)
     loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    return VisionLearner(data, model, meta, seed=seed, metrics=metrics, loss_func=loss, **kwargs)
+    return VisionLearner(data, model, meta, seed=seed, metrics=metrics, loss_func=loss,
+                         valid_loss_func=nn.CrossEntropyLoss(), **kwargs)

@@ -20,11 +20,12 @@ class ProgressCallback(Callback):
 
     def before_train(self, learn) -> None:
         self.bar = tqdm(total=len(learn.train_dl), desc=f"epoch {learn.epoch + 1}/{learn.n_epoch} {learn.phase}",
-                        leave=self.leave, unit="batch", dynamic_ncols=True)
+                        leave=self.leave, unit="batch", dynamic_ncols=True, disable=None)
 
     def before_validate(self, learn) -> None:
         self._close()
-        self.bar = tqdm(total=len(learn.valid_dl), desc="validate", leave=False, unit="batch", dynamic_ncols=True)
+        self.bar = tqdm(total=len(learn.valid_dl), desc="validate", leave=False, unit="batch", dynamic_ncols=True,
+                        disable=None)
 
     def after_batch(self, learn) -> None:
         if self.bar is not None:

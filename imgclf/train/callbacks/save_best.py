@@ -5,29 +5,42 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from torch import nn
+
 from .tracker import TrackerCallback
 
 
 class SaveBestModel(TrackerCallback):
-    """Remembers the best epoch's weights; optionally writes them to `path` (safetensors) each time."""
+    """Remembers the best epoch's weights; optionally writes them to `path` (safetensors) each time.
+
+    With `across_fits=True` and `model` given, the best is kept across several fits: `fine_tune` passes
+    it to both phases, so a fine-tune that ends worse than the head-only model gives the head-only
+    model back (seen on tiny, low-resolution sets where batch statistics of the unfrozen body hurt).
+    """
 
     order = 61
 
     def __init__(self, monitor: str = "valid_loss", min_delta: float = 0.0, mode: str = "auto",
-                 path: str | Path | None = None):
+                 path: str | Path | None = None, model: nn.Module | None = None, across_fits: bool = False):
         super().__init__(monitor, min_delta, mode)
         self.path = Path(path) if path else None
+        self.model, self.across_fits = model, across_fits
         self.best_state = None
         self.best_epoch: int | None = None
+        self.best_phase: str | None = None
 
     def before_fit(self, learn) -> None:
-        self.best, self.best_state, self.best_epoch = None, None, None
+        if not self.across_fits:
+            self.best, self.best_state, self.best_epoch = None, None, None
+
+    def _model(self, learn) -> nn.Module:
+        return self.model if self.model is not None else learn.model
 
     def after_epoch(self, learn) -> None:
         value = self.current(learn)
         if self.improved(value):
-            self.best, self.best_epoch = value, learn.epoch
-            self.best_state = copy.deepcopy(learn.model.state_dict())
+            self.best, self.best_epoch, self.best_phase = value, learn.recorder.history[-1]["epoch"], learn.phase
+            self.best_state = copy.deepcopy(self._model(learn).state_dict())
             if self.path is not None:
                 from safetensors.torch import save_file
 
@@ -37,4 +50,4 @@ class SaveBestModel(TrackerCallback):
 
     def after_fit(self, learn) -> None:
         if self.best_state is not None:
-            learn.model.load_state_dict(self.best_state)
+            self._model(learn).load_state_dict(self.best_state)

@@ -1,0 +1,216 @@
+"""The `imgclf` command: thin over the Python API. User mistakes print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import sys
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .errors import UserError
+
+D, M, T = DataConfig(), ModelConfig(), TrainConfig()
+
+
+def _lr(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a classifier on a folder of images",
+        description="Fine-tune a pretrained backbone on DATA: class folders (with train/ + valid|val/ or a "
+                    "random split), a regex on file names (--label-re), or a CSV (--csv). Writes a run "
+                    "directory with the model, its config, history, metrics and plots.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data", help="image folder (or a CSV of file,label[,is_valid])")
+    p.add_argument("--out", help="run directory (default runs/<data-name>; never overwritten: -2, -3...)")
+    g = p.add_argument_group("data")
+    g.add_argument("--csv", help="CSV of file,label[,is_valid] with files relative to DATA")
+    g.add_argument("--label-re", help=r"regex on the file name; group 1 is the label, e.g. '^(.+)_\d+\.jpg$'")
+    g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
+    g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
+    g.add_argument("--seed", type=int, default=D.seed, help="seed for the split, init and augmentation")
+    g.add_argument("--size", type=int, default=D.size, help="training image size in pixels")
+    g.add_argument("--bs", type=int, default=D.bs, help="batch size")
+    g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default=M.arch, help="architecture: the embedded default or any timm name")
+    g.add_argument("--weights", help="weights file (.safetensors/.pth) or URL to start from")
+    g.add_argument("--no-pretrained", action="store_true", help="start from random weights")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=T.epochs, help="epochs with the whole model unfrozen")
+    g.add_argument("--freeze-epochs", type=int, default=T.freeze_epochs,
+                   help="head-only epochs first (on cached features: about a second each)")
+    g.add_argument("--lr", type=_lr, default=T.lr, help="peak learning rate, or 'auto' (lr_find's valley)")
+    g.add_argument("--opt", default=T.opt, choices=["adamw", "adam", "sgd", "rmsprop", "adagrad"])
+    g.add_argument("--wd", type=float, default=T.wd, help="weight decay (decoupled for adamw)")
+    g.add_argument("--label-smoothing", type=float, default=T.label_smoothing)
+    g.add_argument("--clip", type=float, default=T.clip, help="gradient-norm clipping (0: off)")
+    g.add_argument("--patience", type=int, default=T.patience, help="early-stopping patience on valid_loss")
+    g.add_argument("--device", default=T.device, help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument("--precision", default=T.precision, choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="predict labels of new images with a trained run",
+                       description="Predict IMAGES (files, folders or globs) with the model in RUN.")
+    p.add_argument("run", help="run directory written by `imgclf train`")
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
+    p.add_argument("--csv", help="write path,label,confidence rows to this CSV")
+    p.add_argument("--probs", action="store_true", help="add one probability column per class")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --csv file")
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a trained run on labelled images",
+                       description="Accuracy and loss of RUN on DATA (class folders, or a data set root whose "
+                                   "valid/val split is used).")
+    p.add_argument("run")
+    p.add_argument("data")
+    p.add_argument("--label-re", help="regex on file names for the labels (default: folder names)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imgclf", description="Turn a folder of images into an accurate image classifier.",
+        epilog="examples:\n  imgclf train photos/\n  imgclf predict runs/photos new/ --csv preds.csv\n"
+               "  imgclf evaluate runs/photos photos/val",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"imgclf {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    m = sub.add_parser("models", help="list architecture names", description="List names --arch accepts.")
+    m.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*resnet*'")
+    return p
+
+
+def _config(a: argparse.Namespace) -> RunConfig:
+    def pick(kind, **over):
+        vals = {f.name: getattr(a, f.name) for f in fields(kind) if hasattr(a, f.name)}
+        return kind(**{**vals, **over})
+
+    return RunConfig(
+        data=pick(DataConfig, path=a.data),
+        model=pick(ModelConfig, pretrained=not a.no_pretrained),
+        train=pick(TrainConfig, clip=a.clip or None),
+        out=a.out,
+    )
+
+
+def expand_images(args: list[str]) -> list[Path]:
+    """Files, folders (recursively) and globs to a sorted list of image paths."""
+    from .data.sources import find_images
+
+    out: list[Path] = []
+    for a in args:
+        if Path(a).exists():
+            out += find_images(a)
+        elif any(ch in a for ch in "*?["):
+            matches = sorted(glob.glob(a, recursive=True))
+            out += [p for m in matches for p in find_images(m)]
+        else:
+            raise UserError(f"{a}: no such file or directory")
+    if not out:
+        raise UserError(f"{' '.join(args)}: no images found")
+    return list(dict.fromkeys(out))
+
+
+def _check_writable(path: str, force: bool) -> None:
+    if Path(path).exists() and not force:
+        raise UserError(f"{path}: already exists (pass --force to overwrite)")
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .train.job import train
+
+    res = train(_config(a), progress=not a.quiet)
+    m = res.metrics
+    print(f"accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}  "
+          f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s  -> {res.run_dir}")
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from .infer import load_model
+
+    if a.csv:
+        _check_writable(a.csv, a.force)
+    model = load_model(a.run, device=a.device)
+    preds, skipped = model.predict_files(expand_images(a.images), bs=a.bs, progress=not a.quiet)
+    header = ["path", "label", "confidence"] + (model.classes if a.probs else [])
+    rows = [[p.path, p.label, f"{p.confidence:.6f}"] + ([f"{p.probs[c]:.6f}" for c in model.classes]
+                                                         if a.probs else []) for p in preds]
+    if a.csv:
+        with open(a.csv, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+        print(f"{len(rows)} predictions -> {a.csv}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
+    else:
+        w = csv.writer(sys.stdout)
+        w.writerows([header, *rows])
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .infer import evaluate, load_model
+    from .rundir import write_json
+
+    if a.json:
+        _check_writable(a.json, a.force)
+    res = evaluate(load_model(a.run, device=a.device), a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet)
+    print(f"accuracy {res['accuracy']:.4f}  loss {res['loss']:.4f}  n {res['n']}")
+    for c, acc in res["per_class_accuracy"].items():
+        print(f"  {c}: {acc:.4f}")
+    if a.json:
+        write_json(a.json, res)
+
+
+def cmd_models(a: argparse.Namespace) -> None:
+    from .models import list_models
+
+    print("\n".join(list_models(a.pattern)))
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"imgclf: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning  # the documented hook for how warnings print
+    commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "models": cmd_models}
+    try:
+        commands[args.command](args)
+    except UserError as e:
+        print(f"imgclf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgclf: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The command line as a user meets it: help, exit codes, one-line errors, the three commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from imgclf.cli import main
+
+
+def run_cli(*args, cwd=None):
+    """The real `python -m imgclf` in a subprocess: exit code, stdout, stderr."""
+    p = subprocess.run([sys.executable, "-m", "imgclf", *map(str, args)], capture_output=True, text=True,
+                       cwd=cwd, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_help_reads_well():
+    code, out, _ = run_cli("--help")
+    assert code == 0 and "train" in out and "predict" in out and "evaluate" in out
+    code, out, _ = run_cli("train", "--help")
+    for flag in ("--out", "--arch", "--weights", "--size", "--bs", "--epochs", "--freeze-epochs", "--lr",
+                 "--opt", "--wd", "--valid-pct", "--seed", "--label-re", "--csv", "--workers", "--device"):
+        assert flag in out, flag
+
+
+@pytest.mark.parametrize("case", ["missing", "no_images", "one_class", "empty_class"])
+def test_user_errors_are_one_line_exit_2(case, tmp_path, image_folder):
+    if case == "missing":
+        target, expect = tmp_path / "nope", "no such"
+    elif case == "no_images":
+        target = tmp_path / "empty"
+        (target / "a").mkdir(parents=True)
+        (target / "a" / "notes.txt").write_text("hi")
+        expect = "no images"
+    elif case == "one_class":
+        target, expect = image_folder({"only": 4}), "one class"
+    else:
+        target = image_folder({"a": 4, "b": 4})
+        (target / "c").mkdir()
+        expect = "no images"
+    code, out, err = run_cli("train", target, "--out", tmp_path / "run")
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgclf: error:") and expect in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_train_predict_evaluate_round_trip(tmp_path, image_folder, capsys):
+    root = image_folder({"red": 8, "blue": 8}, split=True, n_valid=4, size=(48, 36))
+    # a bad file is skipped with a warning that names it, and training goes on
+    (root / "train" / "red" / "broken.jpg").write_bytes(b"")
+    out = tmp_path / "runs" / "colours"
+    args = ["train", str(root), "--out", str(out), "--size", "32", "--bs", "8", "--epochs", "1",
+            "--freeze-epochs", "10", "--lr", "1e-2", "--quiet"]
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert main(args) == 0
+    assert "accuracy" in capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["skipped_files"][0]["path"].endswith("broken.jpg") and m["n_train"] == 16
+    # a second run never overwrites the first
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert main(args) == 0
+    assert (tmp_path / "runs" / "colours-2" / "model.safetensors").is_file()
+
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", str(out), str(root / "val"), "--csv", str(preds), "--probs", "--quiet"]) == 0
+    rows = list(csv.DictReader(open(preds)))
+    assert len(rows) == 8 and set(rows[0]) == {"path", "label", "confidence", "blue", "red"}
+    right = sum(r["label"] == ("red" if "/red/" in r["path"] else "blue") for r in rows)
+    assert right >= 6
+    for r in rows:
+        assert float(r["blue"]) + float(r["red"]) == pytest.approx(1, abs=1e-4)
+    # the CSV is not overwritten without --force
+    assert main(["predict", str(out), str(root / "val"), "--csv", str(preds)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    # a glob of files
+    assert main(["predict", str(out), str(root / "val" / "red" / "*.jpg"), "--quiet"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[0] == "path,label,confidence" and len(printed) == 5
+
+    js = tmp_path / "eval.json"
+    assert main(["evaluate", str(out), str(root), "--json", str(js), "--quiet"]) == 0
+    ev = json.loads(js.read_text())
+    assert ev["n"] == 8 and ev["accuracy"] == pytest.approx(right / 8)
+
+
+def test_predict_and_evaluate_errors(tmp_path, tiny_split_folder):
+    code, _, err = run_cli("predict", tmp_path, tiny_split_folder)
+    assert code == 2 and "not a run directory" in err
+    code, _, err = run_cli("evaluate", tmp_path / "nope", tiny_split_folder)
+    assert code == 2 and "no such run directory" in err
+    code, _, err = run_cli("train", tiny_split_folder, "--arch", "resnet_nope", "--out", tmp_path / "r")
+    assert code == 2 and "unknown architecture" in err
+    code, _, err = run_cli("train", tiny_split_folder, "--label-re", "([", "--out", tmp_path / "r2")
+    assert code == 2 and "invalid regex" in err

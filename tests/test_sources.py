@@ -1,0 +1,345 @@
+"""Where items and labels come from: file discovery, folder/regex/CSV labels, splits, and user errors."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from imgclf.data.core import ImageData
+from imgclf.data.sources import (
+    check_items,
+    find_images,
+    items_from_csv,
+    items_from_files,
+    items_from_folder,
+    label_from_re,
+    random_split,
+)
+from imgclf.errors import UserError
+
+PETS_RE = r"^(.+)_\d+\.jpg$"
+FOOD_RE = r"^(\d+)_"
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> Path:
+    path.write_text("\n".join(",".join(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+# --- find_images --------------------------------------------------------------------------------
+
+def test_find_images_recursive_case_insensitive_skips_hidden_and_non_images(tmp_path, write_image):
+    root = tmp_path / "imgs"
+    wanted = [
+        write_image(root / "a" / "x.jpg"),
+        write_image(root / "a" / "b" / "c" / "deep.JPG", format="JPEG"),
+        write_image(root / "z.Png", format="PNG"),
+        write_image(root / "t.tiff"),
+        write_image(root / "w.webp"),
+        write_image(root / "a" / "g.gif", mode="P"),
+        write_image(root / "a" / "j.JPEG", format="JPEG"),
+        write_image(root / "bm.bmp"),
+    ]
+    # none of these may be found
+    write_image(root / "a" / ".hidden.jpg")
+    write_image(root / ".cache" / "q.jpg")
+    write_image(root / "a" / ".ipynb_checkpoints" / "r.jpg")
+    (root / "notes.txt").write_text("not an image")
+    (root / "a" / "labels.csv").write_text("file,label\n")
+    (root / "a" / "x.jpg.bak").write_bytes(b"\xff\xd8")
+    (root / "folder.jpg").mkdir()  # a directory with an image-like name is not a file
+
+    assert find_images(root) == sorted(wanted)
+    assert find_images(str(root)) == sorted(wanted)  # str accepted
+
+
+def test_find_images_single_file_and_errors(tmp_path, write_image):
+    img = write_image(tmp_path / "one.png")
+    assert find_images(img) == [img]
+    txt = tmp_path / "one.txt"
+    txt.write_text("x")
+    with pytest.raises(UserError, match="not an image file") as e:
+        find_images(txt)
+    assert str(txt) in str(e.value)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UserError, match="no such file or directory") as e:
+        find_images(missing)
+    assert str(missing) in str(e.value)
+
+
+# --- folder labels and splits -------------------------------------------------------------------
+
+def test_folder_labels_come_from_parent_folders(image_folder):
+    root = image_folder({"cats": 5, "dogs": 7})
+    items = items_from_folder(root)
+    assert len(items.paths) == 12
+    assert all(label == p.parent.name for p, label in zip(items.paths, items.labels, strict=True))
+    assert Counter(items.labels) == {"cats": 5, "dogs": 7}
+    assert sum(items.is_valid) == round(12 * 0.2)
+    assert check_items(items, str(root)) == ["cats", "dogs"]
+
+
+@pytest.mark.parametrize("valid_name", ["valid", "val", "validation"])
+def test_train_valid_folders_are_the_split(image_folder, valid_name):
+    root = image_folder({"ants": 4, "bees": 6}, split=True, valid_name=valid_name, n_valid=2)
+    items = items_from_folder(root, valid_pct=0.5)  # valid_pct is ignored when the folders split
+    assert len(items.paths) == 10 + 4
+    for p, label, v in zip(items.paths, items.labels, items.is_valid, strict=True):
+        assert p.parent.parent.name == (valid_name if v else "train")
+        assert label == p.parent.name
+    train_paths, train_labels = items.split(valid=False)
+    valid_paths, valid_labels = items.split(valid=True)
+    assert Counter(train_labels) == {"ants": 4, "bees": 6}
+    assert Counter(valid_labels) == {"ants": 2, "bees": 2}
+    assert all(p.parent.parent == root / "train" for p in train_paths)
+    assert all(p.parent.parent == root / valid_name for p in valid_paths)
+
+
+def test_explicit_valid_folder_name(image_folder):
+    root = image_folder({"a": 3, "b": 3}, split=True, valid_name="holdout")
+    # "holdout" is not a name it looks for by itself: train/ beside it must not become a class
+    with pytest.raises(UserError, match="--valid NAME"):
+        items_from_folder(root)
+    items = items_from_folder(root, valid="holdout")
+    assert sum(items.is_valid) == 2 and len(items.paths) == 8
+    with pytest.raises(UserError, match="validation folder not found") as e:
+        items_from_folder(root, valid="nope")
+    assert str(root / "nope") in str(e.value)
+
+
+def test_valid_folder_without_train_folder(image_folder):
+    root = image_folder({"a": 2, "b": 2}, split=True)
+    (root / "train").rename(root / "trn")
+    with pytest.raises(UserError, match="no train/ folder") as e:
+        items_from_folder(root)
+    assert str(root) in str(e.value)
+
+
+def test_random_split_is_seeded_and_sized():
+    a = random_split(100, 0.2, seed=1)
+    assert a == random_split(100, 0.2, seed=1)
+    assert a != random_split(100, 0.2, seed=2)
+    assert sum(a) == 20
+    assert sum(random_split(10, 0.35, seed=0)) == round(3.5)  # round-half-even: 4
+    assert sum(random_split(3, 0.01, seed=0)) == 1  # never an empty validation set
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(UserError, match="valid-pct"):
+            random_split(10, bad, seed=0)
+
+
+def test_folder_random_split_same_seed_same_split(image_folder):
+    root = image_folder({"cats": 10, "dogs": 10})
+    a = items_from_folder(root, valid_pct=0.25, seed=7)
+    b = items_from_folder(root, valid_pct=0.25, seed=7)
+    c = items_from_folder(root, valid_pct=0.25, seed=8)
+    assert a.is_valid == b.is_valid
+    assert a.is_valid != c.is_valid
+    assert sum(a.is_valid) == sum(c.is_valid) == 5
+
+
+# --- labels from file names ---------------------------------------------------------------------
+
+def test_label_from_re_pets_and_food_patterns():
+    pets = label_from_re(PETS_RE)
+    assert pets(Path("/d/Abyssinian_1.jpg")) == "Abyssinian"
+    assert pets(Path("great_pyrenees_12.jpg")) == "great_pyrenees"
+    assert pets(Path("x/yorkshire_terrier_190.jpg")) == "yorkshire_terrier"
+    food = label_from_re(FOOD_RE)
+    assert food(Path("food-11/training/0_12.jpg")) == "0"
+    assert food(Path("10_3.jpg")) == "10"
+    whole = label_from_re(r"^[a-z]+")  # no group: the whole match
+    assert whole(Path("cat_001.png")) == "cat"
+    bad = Path("/d/Abyssinian.png")
+    with pytest.raises(UserError, match="does not match") as e:
+        pets(bad)
+    assert str(bad) in str(e.value)
+
+
+def test_folder_with_label_re_allows_loose_files(tmp_path, write_image):
+    root = tmp_path / "pets"
+    names = ["Abyssinian_1.jpg", "Abyssinian_2.jpg", "Abyssinian_3.jpg",
+             "great_pyrenees_1.jpg", "great_pyrenees_20.jpg", "great_pyrenees_31.jpg"]
+    for i, n in enumerate(names):
+        write_image(root / n, seed=i)
+    items = items_from_folder(root, label_re=PETS_RE, seed=0)
+    assert [p.name for p in items.paths] == sorted(names)
+    assert items.labels == [n.rsplit("_", 1)[0] for n in sorted(names)]
+    assert sum(items.is_valid) == 1
+
+
+def test_food_regex_on_flat_folder(tmp_path, write_image):
+    root = tmp_path / "food"
+    for i, n in enumerate(["0_1.jpg", "0_2.jpg", "3_1.jpg", "10_1.jpg", "10_22.jpg"]):
+        write_image(root / n, seed=i)
+    items = items_from_folder(root, label_re=FOOD_RE)
+    assert dict(zip([p.name for p in items.paths], items.labels, strict=True)) == {
+        "0_1.jpg": "0", "0_2.jpg": "0", "10_1.jpg": "10", "10_22.jpg": "10", "3_1.jpg": "3"}
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+def test_csv_file_label_random_split(tmp_path, write_image):
+    rows = [["file", "label"]]
+    for i in range(10):
+        write_image(tmp_path / "imgs" / f"im{i}.png", seed=i)
+        rows.append([f"imgs/im{i}.png", "odd" if i % 2 else "even"])
+    csv_path = write_csv(tmp_path / "labels.csv", rows)
+    items = items_from_csv(csv_path, seed=3)
+    assert items.paths == [tmp_path / "imgs" / f"im{i}.png" for i in range(10)]
+    assert items.labels == ["odd" if i % 2 else "even" for i in range(10)]
+    assert items.is_valid == random_split(10, 0.2, 3)
+    assert items_from_csv(csv_path, seed=3).is_valid == items.is_valid
+
+
+def test_csv_is_valid_column_and_extensionless_files(tmp_path, write_image):
+    img_dir = tmp_path / "images"
+    write_image(img_dir / "a.png")
+    write_image(img_dir / "b.jpg")
+    write_image(img_dir / "c.webp")
+    write_image(img_dir / "d.jpeg")
+    (tmp_path / "meta").mkdir()
+    csv_path = write_csv(tmp_path / "meta" / "train.csv", [
+        ["File", "Label", "is_valid"],
+        ["a", "x", "0"],
+        ["b", "y", "1"],
+        ["c.webp", "x", "True"],
+        ["d", "y", "false"],
+        ["", "", ""],  # blank rows are skipped
+    ])
+    items = items_from_csv(csv_path, folder=img_dir)
+    assert items.paths == [img_dir / "a.png", img_dir / "b.jpg", img_dir / "c.webp", img_dir / "d.jpeg"]
+    assert items.labels == ["x", "y", "x", "y"]
+    assert items.is_valid == [False, True, True, False]
+
+
+def test_csv_column_names_are_found_in_any_order(tmp_path, write_image):
+    write_image(tmp_path / "p.png")
+    write_image(tmp_path / "q.png")
+    csv_path = write_csv(tmp_path / "l.csv", [["class", "fname"], ["cat", "p.png"], ["dog", "q.png"]])
+    items = items_from_csv(csv_path, valid_pct=0.5, seed=0)
+    assert items.paths == [tmp_path / "p.png", tmp_path / "q.png"]
+    assert items.labels == ["cat", "dog"]
+
+
+def test_csv_missing_files_named(tmp_path, write_image):
+    write_image(tmp_path / "here.png")
+    csv_path = write_csv(tmp_path / "labels.csv",
+                         [["file", "label"], ["here.png", "a"], ["gone.png", "b"], ["gone2", "b"]])
+    with pytest.raises(UserError, match=r"not found \(and 1 more\)") as e:
+        items_from_csv(csv_path)
+    assert str(tmp_path / "gone.png") in str(e.value) and "labels.csv" in str(e.value)
+    with pytest.raises(UserError, match="CSV file not found") as e:
+        items_from_csv(tmp_path / "nope.csv")
+    assert str(tmp_path / "nope.csv") in str(e.value)
+    write_csv(tmp_path / "empty.csv", [["file", "label"]])
+    with pytest.raises(UserError, match="header row and at least one data row"):
+        items_from_csv(tmp_path / "empty.csv")
+
+
+def test_files_and_labels(tmp_path):
+    items = items_from_files([tmp_path / "a.jpg", str(tmp_path / "b.jpg"), "c.jpg"], ["x", 1, "x"], seed=0)
+    assert items.paths == [tmp_path / "a.jpg", tmp_path / "b.jpg", Path("c.jpg")]
+    assert items.labels == ["x", "1", "x"]
+    assert items.is_valid == random_split(3, 0.2, 0)
+    with pytest.raises(UserError, match="2 files but 1 labels"):
+        items_from_files(["a.jpg", "b.jpg"], ["x"])
+
+
+# --- user errors name what and where ------------------------------------------------------------
+
+def test_missing_folder(tmp_path):
+    missing = tmp_path / "no_such"
+    with pytest.raises(UserError, match="no such directory") as e:
+        items_from_folder(missing)
+    assert str(missing) in str(e.value)
+
+
+def test_folder_without_images(tmp_path):
+    root = tmp_path / "empty"
+    (root / "cats").mkdir(parents=True)
+    (root / "cats" / "readme.txt").write_text("x")
+    with pytest.raises(UserError, match="no images found") as e:
+        items_from_folder(root)
+    assert str(root) in str(e.value)
+
+
+def test_split_folder_without_images(image_folder):
+    root = image_folder({"a": 2, "b": 2}, split=True)
+    for p in (root / "val").rglob("*.jpg"):
+        p.unlink()
+    with pytest.raises(UserError, match="no images found") as e:
+        items_from_folder(root)
+    assert str(root / "val") in str(e.value)
+
+
+def test_one_class(image_folder):
+    root = image_folder({"cats": 5})
+    with pytest.raises(UserError, match=r"one class \('cats'\)") as e:
+        ImageData.from_folder(root, size=16, progress=False)
+    assert str(root) in str(e.value)
+
+
+def test_check_items_empty_splits(image_folder):
+    root = image_folder({"a": 2, "b": 2})
+    items = items_from_folder(root)
+    items.is_valid = [False] * 4
+    with pytest.raises(UserError, match="validation split is empty"):
+        check_items(items, "src")
+    items.is_valid = [True] * 4
+    with pytest.raises(UserError, match="training split is empty"):
+        check_items(items, "src")
+
+
+def test_empty_class_folder(image_folder):
+    root = image_folder({"cats": 3, "dogs": 3})
+    (root / "birds").mkdir()
+    with pytest.raises(UserError, match="class folder has no images") as e:
+        items_from_folder(root)
+    assert str(root / "birds") in str(e.value)
+    (root / "birds").rmdir()
+    (root / ".git").mkdir()  # hidden folders are not classes
+    assert len(items_from_folder(root).paths) == 6
+
+
+def test_empty_class_folder_in_split(image_folder):
+    root = image_folder({"cats": 3, "dogs": 3}, split=True)
+    (root / "val" / "birds").mkdir()
+    with pytest.raises(UserError, match="class folder has no images") as e:
+        items_from_folder(root)
+    assert str(root / "val" / "birds") in str(e.value)
+
+
+def test_loose_images_in_root(image_folder, write_image):
+    root = image_folder({"cats": 3, "dogs": 3})
+    loose = write_image(root / "stray.jpg")
+    with pytest.raises(UserError, match="not inside a class folder") as e:
+        items_from_folder(root)
+    assert str(loose) in str(e.value)
+
+
+def test_only_loose_images(tmp_path, write_image):
+    root = tmp_path / "flat"
+    for i in range(4):
+        write_image(root / f"img{i}.jpg", seed=i)
+    with pytest.raises(UserError, match="not inside a class folder") as e:
+        items_from_folder(root)
+    assert str(root / "img0.jpg") in str(e.value)
+
+
+def test_loose_images_in_train_folder(image_folder, write_image):
+    """An image directly in train/ must not silently become a class called 'train'."""
+    root = image_folder({"cats": 3, "dogs": 3}, split=True)
+    loose = write_image(root / "train" / "stray.jpg")
+    with pytest.raises(UserError, match="not inside a class folder") as e:
+        items_from_folder(root)
+    assert str(loose) in str(e.value)
+
+
+def test_bad_regex(tmp_path, tiny_folder):
+    with pytest.raises(UserError, match="invalid regex") as e:
+        label_from_re("([a-z")
+    assert "([a-z" in str(e.value)
+    with pytest.raises(UserError, match="invalid regex"):
+        items_from_folder(tiny_folder, label_re="(unclosed")
