@@ -41,7 +41,8 @@ def _add_train(sub) -> None:
     g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
     g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the split, init and augmentation")
-    g.add_argument("--size", type=int, default=D.size, help="training image size in pixels")
+    g.add_argument("--size", type=int, default=D.size,
+                   help="image size in pixels (default: the backbone's recommended size, 256 for the default)")
     g.add_argument("--bs", type=int, default=D.bs, help="batch size")
     g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
     g = p.add_argument_group("model")
@@ -150,8 +151,9 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     res = train(_config(a), progress=not a.quiet)
     m = res.metrics
+    kept = f"  (kept epoch {m['kept_epoch']}, {m['kept_phase']})" if m.get("kept_phase") else ""
     print(f"accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}  "
-          f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s  -> {res.run_dir}")
+          f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s{kept}  -> {res.run_dir}")
 
 
 def cmd_predict(a: argparse.Namespace) -> None:

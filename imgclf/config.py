@@ -14,7 +14,7 @@ class DataConfig:
     seed: int = 42
     label_re: str | None = None  # regex on the file name whose first group is the label
     csv: str | None = None  # CSV with file,label[,is_valid]
-    size: int = 224
+    size: int | None = None  # None = the backbone's recommended size (256 for the default: see models.recommended_size)
     bs: int = 64
     workers: int = 0  # decoding threads; 0 = one per CPU core
 
@@ -29,7 +29,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 1  # unfrozen epochs
-    freeze_epochs: int = 4  # head-only epochs (on cached features: about a second each)
+    freeze_epochs: int = 8  # head-only epochs (on cached features: well under a second each)
     lr: float | str = 2e-3  # a number or "auto" (lr_find's valley suggestion)
     opt: str = "adamw"
     wd: float = 0.01

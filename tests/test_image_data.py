@@ -235,3 +235,18 @@ def test_hymenoptera(hymenoptera):
     assert data.train_images[gif[0]].float().std() > 0  # the palette GIF decoded to a real picture
     x, y = next(iter(data.loader("train", MEAN, STD, bs=32)))
     assert x.shape == (32, 3, 64, 64) and torch.isfinite(x).all() and y.dtype == torch.int64
+
+
+def test_lazy_store_gives_the_same_batches_as_memory(image_folder):
+    """Data too large for memory is decoded per batch: same pixels, bad files still screened out."""
+    root = image_folder({"cats": 5, "dogs": 5}, split=True)
+    (root / "train" / "cats" / "zero.jpg").write_bytes(b"")
+    with pytest.warns(UserWarning, match="zero.jpg"):
+        mem = ImageData.from_folder(root, size=32, bs=4, progress=False, in_memory=True)
+    with pytest.warns(UserWarning, match="zero.jpg"):
+        lazy = ImageData.from_folder(root, size=32, bs=4, progress=False, in_memory=False)
+    assert not lazy.in_memory and lazy.train_paths == mem.train_paths
+    assert torch.equal(lazy.train_images[torch.arange(len(lazy.train_paths))], mem.train_images)
+    xl = [x for x, _ in lazy.loader("valid", (0.5,) * 3, (0.5,) * 3)]
+    xm = [x for x, _ in mem.loader("valid", (0.5,) * 3, (0.5,) * 3)]
+    assert all(torch.equal(a, b) for a, b in zip(xl, xm, strict=True))

@@ -73,6 +73,7 @@ def main() -> None:
         return torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
 
     epoch_seconds: list[float] = []
+    epoch_seconds_with_valid: list[float] = []
     epoch_accuracy: list[float] = []
     t_fit = time.perf_counter()
     for epoch in range(args.epochs):
@@ -94,6 +95,7 @@ def main() -> None:
                 preds = model(images.to(memory_format=memory_format)).argmax(1)
                 correct += int((preds == labels).sum())
         epoch_accuracy.append(correct / len(val_dl.dataset))
+        epoch_seconds_with_valid.append(time.perf_counter() - t_epoch)
         print(
             f"epoch {epoch}: loss {loss.item():.4f} train {epoch_seconds[-1]:.1f}s "
             f"val_acc {epoch_accuracy[-1]:.4f}",
@@ -108,6 +110,7 @@ def main() -> None:
                 "accuracy": round(epoch_accuracy[-1], 4),
                 "fit_seconds": round(fit_seconds, 2),
                 "epoch_seconds": [round(s, 2) for s in epoch_seconds],
+                "epoch_seconds_with_valid": [round(s, 2) for s in epoch_seconds_with_valid],
                 "epoch_accuracy": [round(a, 4) for a in epoch_accuracy],
                 "channels_last": args.channels_last,
                 "bf16": args.bf16,

@@ -13,6 +13,7 @@ from .augment import Augment
 from .decode import decode_all
 from .loaders import BatchLoader
 from .sources import Items, check_items, items_from_csv, items_from_files, items_from_folder
+from .store import LazyImages, fits_in_memory, screen
 
 CROP_PCT = 0.875  # validation crop: the ImageNet convention the pretrained backbones were scored with
 
@@ -23,7 +24,8 @@ def presize_for(size: int) -> int:
 
 
 class ImageData:
-    """Train and validation images as uint8 tensors in memory, with their class indices.
+    """Train and validation images as uint8 tensors in memory (or decoded per batch when they would not
+    fit: `in_memory` says which), with their class indices.
 
     Build one with `from_folder`, `from_name_re`, `from_csv` or `from_files`; the learner asks it for
     batch loaders with the model's normalisation, so the data never needs to know the model.
@@ -38,6 +40,7 @@ class ImageData:
         augment: Augment | None = None,
         source: str = "data",
         progress: bool = True,
+        in_memory: bool | None = None,
     ):
         if size < 8:
             raise UserError(f"--size {size}: too small (at least 8 pixels)")
@@ -48,9 +51,15 @@ class ImageData:
         class_idx = {c: i for i, c in enumerate(self.classes)}
         self.skipped: list[tuple[Path, str]] = []
         splits = {}
+        self.in_memory = fits_in_memory(len(items.paths), self.presize) if in_memory is None else in_memory
         for name, valid in (("train", False), ("valid", True)):
             paths, labels = items.split(valid)
-            images, keep, bad = decode_all(paths, self.presize, workers, desc=f"decode {name}", progress=progress)
+            if self.in_memory:
+                images, keep, bad = decode_all(paths, self.presize, workers, desc=f"decode {name}",
+                                               progress=progress)
+            else:
+                keep, bad = screen(paths)
+                images = LazyImages([paths[i] for i in keep], self.presize, workers)
             self.skipped += bad
             targets = torch.tensor([class_idx[labels[i]] for i in keep], dtype=torch.long)
             splits[name] = ([paths[i] for i in keep], images, targets)

@@ -18,6 +18,7 @@ import torch
 from ..config import RunConfig
 from ..data.core import ImageData
 from ..errors import UserError
+from ..models import recommended_size
 from ..rundir import new_run_dir, write_json
 from .callbacks import CSVLogger, EarlyStopping, SaveBestModel
 from .vision import VisionLearner, vision_learner
@@ -39,7 +40,7 @@ def seed_everything(seed: int) -> None:
 def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
     """The `ImageData` a config describes: a CSV, a regex on names, or class folders."""
     d = cfg.data
-    common = dict(size=d.size, bs=d.bs, workers=d.workers, progress=progress)
+    common = dict(size=d.size or recommended_size(cfg.model.arch), bs=d.bs, workers=d.workers, progress=progress)
     path = Path(d.path)
     csv_file = d.csv or (d.path if path.suffix.lower() == ".csv" else None)
     if csv_file:
@@ -79,7 +80,8 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
         progress=progress, cbs=[CSVLogger(out / "history.csv")],
     )
     resolved: dict[str, Any] = {"device": str(learn.device), "precision": str(learn.dtype or "fp32"),
-                                "presize": data.presize, "classes": data.classes, "augment": data.augment.to_dict()}
+                                "size": data.size, "presize": data.presize, "classes": data.classes,
+                                "augment": data.augment.to_dict()}
     t_fit = time.perf_counter()
     lr = tc.lr
     if lr_auto:
@@ -102,6 +104,7 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     metrics = {
         **final, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start,
         "n_train": data.n_train, "n_valid": data.n_valid, "n_classes": len(data.classes),
+        "kept_epoch": best.best_epoch, "kept_phase": best.best_phase,
         "skipped_files": [{"path": str(p), "reason": r} for p, r in data.skipped],
     }
     write_json(out / "metrics.json", metrics)

@@ -65,8 +65,10 @@ class VisionLearner(Learner):
         xv, yv = self.cached_features("valid", "center")
         head = nn.Sequential(nn.Dropout(getattr(self.model, "drop_rate", 0.0)), self.model.get_classifier())
         logs = [cb for cb in self.cbs if isinstance(cb, CSVLogger)]
+        # small sets get smaller batches, so each head epoch still takes ~16 steps
+        bs = max(8, min(self.data.bs, len(x1) * 2 // 16))
         learn = Learner(
-            head, TensorLoader(torch.cat([x1, x2]), torch.cat([y1, y2]), self.data.bs, shuffle=True, seed=self.seed),
+            head, TensorLoader(torch.cat([x1, x2]), torch.cat([y1, y2]), bs, shuffle=True, seed=self.seed),
             TensorLoader(xv, yv, 1024), loss_func=self.loss_func, valid_loss_func=self.valid_loss_func,
             metrics=[fn for _, fn in self.metrics],
             opt=self.opt_name, lr=self.lr, wd=self.wd, device=self.device, precision="fp32",
