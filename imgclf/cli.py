@@ -50,9 +50,16 @@ def _add_train(sub) -> None:
     g.add_argument("--weights", help="weights file (.safetensors/.pth) or URL to start from")
     g.add_argument("--no-pretrained", action="store_true", help="start from random weights")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=T.epochs, help="epochs with the whole model unfrozen")
+    g.add_argument("--recipe", default=T.recipe, choices=["auto", "probe", "fine_tune"],
+                   help="auto: probe on cached features, fine-tune only where it pays; probe: the probe only; "
+                        "fine_tune: head then whole model, fixed epochs")
+    g.add_argument("--budget", type=float, default=T.budget, help="seconds for the auto recipe (default: sized "
+                   "for the data, 60 s + 0.25 s per training image)")
+    g.add_argument("--max-epochs", type=int, default=T.max_epochs, help="auto recipe: most fine-tune epochs")
+    g.add_argument("--epochs", type=int, default=T.epochs,
+                   help="fine_tune recipe: epochs with the whole model unfrozen")
     g.add_argument("--freeze-epochs", type=int, default=T.freeze_epochs,
-                   help="head-only epochs first (on cached features: about a second each)")
+                   help="fine_tune recipe: head-only epochs first (on cached features: well under a second each)")
     g.add_argument("--lr", type=_lr, default=T.lr, help="peak learning rate, or 'auto' (lr_find's valley)")
     g.add_argument("--opt", default=T.opt, choices=["adamw", "adam", "sgd", "rmsprop", "adagrad"])
     g.add_argument("--wd", type=float, default=T.wd, help="weight decay (decoupled for adamw)")
@@ -91,6 +98,51 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _add_interpret(sub) -> None:
+    p = sub.add_parser(
+        "interpret", help="why does a trained run err? confusion matrix, top losses, features",
+        description="Interpret RUN on its validation images (rebuilt from its config.json, the same seeded "
+                    "split): confusion matrices, most confused pairs, per-class precision/recall/F1, top "
+                    "losses, misclassified images, PCA and t-SNE of the pooled features, a model summary. "
+                    "Prints the figures and writes them to RUN/interpret/ (replacing an earlier interpret).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", help="run directory written by `imgclf train`")
+    p.add_argument("--data", help="other labelled images (class folders or a CSV, labelled as the run was); "
+                                  "their validation split is used (default: the run's own data)")
+    p.add_argument("--out", help="output folder (default RUN/interpret)")
+    p.add_argument("--k", type=int, default=9, help="images in the top-losses grid")
+    p.add_argument("--min-val", type=int, default=1, help="least count of a most-confused pair")
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser(
+        "inspect", help="audit the data before training",
+        description="Audit DATA as `imgclf train` would load it: images per class and split, imbalance, image "
+                    "sizes and modes, skipped files, a trace of a few items through the pipeline, the training "
+                    "batch, exact and near duplicates and train/valid leaks. Prints the summary and writes "
+                    "inspect.json, show_batch.png and counts.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data", help="image folder (or a CSV of file,label[,is_valid])")
+    p.add_argument("--out", help="output folder (default runs/<data-name>-inspect; never overwritten: -2, -3...)")
+    g = p.add_argument_group("data (as for train)")
+    g.add_argument("--csv", help="CSV of file,label[,is_valid] with files relative to DATA")
+    g.add_argument("--label-re", help=r"regex on the file name; group 1 is the label, e.g. '^(.+)_\d+\.jpg$'")
+    g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
+    g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
+    g.add_argument("--seed", type=int, default=D.seed, help="seed for the split and augmentation")
+    g.add_argument("--size", type=int, default=D.size,
+                   help="image size in pixels (default: the backbone's recommended size, 256 for the default)")
+    g.add_argument("--bs", type=int, default=D.bs, help="batch size")
+    g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
+    p.add_argument("--show", type=int, default=16, help="images in show_batch.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imgclf", description="Turn a folder of images into an accurate image classifier.",
@@ -105,6 +157,8 @@ def parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_evaluate(sub)
+    _add_interpret(sub)
+    _add_inspect(sub)
     m = sub.add_parser("models", help="list architecture names", description="List names --arch accepts.")
     m.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*resnet*'")
     return p
@@ -151,7 +205,7 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     res = train(_config(a), progress=not a.quiet)
     m = res.metrics
-    kept = f"  (kept epoch {m['kept_epoch']}, {m['kept_phase']})" if m.get("kept_phase") else ""
+    kept = f"  (kept {m['kept']})" if m.get("kept") else ""
     print(f"accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}  "
           f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s{kept}  -> {res.run_dir}")
 
@@ -189,6 +243,49 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         write_json(a.json, res)
 
 
+def cmd_interpret(a: argparse.Namespace) -> None:
+    from .evaluate.interpret import FILES, format_summary, interpret_dir, interpret_run
+    from .rundir import read_json
+
+    replacing = (interpret_dir(a.run, a.out) / "interpret.json").exists()
+    out = interpret_run(a.run, data=a.data, out=a.out, k=a.k, min_val=a.min_val, bs=a.bs, device=a.device,
+                        progress=not a.quiet)
+    print(format_summary(read_json(out / "interpret.json")))
+    print(f"\n{len(FILES)} files -> {out}" + (" (replacing the earlier interpret)" if replacing else ""))
+
+
+def _norm_of(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std `create_model(arch)` puts in its ModelMeta, read from timm's config without building it."""
+    import timm
+
+    from .models.registry import EMBEDDED, ModelMeta
+
+    name = EMBEDDED[arch][0] if arch in EMBEDDED else arch
+    cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
+    meta = ModelMeta(arch)
+    return tuple(getattr(cfg, "mean", None) or meta.mean), tuple(getattr(cfg, "std", None) or meta.std)
+
+
+def cmd_inspect(a: argparse.Namespace) -> None:
+    from .data.show import plot_counts
+    from .rundir import new_run_dir, write_json
+    from .train.job import default_out, load_data
+
+    if a.show < 1:
+        raise UserError(f"--show {a.show}: give at least 1 image")
+    cfg = RunConfig(data=DataConfig(path=a.data, **{f.name: getattr(a, f.name) for f in fields(DataConfig)
+                                                    if hasattr(a, f.name)}), out=a.out)
+    data = load_data(cfg, progress=not a.quiet)  # the one way `train` loads data
+    mean, std = _norm_of(cfg.model.arch)
+    summary = data.summary(mean, std, progress=not a.quiet)
+    out = new_run_dir(a.out or f"{default_out(cfg)}-inspect")
+    write_json(out / "inspect.json", summary.to_dict())
+    data.show_batch(a.show, mean, std, seed=cfg.data.seed).savefig(out / "show_batch.png", dpi=110)
+    plot_counts(summary.counts).savefig(out / "counts.png", dpi=110)
+    print(summary)
+    print(f"-> {out}")
+
+
 def cmd_models(a: argparse.Namespace) -> None:
     from .models import list_models
 
@@ -202,7 +299,8 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning  # the documented hook for how warnings print
-    commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "models": cmd_models}
+    commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "models": cmd_models,
+                "inspect": cmd_inspect, "interpret": cmd_interpret}
     try:
         commands[args.command](args)
     except UserError as e:

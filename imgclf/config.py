@@ -28,8 +28,11 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1  # unfrozen epochs
-    freeze_epochs: int = 8  # head-only epochs (on cached features: well under a second each)
+    recipe: str = "auto"  # auto | probe | fine_tune (see train/recipes.py)
+    budget: float | None = None  # seconds for the auto recipe; None = sized for the data
+    max_epochs: int = 3  # the auto recipe's cap on fine-tune epochs (early stopping may end it sooner)
+    epochs: int = 1  # fine_tune recipe: unfrozen epochs
+    freeze_epochs: int = 8  # fine_tune recipe: head-only epochs (on cached features: well under a second each)
     lr: float | str = 2e-3  # a number or "auto" (lr_find's valley suggestion)
     opt: str = "adamw"
     wd: float = 0.01

@@ -30,7 +30,7 @@ def subset_csv(root, tmp_path, n_train=12, n_valid=12):
 def test_real_short_training_beats_chance(hymenoptera, tmp_path):
     cfg = RunConfig(
         data=DataConfig(path=str(subset_csv(hymenoptera, tmp_path)), size=128, bs=16),
-        train=TrainConfig(epochs=1, freeze_epochs=3),
+        train=TrainConfig(recipe="fine_tune", epochs=1, freeze_epochs=3),
         out=str(tmp_path / "run"),
     )
     res = train(cfg, progress=False)
@@ -67,7 +67,7 @@ def test_real_short_training_beats_chance(hymenoptera, tmp_path):
 
 def test_auto_lr_writes_lr_find_plot(tiny_split_folder, tmp_path):
     cfg = RunConfig(data=DataConfig(path=str(tiny_split_folder), size=32, bs=4),
-                    train=TrainConfig(epochs=0, freeze_epochs=2, lr="auto"), out=str(tmp_path / "r"))
+                    train=TrainConfig(recipe="fine_tune", epochs=0, freeze_epochs=2, lr="auto"), out=str(tmp_path / "r"))
     res = train(cfg, progress=False)
     assert (res.run_dir / "lr_find.png").is_file()
     conf = json.loads((res.run_dir / "config.json").read_text())
@@ -79,7 +79,7 @@ def test_same_seed_same_metrics(image_folder, tmp_path):
 
     def run(k):
         cfg = RunConfig(data=DataConfig(path=str(root), size=32, bs=8, seed=7),
-                        train=TrainConfig(epochs=1, freeze_epochs=2), out=str(tmp_path / f"r{k}"))
+                        train=TrainConfig(recipe="fine_tune", epochs=1, freeze_epochs=2), out=str(tmp_path / f"r{k}"))
         return train(cfg, progress=False).metrics
 
     a, b = run(1), run(2)

@@ -48,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--size", type=int, default=224, help="aug_transforms size; items Resize(size * 8/7)")
     args = parser.parse_args()
 
     t_total = time.perf_counter()
@@ -57,8 +58,8 @@ def main() -> None:
             args.data,
             train="train",
             valid="val",
-            item_tfms=Resize(256),
-            batch_tfms=[*aug_transforms(size=224), Normalize.from_stats(list(MEAN), list(STD))],
+            item_tfms=Resize(round(args.size * 8 / 7)),
+            batch_tfms=[*aug_transforms(size=args.size), Normalize.from_stats(list(MEAN), list(STD))],
             bs=64,
             num_workers=args.num_workers,
             device=torch.device("cpu"),

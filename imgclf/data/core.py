@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,11 @@ from .decode import decode_all
 from .loaders import BatchLoader
 from .sources import Items, check_items, items_from_csv, items_from_files, items_from_folder
 from .store import LazyImages, fits_in_memory, screen
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .audit import DataSummary
 
 CROP_PCT = 0.875  # validation crop: the ImageNet convention the pretrained backbones were scored with
 
@@ -41,11 +47,14 @@ class ImageData:
         source: str = "data",
         progress: bool = True,
         in_memory: bool | None = None,
+        labeller: str = "given labels",
     ):
         if size < 8:
             raise UserError(f"--size {size}: too small (at least 8 pixels)")
         self.classes = check_items(items, source)
+        self.items, self.workers, self.progress = items, workers, progress
         self.source, self.size, self.bs = source, size, bs
+        self.labeller = labeller  # where the labels came from, for summary()
         self.presize = presize_for(size)
         self.augment = augment or Augment()
         class_idx = {c: i for i, c in enumerate(self.classes)}
@@ -80,7 +89,8 @@ class ImageData:
     ) -> ImageData:
         """Classes from sub-folder names; `train/` + `valid|val/` if present, else a seeded `valid_pct` split."""
         items = items_from_folder(path, valid=valid, valid_pct=valid_pct, seed=seed, label_re=label_re)
-        return cls(items, source=str(path), **kwargs)
+        labeller = f"regex {label_re!r} on file names" if label_re else "class folder names"
+        return cls(items, source=str(path), labeller=labeller, **kwargs)
 
     @classmethod
     def from_name_re(cls, path: str | Path, pattern: str, valid_pct: float = 0.2, seed: int = 42,
@@ -93,12 +103,26 @@ class ImageData:
                  seed: int = 42, **kwargs) -> ImageData:
         """Rows of `file,label[,is_valid]`, files relative to `folder` (default: beside the CSV)."""
         items = items_from_csv(csv_file, folder=folder, valid_pct=valid_pct, seed=seed)
-        return cls(items, source=str(csv_file), **kwargs)
+        return cls(items, source=str(csv_file), labeller=f"the label column of {Path(csv_file).name}", **kwargs)
 
     @classmethod
     def from_files(cls, files: Sequence[str | Path], labels: Sequence[str], valid_pct: float = 0.2,
                    seed: int = 42, **kwargs) -> ImageData:
         return cls(items_from_files(files, labels, valid_pct=valid_pct, seed=seed), source="files", **kwargs)
+
+    def resized(self, size: int) -> ImageData:
+        """The same items and split decoded at another size (the recipe search tries several).
+
+        Files already found undecodable are left out up front, so they are not warned about twice.
+        """
+        bad = {p for p, _ in self.skipped}
+        keep = [i for i, p in enumerate(self.items.paths) if p not in bad]
+        items = Items([self.items.paths[i] for i in keep], [self.items.labels[i] for i in keep],
+                      [self.items.is_valid[i] for i in keep])
+        out = ImageData(items, size=size, bs=self.bs, workers=self.workers, augment=self.augment,
+                        source=self.source, progress=self.progress)
+        out.skipped = list(self.skipped)
+        return out
 
     # --- loaders ---
     @property
@@ -129,6 +153,23 @@ class ImageData:
             name: {self.classes[k]: v for k, v in sorted(Counter(y.tolist()).items())}
             for name, y in (("train", self.train_y), ("valid", self.valid_y))
         }
+
+    # --- looking at the data (imgclf inspect) ---
+    def summary(self, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
+                n_samples: int = 4, progress: bool = True) -> DataSummary:
+        """Audit before training: counts, imbalance, sizes, skipped files, a pipeline trace, the batch,
+        exact and near duplicates and train/valid leaks. `print()` it; `.to_dict()` is inspect.json.
+        `mean`/`std`: the model's normalisation (the default backbone's by default)."""
+        from .audit import summarize
+
+        return summarize(self, mean, std, n_samples=n_samples, progress=progress)
+
+    def show_batch(self, n: int = 16, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                   std: Sequence[float] = (0.5, 0.5, 0.5), seed: int = 0) -> Figure:
+        """A matplotlib figure of `n` augmented training images with their labels, de-normalised."""
+        from .show import show_batch
+
+        return show_batch(self, n, mean, std, seed=seed)
 
     def __repr__(self) -> str:
         return (f"ImageData({self.source!r}: {len(self.classes)} classes, {self.n_train} train, "

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..models import recommended_size
 from ..rundir import new_run_dir, write_json
 from .callbacks import CSVLogger, EarlyStopping, SaveBestModel
+from .recipes import RECIPES, auto_fit
 from .vision import VisionLearner, vision_learner
 
 
@@ -70,44 +71,66 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     lr_auto = isinstance(tc.lr, str)
     if lr_auto and tc.lr != "auto":
         raise UserError(f"--lr {tc.lr}: give a number or 'auto'")
+    if tc.recipe not in RECIPES:
+        raise UserError(f"--recipe {tc.recipe}: choose {', '.join(RECIPES)}")
     seed_everything(cfg.data.seed)
     data = load_data(cfg, progress)
     out = new_run_dir(cfg.out or default_out(cfg))
-    learn = vision_learner(
-        data, cfg.model.arch, pretrained=cfg.model.pretrained, weights=cfg.model.weights,
-        label_smoothing=tc.label_smoothing, seed=cfg.data.seed, opt=tc.opt, lr=0.0 if lr_auto else tc.lr,
-        wd=tc.wd, clip=tc.clip, device=tc.device, precision=tc.precision, channels_last=tc.channels_last,
-        progress=progress, cbs=[CSVLogger(out / "history.csv")],
+    learner_kwargs = dict(
+        pretrained=cfg.model.pretrained, weights=cfg.model.weights, label_smoothing=tc.label_smoothing,
+        seed=cfg.data.seed, opt=tc.opt, lr=0.0 if lr_auto else tc.lr, wd=tc.wd, clip=tc.clip, device=tc.device,
+        precision=tc.precision, channels_last=tc.channels_last, progress=progress,
     )
-    resolved: dict[str, Any] = {"device": str(learn.device), "precision": str(learn.dtype or "fp32"),
-                                "size": data.size, "presize": data.presize, "classes": data.classes,
-                                "augment": data.augment.to_dict()}
     t_fit = time.perf_counter()
-    lr = tc.lr
-    if lr_auto:
-        finder = learn.lr_find()
+    if tc.recipe == "fine_tune":
+        learn, resolved, finder = _fine_tune_recipe(cfg, data, out, learner_kwargs)
+    else:
+        res = auto_fit(
+            data, cfg.model.arch, budget=tc.budget, recipe=tc.recipe, sizes=[cfg.data.size] if cfg.data.size else None,
+            max_epochs=tc.max_epochs, base_lr=None if lr_auto else float(tc.lr), log_csv=out / "history.csv",
+            **{k: v for k, v in learner_kwargs.items() if k != "seed"}, seed=cfg.data.seed,
+        )
+        learn, finder = res.learner, res.lr_find
+        write_json(out / "recipe.json", res.report)
+        resolved = {"recipe": res.report["chosen"], "why": res.report["why"], "lr": res.report.get("lr")}
+        print(f"recipe: {res.report['chosen']} — " + "; ".join(res.report["why"]))
+    if finder is not None:
         _save_fig(finder.plot(), out / "lr_find.png")
-        lr = finder.valley
         resolved["lr_find"] = finder.suggestions
-        print(f"lr_find: valley {lr:.2e} (minimum/10 {finder.minimum:.2e}, steep {finder.steep:.2e})")
-    resolved["lr"] = lr
-    best = SaveBestModel("valid_loss", model=learn.model, across_fits=True)
-    fit_cbs = [best]
-    if tc.patience:
-        fit_cbs.append(EarlyStopping("valid_loss", patience=tc.patience))
-    learn.fine_tune(tc.epochs, tc.freeze_epochs, base_lr=float(lr), cbs=fit_cbs)
     fit_seconds = time.perf_counter() - t_fit
-    resolved["best_epoch"], resolved["best_phase"] = best.best_epoch, best.best_phase
+    data = learn.data  # the auto recipe may have chosen another size
+    resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32"), "size": data.size,
+                     "presize": data.presize, "classes": data.classes, "augment": data.augment.to_dict()})
     final = learn.validate()
     learn.export(out)
-    write_json(out / "config.json", {**cfg.to_dict(), "out": str(out), "resolved": resolved})
+    saved = cfg.to_dict()  # paths made absolute, so interpret/report find the data from anywhere
+    saved["data"]["path"] = str(Path(cfg.data.path).resolve())
+    if cfg.data.csv:
+        saved["data"]["csv"] = str(Path(cfg.data.csv).resolve())
+    write_json(out / "config.json", {**saved, "out": str(out), "resolved": resolved})
     metrics = {
         **final, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start,
         "n_train": data.n_train, "n_valid": data.n_valid, "n_classes": len(data.classes),
-        "kept_epoch": best.best_epoch, "kept_phase": best.best_phase,
+        "kept": resolved.get("kept") or resolved.get("recipe"),
         "skipped_files": [{"path": str(p), "reason": r} for p, r in data.skipped],
     }
     write_json(out / "metrics.json", metrics)
     if learn.recorder.history:
         _save_fig(learn.recorder.plot_loss(), out / "loss.png")
     return TrainResult(out, metrics, learn)
+
+
+def _fine_tune_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any]):
+    """The foundation's fixed recipe: head on cached features, then the whole model, best epoch kept."""
+    tc = cfg.train
+    learn = vision_learner(data, cfg.model.arch, cbs=[CSVLogger(out / "history.csv")], **learner_kwargs)
+    finder, lr = None, tc.lr
+    if isinstance(lr, str):
+        finder = learn.lr_find()
+        lr = finder.valley
+        print(f"lr_find: valley {lr:.2e} (minimum/10 {finder.minimum:.2e}, steep {finder.steep:.2e})")
+    best = SaveBestModel("valid_loss", model=learn.model, across_fits=True)
+    fit_cbs = [best] + ([EarlyStopping("valid_loss", patience=tc.patience)] if tc.patience else [])
+    learn.fine_tune(tc.epochs, tc.freeze_epochs, base_lr=float(lr), cbs=fit_cbs)
+    resolved = {"recipe": "fine_tune", "lr": lr, "kept": f"epoch {best.best_epoch} ({best.best_phase})"}
+    return learn, resolved, finder

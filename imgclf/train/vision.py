@@ -55,16 +55,17 @@ class VisionLearner(Learner):
     def model_channels_last(self) -> bool:
         return self.train_dl.channels_last
 
-    def head_learner(self) -> Learner:
+    def head_learner(self, log: bool = True) -> Learner:
         """A `Learner` over the head alone on cached features (image + mirror), sharing this one's head.
 
         Same loop, same loss, optimizer settings, history and logs: only the model and the data differ.
+        `log=False` keeps its epochs out of this learner's history, CSV log and console (a trial).
         """
         x1, y1 = self.cached_features("train", "center")
         x2, y2 = self.cached_features("train", "flip")
         xv, yv = self.cached_features("valid", "center")
         head = nn.Sequential(nn.Dropout(getattr(self.model, "drop_rate", 0.0)), self.model.get_classifier())
-        logs = [cb for cb in self.cbs if isinstance(cb, CSVLogger)]
+        logs = [cb for cb in self.cbs if isinstance(cb, CSVLogger)] if log else []
         # small sets get smaller batches, so each head epoch still takes ~16 steps
         bs = max(8, min(self.data.bs, len(x1) * 2 // 16))
         learn = Learner(
@@ -72,7 +73,8 @@ class VisionLearner(Learner):
             TensorLoader(xv, yv, 1024), loss_func=self.loss_func, valid_loss_func=self.valid_loss_func,
             metrics=[fn for _, fn in self.metrics],
             opt=self.opt_name, lr=self.lr, wd=self.wd, device=self.device, precision="fp32",
-            channels_last=False, clip=self.clip, progress=self.progress, recorder=self.recorder, cbs=logs,
+            channels_last=False, clip=self.clip, progress=self.progress and log,
+            recorder=self.recorder if log else None, cbs=logs,
         )
         learn.phase = "frozen"
         return learn

@@ -16,7 +16,10 @@ class CSVLogger(Callback):
         self.fields: list[str] | None = None
 
     def after_epoch(self, learn) -> None:
-        row = learn.recorder.history[-1]
+        self.write_row(learn.recorder.history[-1])
+
+    def write_row(self, row: dict) -> None:
+        """Append one history row (also used for rows that no epoch produced, like a probe's)."""
         new = not self.path.exists() or self.path.stat().st_size == 0
         if new:
             self.fields = list(row)

@@ -1,0 +1,378 @@
+"""Why does it err? `Interpretation` of a model's validation predictions, and `interpret_run` behind the CLI.
+
+fastai's `ClassificationInterpretation` ideas (confusion matrix, `most_confused`, top losses) plus
+per-class precision / recall / F1, a misclassified list, a 2-D map of the pooled features (PCA and
+t-SNE) and a model summary. Build one from a learner (`from_learner`), from a run directory
+(`from_run`: the exported model with its own preprocessing, on the run's validation split rebuilt from
+`config.json`), or from tensors directly (`Interpretation(classes, paths, logits, targets)`).
+
+    interp = Interpretation.from_run("runs/hymenoptera")
+    interp.most_confused()            # [('ants', 'bees', 4), ('bees', 'ants', 2)]
+    interp.plot_confusion_matrix()    # a matplotlib Figure
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..rundir import write_json
+from .model_summary import ModelSummary, model_summary
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..data.core import ImageData
+
+MIN_TSNE = 10  # fewer validation images than this: t-SNE is skipped (its perplexity must stay < n)
+MAX_TSNE = 2000  # t-SNE on more points is a seeded subsample: minutes otherwise on a 2-core CPU
+DPI = 110
+
+FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "top_losses.png", "features.png",
+         "per_class.csv", "most_confused.csv", "misclassified.csv", "model_summary.txt", "interpret.json")
+
+
+@dataclass
+class Projection:
+    """Pooled features in 2-D: PCA of all points, t-SNE of `tsne_index` (None when skipped), and why."""
+
+    pca: np.ndarray
+    pca_variance: tuple[float, float]
+    tsne: np.ndarray | None
+    tsne_index: np.ndarray
+    note: str = ""
+
+
+def project_features(features: torch.Tensor | np.ndarray, seed: int = 0, max_tsne: int = MAX_TSNE) -> Projection:
+    """PCA (all points) and t-SNE (at most `max_tsne` points, after PCA to 50 dimensions) to 2-D.
+
+    t-SNE's perplexity must be below the number of points: it is min(30, (n - 1) / 3), and t-SNE is
+    skipped under `MIN_TSNE` points with a note saying so.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    x = np.asarray(features, dtype=np.float32)
+    n, d = x.shape
+    k = min(2, n, d)
+    pca = np.zeros((n, 2), np.float32)
+    variance = (0.0, 0.0)
+    if k >= 1 and n >= 2:
+        fit = PCA(n_components=k, random_state=seed)
+        pca[:, :k] = fit.fit_transform(x)
+        variance = tuple([float(v) for v in fit.explained_variance_ratio_] + [0.0] * (2 - k))
+    if n < MIN_TSNE:
+        return Projection(pca, variance, None, np.arange(0), f"t-SNE skipped: {n} points, it needs {MIN_TSNE}+")
+    index = np.arange(n)
+    note = ""
+    if n > max_tsne:
+        index = np.sort(np.random.default_rng(seed).choice(n, max_tsne, replace=False))
+        note = f"random {max_tsne} of {n}"
+    xs = x[index]
+    if xs.shape[1] > 50:
+        xs = PCA(n_components=min(50, len(xs)), random_state=seed).fit_transform(xs)
+    perplexity = min(30.0, (len(xs) - 1) / 3)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
+    # one OpenMP thread: on a busy 2-core CPU two threads spin-wait on each other, measured 0.4 s on one
+    # thread against 11 s on two for 153 points; 2000 points take ~15 s on one
+    with threadpool_limits(1, user_api="openmp"):
+        xy = tsne.fit_transform(xs).astype(np.float32)
+    return Projection(pca, variance, xy, index, note)
+
+
+class Interpretation:
+    """Validation predictions of a classifier and what they say about its errors.
+
+    `logits` (N, C) and `targets` (N,) index into `classes`; `paths` name the N images; `features`
+    (N, D) are the pooled backbone features. `images` (uint8 (N, 3, P, P), or anything indexable like
+    it) lets the top-losses grid show what the model saw (center crop of `size`); without it the grid
+    decodes `paths`. `summary` is the model's `ModelSummary`.
+    """
+
+    def __init__(self, classes: Sequence[str], paths: Sequence[str | Path], logits: torch.Tensor,
+                 targets: torch.Tensor, features: torch.Tensor | None = None, *, images: Any = None,
+                 size: int | None = None, summary: ModelSummary | None = None, source: str | None = None):
+        self.classes = list(classes)
+        self.paths = [str(p) for p in paths]
+        self.logits = torch.as_tensor(logits).detach().float().cpu()
+        self.targets = torch.as_tensor(targets).detach().long().cpu()
+        n, c = len(self.targets), len(self.classes)
+        if self.logits.shape != (n, c) or len(self.paths) != n:
+            raise ValueError(f"logits {tuple(self.logits.shape)}, {len(self.paths)} paths and {n} targets "
+                             f"do not describe {n} images of {c} classes")
+        if n and (self.targets.min() < 0 or self.targets.max() >= c):
+            raise ValueError(f"targets must be class indices in 0..{c - 1}")
+        self.features = None if features is None else torch.as_tensor(features).detach().float().cpu()
+        self.images, self.size, self.summary, self.source = images, size, summary, source
+        self.probs = self.logits.softmax(-1)
+        self.preds = self.logits.argmax(-1)
+        self.losses = F.cross_entropy(self.logits, self.targets, reduction="none")  # plain, no smoothing
+        self._projection: Projection | None = None
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_learner(cls, learn) -> Interpretation:
+        """From a `VisionLearner` as it stands: its validation predictions and cached pooled features."""
+        logits, targets = learn.get_preds()
+        features, _ = learn.cached_features("valid", "center")
+        data = learn.data
+        return cls(data.classes, data.valid_paths, logits, targets, features, images=data.valid_images,
+                   size=data.size, summary=model_summary(learn.model, data.size), source=data.source)
+
+    @classmethod
+    def from_run(cls, run: str | Path, data: ImageData | str | Path | None = None, bs: int = 64,
+                 device: str = "auto", progress: bool = True) -> Interpretation:
+        """From a run directory: its exported model (`load_model`) on validation images.
+
+        `data` None rebuilds the run's own validation split from its `config.json` (the split is
+        seeded: the same images as in training); a path is labelled as the run's config says (its
+        `--label-re`; a CSV when it ends in .csv) and its validation split is used; an `ImageData` is
+        used as it is. Labels the model does not know are a `UserError`.
+        """
+        from ..infer.predictor import load_model
+
+        predictor = load_model(run, device=device)
+        data = _run_data(run, data, predictor.size, progress)
+        if data.presize != predictor.presize:
+            raise UserError(f"{data.source}: images prepared for size {data.size}, the model sees "
+                            f"{predictor.size}: build the data with size={predictor.size}")
+        idx = {c: i for i, c in enumerate(predictor.classes)}
+        unknown = [c for c in data.classes if c not in idx]
+        if unknown:
+            raise UserError(f"{data.source}: class(es) {', '.join(unknown)} not among the model's classes "
+                            f"({', '.join(predictor.classes)})")
+        targets = torch.tensor([idx[c] for c in data.classes], dtype=torch.long)[data.valid_y]
+        logits, features = _predict(predictor, data.valid_images, bs, progress)
+        return cls(predictor.classes, data.valid_paths, logits, targets, features, images=data.valid_images,
+                   size=predictor.size, summary=model_summary(predictor.model, predictor.size), source=data.source)
+
+    # ------------------------------------------------------------------ figures
+    @property
+    def n(self) -> int:
+        return len(self.targets)
+
+    @property
+    def accuracy(self) -> float:
+        return int((self.preds == self.targets).sum()) / self.n if self.n else 0.0
+
+    def confusion_matrix(self) -> np.ndarray:
+        """Counts (C, C): row = actual class, column = predicted class."""
+        c = len(self.classes)
+        flat = self.targets * c + self.preds
+        return torch.bincount(flat, minlength=c * c).reshape(c, c).numpy()
+
+    def most_confused(self, min_val: int = 1) -> list[tuple[str, str, int]]:
+        """(actual, predicted, count) of the off-diagonal cells with at least `min_val` images, most first."""
+        cm = self.confusion_matrix()
+        pairs = [(self.classes[i], self.classes[j], int(cm[i, j])) for i in range(len(cm)) for j in range(len(cm))
+                 if i != j and cm[i, j] >= max(min_val, 1)]
+        return sorted(pairs, key=lambda p: -p[2])  # stable: ties stay in class order
+
+    def per_class(self) -> list[dict[str, Any]]:
+        """Precision, recall, F1 and support of each class (0 where a ratio has nothing to divide by)."""
+        cm = self.confusion_matrix()
+        out = []
+        for i, name in enumerate(self.classes):
+            tp, predicted, support = int(cm[i, i]), int(cm[:, i].sum()), int(cm[i].sum())
+            precision = tp / predicted if predicted else 0.0
+            recall = tp / support if support else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            out.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
+        return out
+
+    def top_loss_indices(self, k: int | None = None) -> list[int]:
+        """Indices of the `k` images with the highest loss (all when None), highest first."""
+        order = torch.argsort(self.losses, descending=True, stable=True)
+        return order[: self.n if k is None else k].tolist()
+
+    def top_losses(self, k: int | None = 9) -> list[dict[str, Any]]:
+        """The `k` highest-loss images: path, actual, predicted, loss, and the predicted class's probability."""
+        return [{"path": self.paths[i], "actual": self.classes[int(self.targets[i])],
+                 "predicted": self.classes[int(self.preds[i])], "loss": float(self.losses[i]),
+                 "probability": float(self.probs[i, self.preds[i]])} for i in self.top_loss_indices(k)]
+
+    def misclassified(self) -> list[dict[str, Any]]:
+        """Every wrong prediction (path, actual, predicted, confidence in the prediction), most confident first."""
+        wrong = (self.preds != self.targets).nonzero().flatten().tolist()
+        conf = self.probs.max(-1).values
+        wrong.sort(key=lambda i: -float(conf[i]))
+        return [{"path": self.paths[i], "actual": self.classes[int(self.targets[i])],
+                 "predicted": self.classes[int(self.preds[i])], "confidence": float(conf[i])} for i in wrong]
+
+    def projection(self) -> Projection | None:
+        """PCA and t-SNE of the features (computed once); None without features."""
+        if self.features is None:
+            return None
+        if self._projection is None:
+            self._projection = project_features(self.features)
+        return self._projection
+
+    # ------------------------------------------------------------------ plots
+    def plot_confusion_matrix(self, normalize: bool = False, max_classes: int = 40) -> Figure:
+        """Counts (or row-normalised) of actual (rows) against predicted (columns) classes."""
+        from . import plots  # matplotlib loads when a figure is asked for, not with `import imgclf`
+
+        note = f"accuracy {self.accuracy:.1%} of {self.n} images"
+        return plots.confusion_matrix_figure(self.confusion_matrix(), self.classes, normalize, max_classes, note)
+
+    def plot_top_losses(self, k: int = 9) -> Figure:
+        """The `k` highest-loss images, captioned predicted (probability) / actual / loss; red when wrong."""
+        from . import plots
+
+        idx = self.top_loss_indices(k)
+        titles = [f"pred {plots.short(self.classes[int(self.preds[i])])} ({float(self.probs[i, self.preds[i]]):.2f})\n"
+                  f"actual {plots.short(self.classes[int(self.targets[i])])}\nloss {float(self.losses[i]):.2f}"
+                  for i in idx]
+        wrong = [bool(self.preds[i] != self.targets[i]) for i in idx]
+        return plots.top_losses_figure([self._image(i) for i in idx], titles, wrong,
+                                       title=f"Top {len(idx)} losses: predicted (probability) / actual / loss")
+
+    def plot_features(self) -> Figure:
+        """Pooled validation features in 2-D (PCA, t-SNE), coloured by actual class; crosses are errors."""
+        from . import plots
+
+        proj = self.projection()
+        targets, wrong = self.targets.numpy(), (self.preds != self.targets).numpy()
+        if proj is None:
+            empty = np.zeros((self.n, 2), np.float32)
+            return plots.features_figure(empty, None, targets, self.classes, wrong, note="no features given")
+        return plots.features_figure(
+            proj.pca, proj.tsne, targets, self.classes, wrong, proj.pca_variance,
+            tsne_targets=targets[proj.tsne_index], tsne_wrong=wrong[proj.tsne_index], note=proj.note)
+
+    def _image(self, i: int) -> np.ndarray | None:
+        """Image `i` as the model saw it (center crop of `size`), H x W x 3 uint8; None if unreadable."""
+        from ..data.core import presize_for
+        from ..data.decode import load_presized
+
+        try:
+            if self.images is not None:
+                img = self.images[i]
+            else:
+                img = load_presized(self.paths[i], presize_for(self.size or 224))
+        except Exception:  # a display nicety: an image that cannot be read shows as a blank tile
+            return None
+        p = img.shape[-1]
+        if self.size and self.size < p:
+            top = (p - self.size) // 2
+            img = img[:, top : top + self.size, top : top + self.size]
+        return img.permute(1, 2, 0).numpy()
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self, k: int = 9, min_val: int = 1) -> dict[str, Any]:
+        """The figures `interpret.json` holds."""
+        return {
+            "accuracy": self.accuracy, "n_valid": self.n, "classes": self.classes,
+            "confusion_matrix": self.confusion_matrix().tolist(), "per_class": self.per_class(),
+            "most_confused": [list(p) for p in self.most_confused(min_val)], "top_losses": self.top_losses(k),
+            "model": self.summary.to_dict() if self.summary else None, "data": self.source,
+        }
+
+    def write(self, out: str | Path, k: int = 9, min_val: int = 1) -> Path:
+        """Write every figure, table and plot of the interpretation into `out` (created): see `FILES`."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, fig in (("confusion_matrix.png", self.plot_confusion_matrix()),
+                          ("confusion_matrix_normalized.png", self.plot_confusion_matrix(normalize=True)),
+                          ("top_losses.png", self.plot_top_losses(k)), ("features.png", self.plot_features())):
+            fig.savefig(out / name, dpi=DPI)
+        fields = ("class", "precision", "recall", "f1", "support")
+        _write_csv(out / "per_class.csv", fields, [[r[f] for f in fields] for r in self.per_class()])
+        _write_csv(out / "most_confused.csv", ("actual", "predicted", "count"), self.most_confused(min_val))
+        fields = ("path", "actual", "predicted", "confidence")
+        _write_csv(out / "misclassified.csv", fields, [[r[f] for f in fields] for r in self.misclassified()])
+        (out / "model_summary.txt").write_text(str(self.summary) if self.summary else "no model given\n")
+        write_json(out / "interpret.json", self.to_dict(k, min_val))
+        return out
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows([[round(v, 6) if isinstance(v, float) else v for v in r] for r in rows])
+
+
+def _run_data(run: str | Path, data: ImageData | str | Path | None, size: int, progress: bool) -> ImageData:
+    """The data to interpret on: given, or rebuilt by the training job's own `load_data` from the run's config.
+
+    Rebuilt at the model's own `size` (from `model.json`): the config may leave the size to the recipe.
+    """
+    from ..config import RunConfig
+    from ..data.core import ImageData
+    from ..rundir import read_json
+    from ..train.job import load_data
+
+    if isinstance(data, ImageData):
+        return data
+    conf = Path(run) / "config.json"
+    if not conf.is_file():
+        raise UserError(f"{run}: no config.json to rebuild the validation data from; pass the data")
+    cfg = RunConfig.from_dict(read_json(conf))
+    cfg.data = replace(cfg.data, size=size)
+    if data is not None:
+        cfg.data = replace(cfg.data, path=str(data), csv=None)
+    elif not Path(cfg.data.csv or cfg.data.path).exists():
+        raise UserError(f"{run}: its training data {cfg.data.csv or cfg.data.path} is not there "
+                        "(moved, or a relative path from another folder); pass the data")
+    return load_data(cfg, progress)
+
+
+def _predict(predictor, images, bs: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits from `Predictor.logits` (validation's preprocessing), and the pooled features of the same pass.
+
+    The features are what the classifier layer receives, i.e. `forward_head(..., pre_logits=True)`,
+    caught by a hook rather than by a second forward pass; None if the classifier is never called.
+    """
+    from tqdm.auto import tqdm
+
+    feats: list[torch.Tensor] = []
+    hook = predictor.model.get_classifier().register_forward_pre_hook(
+        lambda m, args: feats.append(args[0].detach().float().cpu()))
+    logits = []
+    try:
+        for b in tqdm(range(0, len(images), bs), desc="interpret", unit="batch", leave=False,
+                      disable=None if progress else True):
+            logits.append(predictor.logits(images[b : b + bs]))
+    finally:
+        hook.remove()
+    features = torch.cat(feats) if len(feats) == len(logits) else None
+    return torch.cat(logits), features
+
+
+def interpret_dir(run: str | Path, out: str | Path | None = None) -> Path:
+    """Where `interpret_run` writes: `out`, else `RUN/interpret/`."""
+    return Path(out) if out else Path(run) / "interpret"
+
+
+def interpret_run(run: str | Path, data: ImageData | str | Path | None = None, out: str | Path | None = None,
+                  k: int = 9, min_val: int = 1, bs: int = 64, device: str = "auto", progress: bool = True) -> Path:
+    """`Interpretation.from_run(run, data)` written to `RUN/interpret/` (or `out`); returns the folder."""
+    return Interpretation.from_run(run, data, bs=bs, device=device, progress=progress).write(
+        interpret_dir(run, out), k, min_val)
+
+
+def format_summary(result: dict[str, Any], limit: int = 10) -> str:
+    """The text `imgclf interpret` prints: accuracy, the per-class table and the most confused pairs."""
+    cm = np.asarray(result["confusion_matrix"])
+    lines = [f"accuracy {result['accuracy']:.4f} ({int(np.trace(cm))}/{result['n_valid']} validation images)", ""]
+    width = max([5, *(len(r["class"]) for r in result["per_class"])])
+    lines.append(f"{'class'.ljust(width)}  precision  recall      f1  support")
+    for r in result["per_class"]:
+        lines.append(f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}"
+                     f"  {r['support']:7d}")
+    pairs = result["most_confused"]
+    lines += ["", "most confused (actual -> predicted: images):" if pairs else "most confused: none"]
+    lines += [f"  {a} -> {p}: {n}" for a, p, n in pairs[:limit]]
+    if len(pairs) > limit:
+        lines.append(f"  ... {len(pairs) - limit} more pairs in most_confused.csv")
+    return "\n".join(lines)

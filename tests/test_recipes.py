@@ -1,0 +1,97 @@
+"""The auto recipe: its decisions on synthetic cases, the feature cache, recipe.json, the probe itself."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from imgclf import ImageData
+from imgclf.config import DataConfig, RunConfig, TrainConfig
+from imgclf.train.job import train
+from imgclf.train.probe import best_fit, fit_linear_probe
+from imgclf.train.recipes import (
+    Candidate,
+    auto_fit,
+    candidate_sizes,
+    keep_fine_tune,
+    should_try_fine_tune,
+)
+
+
+def cand(kind, loss, acc, size=256):
+    return Candidate(f"{kind}@{size}", kind, size, loss, acc, 1.0)
+
+
+def test_a_probe_that_wins_is_kept_and_a_fine_tune_that_wins_is_kept():
+    probe = cand("probe", 0.30, 0.90)
+    keep, why = keep_fine_tune(probe, cand("fine_tune", 0.35, 0.91))
+    assert not keep and "did not beat" in why
+    keep, _ = keep_fine_tune(probe, cand("fine_tune", 0.25, 0.89))  # lower loss but fewer right: probe stays
+    assert not keep
+    keep, why = keep_fine_tune(probe, cand("fine_tune", 0.20, 0.93))
+    assert keep and "improved" in why
+    assert keep_fine_tune(probe, None) == (False, "no fine-tune ran")
+
+
+def test_fine_tune_is_tried_only_when_it_can_show_a_gain_and_fits_the_budget():
+    strong = cand("probe", 0.1, 0.97)  # 3 errors in 100: no room to measure a gain
+    assert not should_try_fine_tune(strong, 100, epoch_seconds=5, remaining=100)[0]
+    weak = cand("probe", 0.5, 0.80)
+    ok, why = should_try_fine_tune(weak, 100, epoch_seconds=5, remaining=100)
+    assert ok and "20 validation errors" in why
+    ok, why = should_try_fine_tune(weak, 100, epoch_seconds=500, remaining=100)
+    assert not ok and "does not fit" in why
+
+
+def test_candidate_sizes_never_shrink_photos_and_check_small_images():
+    assert candidate_sizes(1944, 256) == [256]  # big photos: the backbone's own size only
+    assert candidate_sizes(28, 256) == [64, 128, 256]  # tiny images: try near 2x and 4x too
+    assert candidate_sizes(48, 256) == [96, 192, 256]
+    assert all(s >= 32 for s in candidate_sizes(5, 256))
+
+
+def test_probe_recovers_a_linear_rule_and_picks_decay_on_validation():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 3, generator=g)
+    x, xv = torch.randn(300, 16, generator=g) * 5 + 3, torch.randn(200, 16, generator=g) * 5 + 3
+    y, yv = (x @ w).argmax(1), (xv @ w).argmax(1)
+    fits = fit_linear_probe(x, y, xv, yv, 3, wds=(1e-4, 1e-2, 10.0))
+    best = best_fit(fits)
+    assert best.accuracy > 0.9 and best.wd != 10.0
+    assert min(f.accuracy for f in fits) < best.accuracy  # the grid matters: a huge decay underfits
+    # the folded head works on raw features
+    assert ((xv @ best.weight.T + best.bias).argmax(1) == yv).float().mean() == pytest.approx(best.accuracy)
+
+
+def test_auto_fit_reuses_cached_features_and_reports(image_folder):
+    root = image_folder({"a": 8, "b": 8, "c": 8}, split=True, size=(40, 30))
+    data = ImageData.from_folder(root, size=64, bs=8, progress=False)
+    res = auto_fit(data, sizes=[64, 32], budget=600, progress=False, seed=0)
+    names = [c["name"] for c in res.report["candidates"]]
+    assert names[:2] == ["probe@64", "probe@32"]
+    probe = next(c for c in res.report["candidates"] if c["name"] == res.report["chosen"].replace("fine_tune", "probe"))
+    assert len(probe["detail"]["tried"]) >= 4
+    # each size extracted its three feature sets once, whatever number of decays were tried
+    assert res.learner.features.computed == 3
+    assert res.report["why"] and res.report["chosen"] in names
+    assert res.learner.validate()["accuracy"] >= 0.8  # colours are easy
+
+
+def test_recipe_json_is_written_and_reproducible(image_folder, tmp_path):
+    root = image_folder({"a": 10, "b": 10}, split=True, size=(36, 36))
+
+    def run(k):
+        cfg = RunConfig(data=DataConfig(path=str(root), size=32, bs=8),
+                        train=TrainConfig(recipe="auto", budget=300), out=str(tmp_path / f"r{k}"))
+        res = train(cfg, progress=False)
+        return json.loads((res.run_dir / "recipe.json").read_text()), res.metrics
+
+    (r1, m1), (r2, m2) = run(1), run(2)
+    assert set(r1) >= {"recipe", "budget_seconds", "median_short_side", "sizes", "candidates", "chosen", "why"}
+    for c in r1["candidates"]:
+        assert set(c) >= {"name", "kind", "size", "valid_loss", "accuracy", "seconds"}
+    assert r1["chosen"] == r2["chosen"] and m1["accuracy"] == m2["accuracy"]
+    assert [c["valid_loss"] for c in r1["candidates"]] == [c["valid_loss"] for c in r2["candidates"]]
+    assert m1["kept"] == r1["chosen"]
