@@ -23,8 +23,9 @@ def test_help_reads_well():
     code, out, _ = run_cli("--help")
     assert code == 0 and "train" in out and "predict" in out and "evaluate" in out
     code, out, _ = run_cli("train", "--help")
-    for flag in ("--recipe", "--budget", "--out", "--arch", "--weights", "--size", "--bs", "--epochs", "--freeze-epochs", "--lr",
-                 "--opt", "--wd", "--valid-pct", "--seed", "--label-re", "--csv", "--workers", "--device"):
+    for flag in ("--recipe", "--budget", "--out", "--arch", "--weights", "--size", "--bs", "--epochs",
+                 "--freeze-epochs", "--lr", "--opt", "--wd", "--valid-pct", "--seed", "--label-re", "--csv",
+                 "--workers", "--device"):
         assert flag in out, flag
 
 

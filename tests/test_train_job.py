@@ -67,7 +67,8 @@ def test_real_short_training_beats_chance(hymenoptera, tmp_path):
 
 def test_auto_lr_writes_lr_find_plot(tiny_split_folder, tmp_path):
     cfg = RunConfig(data=DataConfig(path=str(tiny_split_folder), size=32, bs=4),
-                    train=TrainConfig(recipe="fine_tune", epochs=0, freeze_epochs=2, lr="auto"), out=str(tmp_path / "r"))
+                    train=TrainConfig(recipe="fine_tune", epochs=0, freeze_epochs=2, lr="auto"),
+                    out=str(tmp_path / "r"))
     res = train(cfg, progress=False)
     assert (res.run_dir / "lr_find.png").is_file()
     conf = json.loads((res.run_dir / "config.json").read_text())
