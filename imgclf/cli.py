@@ -254,20 +254,9 @@ def cmd_interpret(a: argparse.Namespace) -> None:
     print(f"\n{len(FILES)} files -> {out}" + (" (replacing the earlier interpret)" if replacing else ""))
 
 
-def _norm_of(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The mean/std `create_model(arch)` puts in its ModelMeta, read from timm's config without building it."""
-    import timm
-
-    from .models.registry import EMBEDDED, ModelMeta
-
-    name = EMBEDDED[arch][0] if arch in EMBEDDED else arch
-    cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
-    meta = ModelMeta(arch)
-    return tuple(getattr(cfg, "mean", None) or meta.mean), tuple(getattr(cfg, "std", None) or meta.std)
-
-
 def cmd_inspect(a: argparse.Namespace) -> None:
     from .data.show import plot_counts
+    from .models.registry import default_norm
     from .rundir import new_run_dir, write_json
     from .train.job import default_out, load_data
 
@@ -276,7 +265,7 @@ def cmd_inspect(a: argparse.Namespace) -> None:
     cfg = RunConfig(data=DataConfig(path=a.data, **{f.name: getattr(a, f.name) for f in fields(DataConfig)
                                                     if hasattr(a, f.name)}), out=a.out)
     data = load_data(cfg, progress=not a.quiet)  # the one way `train` loads data
-    mean, std = _norm_of(cfg.model.arch)
+    mean, std = default_norm(cfg.model.arch)
     summary = data.summary(mean, std, progress=not a.quiet)
     out = new_run_dir(a.out or f"{default_out(cfg)}-inspect")
     write_json(out / "inspect.json", summary.to_dict())

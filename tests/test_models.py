@@ -117,3 +117,11 @@ def test_registry_lists_and_rejects():
     assert list_models("*lite0*")[0] == "efficientnet_lite0"
     with pytest.raises(UserError, match="unknown architecture"):
         create_model("resnet_does_not_exist", num_classes=2)
+
+
+def test_default_norm_matches_the_model_meta_without_building_it():
+    from imgclf.models.registry import default_norm
+
+    for arch in ("efficientnet_lite0", "resnet18"):
+        _, meta = create_model(arch, num_classes=2, pretrained=False)
+        assert default_norm(arch) == (meta.mean, meta.std)

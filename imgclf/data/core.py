@@ -120,7 +120,7 @@ class ImageData:
         items = Items([self.items.paths[i] for i in keep], [self.items.labels[i] for i in keep],
                       [self.items.is_valid[i] for i in keep])
         out = ImageData(items, size=size, bs=self.bs, workers=self.workers, augment=self.augment,
-                        source=self.source, progress=self.progress)
+                        source=self.source, progress=self.progress, labeller=self.labeller)
         out.skipped = list(self.skipped)
         return out
 

@@ -62,6 +62,13 @@ def recommended_size(arch: str) -> int:
     return int(base)
 
 
+def default_norm(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std `create_model(arch)` puts in its ModelMeta, read from timm's config without building it."""
+    name = EMBEDDED[arch][0] if arch in EMBEDDED else arch
+    cfg = timm.get_pretrained_cfg(name) if arch not in _OWN and timm.is_model(name) else None
+    return tuple(getattr(cfg, "mean", None) or IMAGENET_MEAN), tuple(getattr(cfg, "std", None) or IMAGENET_STD)
+
+
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register `fn(num_classes=..., **kw)` under its name, for `--arch` and `list_models()`."""
     _OWN[fn.__name__] = fn

@@ -7,28 +7,23 @@ copies of training images in valid (leaks). Runs the real command in a subproces
 seconds (the issue's target: well under a minute on the reference 2-core CPU), the seconds of the audit
 alone (from inspect.json), and the planted groups found against any others (false alarms).
 
-Usage: python bench/inspect.py [--n 10000] [--keep DIR]
+Usage: python bench/inspect_10k.py [--n 10000] [--keep DIR]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# This file is named inspect.py, and Python puts its folder first on the path: without this line, the
-# standard library's `inspect` (which numpy imports) would be this file.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw, ImageOps  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
 
 CLASSES = 10
 PLANT = 10  # of each kind within train; half as many of each kind of leak
