@@ -25,17 +25,17 @@ def _lr(value: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train a classifier on a folder of images",
-        description="Fine-tune a pretrained backbone on DATA: class folders (with train/ + valid|val/ or a "
-                    "random split), a regex on file names (--label-re), or a CSV (--csv). Writes a run "
-                    "directory with the model, its config, history, metrics and plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("data", help="image folder (or a CSV of file,label[,is_valid])")
-    p.add_argument("--out", help="run directory (default runs/<data-name>; never overwritten: -2, -3...)")
-    g = p.add_argument_group("data")
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one worth showing (not None, not an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _add_data_flags(g) -> None:
+    """The flags that say how DATA is read: the same for every command that loads a data set."""
     g.add_argument("--csv", help="CSV of file,label[,is_valid] with files relative to DATA")
     g.add_argument("--label-re", help=r"regex on the file name; group 1 is the label, e.g. '^(.+)_\d+\.jpg$'")
     g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
@@ -45,6 +45,21 @@ def _add_train(sub) -> None:
                    help="image size in pixels (default: the backbone's recommended size, 256 for the default)")
     g.add_argument("--bs", type=int, default=D.bs, help="batch size")
     g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a classifier on a folder of images",
+        description="Train a classifier on DATA from a pretrained backbone: class folders (with train/ + "
+                    "valid|val/ or a random split), a regex on file names (--label-re), or a CSV (--csv). By "
+                    "default the recipe is chosen from the data (a probe on cached features, a fine-tune where "
+                    "it pays) and explained. Writes a run directory with the model, its config, history, "
+                    "metrics and plots.",
+        formatter_class=_Help,
+    )
+    p.add_argument("data", help="image folder (or a CSV of file,label[,is_valid])")
+    p.add_argument("--out", help="run directory (default runs/<data-name>; never overwritten: -2, -3...)")
+    _add_data_flags(p.add_argument_group("data"))
     g = p.add_argument_group("model")
     g.add_argument("--arch", default=M.arch, help="architecture: the embedded default or any timm name")
     g.add_argument("--weights", help="weights file (.safetensors/.pth) or URL to start from")
@@ -105,7 +120,7 @@ def _add_interpret(sub) -> None:
                     "split): confusion matrices, most confused pairs, per-class precision/recall/F1, top "
                     "losses, misclassified images, PCA and t-SNE of the pooled features, a model summary. "
                     "Prints the figures and writes them to RUN/interpret/ (replacing an earlier interpret).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("run", help="run directory written by `imgclf train`")
     p.add_argument("--data", help="other labelled images (class folders or a CSV, labelled as the run was); "
@@ -125,20 +140,11 @@ def _add_inspect(sub) -> None:
                     "sizes and modes, skipped files, a trace of a few items through the pipeline, the training "
                     "batch, exact and near duplicates and train/valid leaks. Prints the summary and writes "
                     "inspect.json, show_batch.png and counts.png.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     p.add_argument("data", help="image folder (or a CSV of file,label[,is_valid])")
     p.add_argument("--out", help="output folder (default runs/<data-name>-inspect; never overwritten: -2, -3...)")
-    g = p.add_argument_group("data (as for train)")
-    g.add_argument("--csv", help="CSV of file,label[,is_valid] with files relative to DATA")
-    g.add_argument("--label-re", help=r"regex on the file name; group 1 is the label, e.g. '^(.+)_\d+\.jpg$'")
-    g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
-    g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
-    g.add_argument("--seed", type=int, default=D.seed, help="seed for the split and augmentation")
-    g.add_argument("--size", type=int, default=D.size,
-                   help="image size in pixels (default: the backbone's recommended size, 256 for the default)")
-    g.add_argument("--bs", type=int, default=D.bs, help="batch size")
-    g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
+    _add_data_flags(p.add_argument_group("data (as for train)"))
     p.add_argument("--show", type=int, default=16, help="images in show_batch.png")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
