@@ -61,7 +61,8 @@ def _add_train(sub) -> None:
     p.add_argument("--out", help="run directory (default runs/<data-name>; never overwritten: -2, -3...)")
     _add_data_flags(p.add_argument_group("data"))
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default=M.arch, help="architecture: the embedded default or any timm name")
+    g.add_argument("--arch", default=M.arch, help="architecture: the embedded default, ours (simple_cnn, "
+                   "xresnet18/34/50: from scratch) or any timm name")
     g.add_argument("--weights", help="weights file (.safetensors/.pth) or URL to start from")
     g.add_argument("--no-pretrained", action="store_true", help="start from random weights")
     g = p.add_argument_group("training")
@@ -83,6 +84,9 @@ def _add_train(sub) -> None:
     g.add_argument("--patience", type=int, default=T.patience, help="early-stopping patience on valid_loss")
     g.add_argument("--device", default=T.device, help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--precision", default=T.precision, choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--init", default=T.init, choices=["default", "lsuv"],
+                   help="weight init of a from-scratch model: the arch's own, or LSUV on the first batch "
+                        "(unit output std per layer; skipped with a warning on pretrained weights)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -93,7 +97,10 @@ def _add_predict(sub) -> None:
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     p.add_argument("--csv", help="write path,label,confidence rows to this CSV")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --csv file")
+    p.add_argument("--submission", help="write the homework's Id,Category CSV here (Id: the file name without "
+                                        "extension; rows sorted by Id, numerically when all Ids are numbers)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average the center view and its mirror")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --csv or --submission file")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -107,6 +114,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("data")
     p.add_argument("--label-re", help="regex on file names for the labels (default: folder names)")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--tta", action="store_true", help="also score test-time augmentation (center view + mirror), "
+                                                      "beside the plain figures")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--device", default="auto")
@@ -149,6 +158,24 @@ def _add_inspect(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", help="one self-contained HTML page of a trained run",
+        description="Write RUN/report.html: config, recipe, history, loss and lr_find curves, data counts, "
+                    "confusion matrix, per-class scores, most confused pairs, top losses, features and model "
+                    "summary, images embedded (no network needed). Runs `interpret` first when RUN/interpret/ "
+                    "has no interpret.json. Prints the report's path.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run", help="run directory written by `imgclf train`")
+    p.add_argument("--out", help="HTML file (default RUN/report.html)")
+    p.add_argument("--force", action="store_true", help="replace an existing report")
+    p.add_argument("--data", help="labelled images for the interpret step, when it has to run and the run's "
+                                  "own data is not there (as for `imgclf interpret --data`)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imgclf", description="Turn a folder of images into an accurate image classifier.",
@@ -165,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_interpret(sub)
     _add_inspect(sub)
+    _add_report(sub)
     m = sub.add_parser("models", help="list architecture names", description="List names --arch accepts.")
     m.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*resnet*'")
     return p
@@ -218,11 +246,20 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 def cmd_predict(a: argparse.Namespace) -> None:
     from .infer import load_model
+    from .infer.predictor import check_submission_ids, submission_rows
 
-    if a.csv:
-        _check_writable(a.csv, a.force)
+    for out in (a.csv, a.submission):
+        if out:
+            _check_writable(out, a.force)
+    paths = expand_images(a.images)
+    if a.submission:
+        check_submission_ids(paths)
     model = load_model(a.run, device=a.device)
-    preds, skipped = model.predict_files(expand_images(a.images), bs=a.bs, progress=not a.quiet)
+    preds, skipped = model.predict_files(paths, bs=a.bs, progress=not a.quiet, tta=a.tta)
+    if a.submission:
+        with open(a.submission, "w", newline="") as f:
+            csv.writer(f).writerows([("Id", "Category"), *submission_rows(preds)])
+        print(f"{len(preds)} predictions -> {a.submission}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
     header = ["path", "label", "confidence"] + (model.classes if a.probs else [])
     rows = [[p.path, p.label, f"{p.confidence:.6f}"] + ([f"{p.probs[c]:.6f}" for c in model.classes]
                                                          if a.probs else []) for p in preds]
@@ -230,7 +267,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
         with open(a.csv, "w", newline="") as f:
             csv.writer(f).writerows([header, *rows])
         print(f"{len(rows)} predictions -> {a.csv}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
-    else:
+    elif not a.submission:
         w = csv.writer(sys.stdout)
         w.writerows([header, *rows])
 
@@ -241,8 +278,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     if a.json:
         _check_writable(a.json, a.force)
-    res = evaluate(load_model(a.run, device=a.device), a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet)
+    res = evaluate(load_model(a.run, device=a.device), a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet,
+                   tta=a.tta)
     print(f"accuracy {res['accuracy']:.4f}  loss {res['loss']:.4f}  n {res['n']}")
+    if a.tta:
+        print(f"tta accuracy {res['tta_accuracy']:.4f}  tta loss {res['tta_loss']:.4f}  "
+              f"({' + '.join(res['tta_views'])})")
     for c, acc in res["per_class_accuracy"].items():
         print(f"  {c}: {acc:.4f}")
     if a.json:
@@ -281,6 +322,14 @@ def cmd_inspect(a: argparse.Namespace) -> None:
     print(f"-> {out}")
 
 
+def cmd_report(a: argparse.Namespace) -> None:
+    from .evaluate.report import report_path, write_report
+
+    path = report_path(a.run, a.out)
+    _check_writable(str(path), a.force)
+    print(write_report(a.run, path, force=True, data=a.data, device=a.device, progress=not a.quiet))
+
+
 def cmd_models(a: argparse.Namespace) -> None:
     from .models import list_models
 
@@ -295,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning  # the documented hook for how warnings print
     commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "models": cmd_models,
-                "inspect": cmd_inspect, "interpret": cmd_interpret}
+                "inspect": cmd_inspect, "interpret": cmd_interpret, "report": cmd_report}
     try:
         commands[args.command](args)
     except UserError as e:
@@ -304,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `imgclf predict ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     return 0
 
 

@@ -42,6 +42,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
+    init: str = "default"  # default (the arch's own) | lsuv (from-scratch models only: see models/init.py)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 from ..errors import UserError
 from .augment import Augment
 from .decode import decode_all
+from .idx import load_idx, presize_arrays
 from .loaders import BatchLoader
 from .sources import Items, check_items, items_from_csv, items_from_files, items_from_folder
 from .store import LazyImages, fits_in_memory, screen
@@ -33,8 +34,9 @@ class ImageData:
     """Train and validation images as uint8 tensors in memory (or decoded per batch when they would not
     fit: `in_memory` says which), with their class indices.
 
-    Build one with `from_folder`, `from_name_re`, `from_csv` or `from_files`; the learner asks it for
-    batch loaders with the model's normalisation, so the data never needs to know the model.
+    Build one with `from_folder`, `from_name_re`, `from_csv` or `from_files`, or from arrays with `from_idx`
+    or `from_tensors`; the learner asks it for batch loaders with the model's normalisation, so the data never
+    needs to know the model.
     """
 
     def __init__(
@@ -48,10 +50,18 @@ class ImageData:
         progress: bool = True,
         in_memory: bool | None = None,
         labeller: str = "given labels",
+        classes: Sequence[str] | None = None,
+        arrays: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         if size < 8:
             raise UserError(f"--size {size}: too small (at least 8 pixels)")
-        self.classes = check_items(items, source)
+        found = check_items(items, source)
+        unknown = sorted(set(found) - set(classes or found))
+        if unknown:
+            raise UserError(f"{source}: label(s) {', '.join(unknown)} not among the classes given")
+        self.classes = list(classes) if classes is not None else found
+        # images that came as arrays (from_tensors): the raw (train, valid) tensors, presized again by resized()
+        self.arrays = arrays
         self.items, self.workers, self.progress = items, workers, progress
         self.source, self.size, self.bs = source, size, bs
         self.labeller = labeller  # where the labels came from, for summary()
@@ -61,9 +71,16 @@ class ImageData:
         self.skipped: list[tuple[Path, str]] = []
         splits = {}
         self.in_memory = fits_in_memory(len(items.paths), self.presize) if in_memory is None else in_memory
+        if arrays is not None and not self.in_memory:  # arrays have no file to decode later from
+            raise UserError(f"{source}: {len(items.paths)} images presized to {self.presize} px would take more than "
+                            f"half the memory available; pass a smaller --size (these images are "
+                            f"{'x'.join(map(str, arrays[0].shape[-2:]))} px)")
         for name, valid in (("train", False), ("valid", True)):
             paths, labels = items.split(valid)
-            if self.in_memory:
+            if arrays is not None:
+                images, keep, bad = presize_arrays(arrays[int(valid)], self.presize, workers, desc=f"presize {name}",
+                                                   progress=progress), list(range(len(paths))), []
+            elif self.in_memory:
                 images, keep, bad = decode_all(paths, self.presize, workers, desc=f"decode {name}",
                                                progress=progress)
             else:
@@ -106,6 +123,42 @@ class ImageData:
         return cls(items, source=str(csv_file), labeller=f"the label column of {Path(csv_file).name}", **kwargs)
 
     @classmethod
+    def from_tensors(
+        cls, train_images: torch.Tensor, train_labels: Sequence[int] | torch.Tensor, valid_images: torch.Tensor,
+        valid_labels: Sequence[int] | torch.Tensor, classes: Sequence[str], train_paths: Sequence[str | Path] = (),
+        valid_paths: Sequence[str | Path] = (), source: str = "tensors", labeller: str = "given labels", **kwargs,
+    ) -> ImageData:
+        """Images that are arrays, not files: uint8 (N, H, W) grey or (N, 3, H, W), any size, with class indices
+        into `classes`; presized as decoded files are. `*_paths` name the items (default `train#0`, `valid#0`...)."""
+        parts = []
+        for name, x, y, ids in (("train", train_images, train_labels, train_paths),
+                                ("valid", valid_images, valid_labels, valid_paths)):
+            x, y = torch.as_tensor(x), torch.as_tensor(y).tolist()
+            ids = [p if isinstance(p, Path) else Path(p) for p in ids] or [Path(f"{name}#{i}") for i in range(len(x))]
+            if not len(x) == len(y) == len(ids):
+                raise UserError(f"{source}: {len(x)} {name} images, {len(y)} labels and {len(ids)} paths")
+            if any(not 0 <= i < len(classes) for i in y):
+                raise UserError(f"{source}: {name} labels must lie in 0..{len(classes) - 1}")
+            parts.append((x, ids, [str(classes[i]) for i in y]))
+        (tx, tp, tl), (vx, vp, vl) = parts
+        items = Items(tp + vp, tl + vl, [False] * len(tp) + [True] * len(vp))
+        return cls(items, source=source, labeller=labeller, classes=[str(c) for c in classes], arrays=(tx, vx),
+                   **kwargs)
+
+    @classmethod
+    def from_idx(cls, folder: str | Path, n_train: int | None = None, n_valid: int | None = None,
+                 classes: Sequence[str] | None = None, **kwargs) -> ImageData:
+        """MNIST-style IDX files (Fashion-MNIST's `train-images-idx3-ubyte.gz`...) with the official split:
+        train-* to train, t10k-* to validate; `n_train` / `n_valid` keep the first so many. Class names:
+        `classes`, else `classes.txt` beside the files, else Fashion-MNIST's when the folder name contains
+        "fashion", else the digits (MNIST's files are named the same: the files cannot tell). All 70,000
+        Fashion-MNIST images load in 2.6 s at `size=32`, 3.7 s at 64 (see `idx.presize_arrays`)."""
+        s = load_idx(folder, n_train=n_train, n_valid=n_valid, classes=classes)
+        return cls.from_tensors(s.train_images, s.train_labels, s.valid_images, s.valid_labels, s.classes,
+                                s.train_paths, s.valid_paths, source=str(folder),
+                                labeller=f"IDX label files, class names from {s.names_from}", **kwargs)
+
+    @classmethod
     def from_files(cls, files: Sequence[str | Path], labels: Sequence[str], valid_pct: float = 0.2,
                    seed: int = 42, **kwargs) -> ImageData:
         return cls(items_from_files(files, labels, valid_pct=valid_pct, seed=seed), source="files", **kwargs)
@@ -120,7 +173,8 @@ class ImageData:
         items = Items([self.items.paths[i] for i in keep], [self.items.labels[i] for i in keep],
                       [self.items.is_valid[i] for i in keep])
         out = ImageData(items, size=size, bs=self.bs, workers=self.workers, augment=self.augment,
-                        source=self.source, progress=self.progress, labeller=self.labeller)
+                        source=self.source, progress=self.progress, labeller=self.labeller,
+                        classes=self.classes if self.arrays is not None else None, arrays=self.arrays)
         out.skipped = list(self.skipped)
         return out
 

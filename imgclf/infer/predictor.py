@@ -18,9 +18,11 @@ from PIL import Image
 from ..data.augment import center_batch
 from ..data.decode import decode_all, presize
 from ..data.decode import open_image as _open
+from ..errors import UserError
 from ..models import create_model
 from ..rundir import read_run
 from ..train.learner import pick_device, resolve_precision
+from .tta import TTA_VIEWS, combine, views
 
 
 @dataclass
@@ -46,32 +48,50 @@ class Predictor:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
 
     @torch.no_grad()
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw scores for a uint8 (B, 3, presize, presize) batch."""
-        x = center_batch(images.to(self.device), self.size, self.mean, self.std)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
         with ctx:
             return self.model(x).float().cpu()
 
+    def logits(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """Raw scores for a uint8 (B, 3, presize, presize) batch; with `tta` the log of the center and flip
+        views' mean softmax (scores whose softmax is the TTA prediction)."""
+        if tta:
+            return self.view_probs(images, TTA_VIEWS).mean(0).clamp_min(1e-12).log()
+        return self._forward(center_batch(images.to(self.device), self.size, self.mean, self.std))
+
+    def view_probs(self, images: torch.Tensor, names: Sequence[str] = ("center",)) -> torch.Tensor:
+        """Class probabilities of each named view (`infer.tta`) of a uint8 batch: (V, B, C), one forward pass."""
+        x = views(images.to(self.device), self.size, self.mean, self.std, names)
+        return self._forward(x).softmax(-1).view(len(names), len(images), -1)
+
     def _prediction(self, p: torch.Tensor, path: str | None) -> Prediction:
         i = int(p.argmax())
         return Prediction(self.classes[i], float(p[i]), dict(zip(self.classes, p.tolist(), strict=True)), path)
 
-    def predict(self, image: str | Path | Image.Image) -> Prediction:
+    def predict(self, image: str | Path | Image.Image, tta: bool = False) -> Prediction:
         """Label, confidence and per-class probabilities of one image (a path or a PIL image)."""
         path = None if isinstance(image, Image.Image) else str(image)
         img = image.convert("RGB") if isinstance(image, Image.Image) else _open(image, self.presize)
-        probs = self.logits(presize(img, self.presize)[None]).softmax(-1)[0]
+        probs = self.logits(presize(img, self.presize)[None], tta=tta).softmax(-1)[0]
         return self._prediction(probs, path)
 
-    def predict_files(self, paths: Sequence[str | Path], bs: int = 64, progress: bool = True
+    def predict_files(self, paths: Sequence[str | Path], bs: int = 64, progress: bool = True, tta: bool = False
                       ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
-        """Predictions for files, decoded in chunks; files that cannot be decoded are skipped and returned."""
+        """Predictions for files, decoded in chunks; files that cannot be decoded are skipped and returned.
+        `tta`: average the center view's softmax with its mirror's."""
+        probs, kept, skipped = self.probs_files(paths, bs, progress, TTA_VIEWS if tta else ("center",))
+        return [self._prediction(p, str(path)) for p, path in zip(combine(probs), kept, strict=True)], skipped
+
+    def probs_files(self, paths: Sequence[str | Path], bs: int = 64, progress: bool = True,
+                    names: Sequence[str] = ("center",)) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
+        """Per-view probabilities (V, N, C) of the files that decode, those files, and the skipped ones."""
         from tqdm.auto import tqdm
 
         paths = [Path(p) for p in paths]
-        out: list[Prediction] = []
+        out: list[torch.Tensor] = []
+        kept: list[Path] = []
         skipped: list[tuple[Path, str]] = []
         chunk = max(bs, 256)
         with tqdm(total=len(paths), desc="predict", unit="img", disable=None if progress else True, leave=False) as bar:
@@ -79,11 +99,30 @@ class Predictor:
                 part = paths[start : start + chunk]
                 images, keep, bad = decode_all(part, self.presize, progress=False)
                 skipped += bad
-                for b in range(0, len(keep), bs):
-                    probs = self.logits(images[b : b + bs]).softmax(-1)
-                    out += [self._prediction(p, str(part[k])) for p, k in zip(probs, keep[b : b + bs], strict=True)]
+                kept += [part[k] for k in keep]
+                out += [self.view_probs(images[b : b + bs], names) for b in range(0, len(keep), bs)]
                 bar.update(len(part))
-        return out, skipped
+        probs = torch.cat(out, 1) if out else torch.empty(len(names), 0, len(self.classes))
+        return probs, kept, skipped
+
+
+def check_submission_ids(paths: Sequence[str | Path]) -> None:
+    """A submission names each image by its file name without extension: two files must not share one."""
+    seen: dict[str, Path] = {}
+    for p in map(Path, paths):
+        if p.stem in seen:
+            raise UserError(f"{p}: Id {p.stem!r} is also the Id of {seen[p.stem]}; a submission needs unique Ids")
+        seen[p.stem] = p
+
+
+def submission_rows(preds: Sequence[Prediction]) -> list[tuple[str, str]]:
+    """(Id, Category) rows of the food homework's `submission.csv`: Id the file name without extension,
+    Category the predicted class name as it is ("0".."10" there), sorted by Id, numerically when every Id is
+    an integer (0001 < 0002 < 10), else as text."""
+    rows = [(Path(p.path or "").stem, p.label) for p in preds]
+    if all(i.isascii() and i.isdigit() for i, _ in rows):
+        return sorted(rows, key=lambda r: (int(r[0]), r[0]))
+    return sorted(rows)
 
 
 def load_model(run: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:

@@ -1,5 +1,7 @@
-"""Models: the registry over timm, the embedded pretrained default, weights files."""
+"""Models: the registry over timm, the embedded pretrained default, weights files, our own archs, LSUV."""
 
+from . import cnn, xresnet  # noqa: F401  (importing registers simple_cnn and xresnet18/34/50)
+from .init import lsuv_init
 from .registry import (
     DEFAULT_ARCH,
     ModelMeta,
@@ -12,5 +14,5 @@ from .registry import (
 
 __all__ = [
     "DEFAULT_ARCH", "ModelMeta", "create_model", "layer_groups", "list_models", "recommended_size",
-    "register_model",
+    "register_model", "lsuv_init",
 ]

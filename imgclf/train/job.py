@@ -17,8 +17,10 @@ import torch
 
 from ..config import RunConfig
 from ..data.core import ImageData
+from ..data.idx import is_idx_folder
 from ..errors import UserError
 from ..models import recommended_size
+from ..models.init import summarize_lsuv
 from ..rundir import new_run_dir, write_json
 from .callbacks import CSVLogger, EarlyStopping, SaveBestModel
 from .recipes import RECIPES, auto_fit
@@ -39,7 +41,7 @@ def seed_everything(seed: int) -> None:
 
 
 def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
-    """The `ImageData` a config describes: a CSV, a regex on names, or class folders."""
+    """The `ImageData` a config describes: a CSV, IDX files (Fashion-MNIST), a regex on names, or class folders."""
     d = cfg.data
     common = dict(size=d.size or recommended_size(cfg.model.arch), bs=d.bs, workers=d.workers, progress=progress)
     path = Path(d.path)
@@ -47,6 +49,8 @@ def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
     if csv_file:
         folder = path if path.is_dir() else None
         return ImageData.from_csv(csv_file, folder=folder, valid_pct=d.valid_pct, seed=d.seed, **common)
+    if is_idx_folder(path):  # train-images-idx3-ubyte(.gz) and friends: the official train/t10k split
+        return ImageData.from_idx(path, **common)
     return ImageData.from_folder(path, valid=d.valid, valid_pct=d.valid_pct, seed=d.seed, label_re=d.label_re,
                                  **common)
 
@@ -79,7 +83,7 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     learner_kwargs = dict(
         pretrained=cfg.model.pretrained, weights=cfg.model.weights, label_smoothing=tc.label_smoothing,
         seed=cfg.data.seed, opt=tc.opt, lr=0.0 if lr_auto else tc.lr, wd=tc.wd, clip=tc.clip, device=tc.device,
-        precision=tc.precision, channels_last=tc.channels_last, progress=progress,
+        precision=tc.precision, channels_last=tc.channels_last, progress=progress, init=tc.init,
     )
     t_fit = time.perf_counter()
     if tc.recipe == "fine_tune":
@@ -98,6 +102,9 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
         _save_fig(finder.plot(), out / "lr_find.png")
         resolved["lr_find"] = finder.suggestions
     fit_seconds = time.perf_counter() - t_fit
+    resolved["init"] = learn.init_report or {"method": "default"}
+    if resolved["init"]["method"] == "lsuv":
+        print(summarize_lsuv(resolved["init"]["layers"]))
     data = learn.data  # the auto recipe may have chosen another size
     resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32"), "size": data.size,
                      "presize": data.presize, "classes": data.classes, "augment": data.augment.to_dict()})

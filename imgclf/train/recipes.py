@@ -179,16 +179,22 @@ def auto_fit(
                               "recommended_size": rec, "sizes": sizes, "candidates": []}
     cbs = [CSVLogger(log_csv)] if log_csv else []
 
+    # smallest size first: it is the cheapest, and its measured speed prices the larger ones
     best: tuple[Candidate, VisionLearner, float] | None = None
-    for size in sorted(sizes, reverse=True):
+    last: tuple[int, float] | None = None  # (size, forward images/s) of the last probe
+    n_feats = 2 * data.n_train + data.n_valid
+    for size in sorted(sizes):
         elapsed = time.perf_counter() - t0
-        if best is not None and elapsed > budget:
-            report["candidates"].append({"name": f"probe@{size}", "skipped": f"budget spent ({elapsed:.0f}s)"})
+        est = n_feats / last[1] * (size / last[0]) ** 2 if last else 0.0
+        if best is not None and elapsed + est > budget:
+            report["candidates"].append({"name": f"probe@{size}", "skipped": (
+                f"budget: ~{est:.0f}s of features would pass the {budget:.0f}s budget at {elapsed:.0f}s")})
             continue
         d = data if size == data.size else data.resized(size)
         learn = vision_learner(d, arch, seed=seed, progress=progress, cbs=cbs, **learner_kwargs)
         cand, rate = probe_learner(learn)
         report["candidates"].append(asdict(cand))
+        last = (size, rate)
         if best is None or cand.valid_loss < best[0].valid_loss:
             best = (cand, learn, rate)
         del learn
@@ -207,8 +213,7 @@ def auto_fit(
 
     if recipe == "auto":
         n_train, n_valid = learn.data.n_train, learn.data.n_valid
-        scale = (learn.data.size / max(probe.size, 1)) ** 2
-        epoch_seconds = (n_train * TRAIN_COST + n_valid) / rate * scale
+        epoch_seconds = (n_train * TRAIN_COST + n_valid) / rate  # rate was measured at this size
         remaining = budget - (time.perf_counter() - t0)
         try_it, reason = should_try_fine_tune(probe, n_valid, epoch_seconds, remaining)
         why.append(reason)

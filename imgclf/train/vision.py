@@ -7,6 +7,7 @@ cached pooled features of each image and its mirror, so it costs one forward pas
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from torch import nn
 
 from ..data.core import CROP_PCT, ImageData
 from ..data.loaders import TensorLoader
-from ..models import ModelMeta, create_model, layer_groups
+from ..errors import UserError
+from ..models import ModelMeta, create_model, layer_groups, lsuv_init
 from ..rundir import save_model
 from .callbacks import Callback, CSVLogger
 from .features import FeatureCache, extract_features
@@ -25,6 +27,8 @@ from .learner import Learner
 
 class VisionLearner(Learner):
     """A `Learner` that knows its `ImageData` and `ModelMeta`: it can cache features, fine-tune and export."""
+
+    init_report: dict[str, Any] | None = None  # what `vision_learner(init=...)` did to the weights, for config.json
 
     def __init__(self, data: ImageData, model: nn.Module, meta: ModelMeta, seed: int = 42,
                  progress: bool = True, channels_last: bool = True, device: str | torch.device | None = "auto",
@@ -90,10 +94,16 @@ class VisionLearner(Learner):
         return super().lr_find(start_lr, end_lr, num_it)
 
     # ------------------------------------------------------------------ recipes
-    def fine_tune(self, epochs: int, freeze_epochs: int = 1, base_lr: float | None = None, lr_mult: float = 100,
-                  cached: bool = True, cbs: Sequence[Callback] = ()) -> None:
-        """Head first (body frozen), then everything with rates spread from base_lr/2/lr_mult to base_lr/2."""
+    def fine_tune(self, epochs: int, freeze_epochs: int = 1, base_lr: float | None = None,
+                  lr_mult: float | None = None, cached: bool = True, cbs: Sequence[Callback] = ()) -> None:
+        """Head first (body frozen), then everything with rates spread from base_lr/2/lr_mult to base_lr/2.
+
+        `lr_mult` defaults to 100 for pretrained weights (early layers change least) and to 1 for a
+        randomly initialised body, which has nothing to preserve and everything to learn.
+        """
         base_lr = self.lr if base_lr is None else base_lr
+        if lr_mult is None:
+            lr_mult = 1.0 if self.meta.pretrained == "none" else 100.0
         if freeze_epochs:
             if cached:
                 self.fit_head(freeze_epochs, base_lr, cbs=cbs)
@@ -129,14 +139,34 @@ def _progress(dl, desc: str, enabled: bool):
 def vision_learner(
     data: ImageData, arch: str = "efficientnet_lite0", metrics: Sequence[str | Callable] = ("accuracy",),
     pretrained: bool = True, weights: str | None = None, label_smoothing: float = 0.1, seed: int = 42,
-    **kwargs: Any,
+    init: str = "default", **kwargs: Any,
 ) -> VisionLearner:
     """A backbone (embedded ImageNet weights by default) with a new head for `data.classes`.
 
+    `init="lsuv"` re-initialises a from-scratch model with LSUV on the first training batch (the
+    statistics land in `learn.init_report`); on pretrained weights it warns and leaves them alone.
     kwargs go to `Learner`: opt, lr, wd, clip, cbs, device, precision, channels_last, progress.
     """
+    if init not in ("default", "lsuv"):
+        raise UserError(f"--init {init}: choose default or lsuv")
     torch.manual_seed(seed)
     model, meta = create_model(arch, len(data.classes), pretrained=pretrained, weights=weights)
     loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    return VisionLearner(data, model, meta, seed=seed, metrics=metrics, loss_func=loss,
-                         valid_loss_func=nn.CrossEntropyLoss(), **kwargs)
+    learn = VisionLearner(data, model, meta, seed=seed, metrics=metrics, loss_func=loss,
+                          valid_loss_func=nn.CrossEntropyLoss(), **kwargs)
+    learn.init_report = {"method": "default"}
+    if init == "lsuv":
+        learn.init_report = _lsuv(learn, seed)
+    return learn
+
+
+def _lsuv(learn: VisionLearner, seed: int) -> dict[str, Any]:
+    """LSUV on the batch the first training step will see (a fresh loader, so training's order is untouched)."""
+    if learn.meta.pretrained != "none":
+        warnings.warn(f"--init lsuv: skipped, {learn.meta.arch} starts from pretrained weights "
+                      f"({learn.meta.pretrained}); LSUV is for models trained from scratch", stacklevel=3)
+        return {"method": "default", "skipped": "lsuv: the weights are pretrained"}
+    dl = learn.data.loader("train", learn.meta.mean, learn.meta.std, device=learn.device, seed=seed,
+                           channels_last=learn.model_channels_last)
+    xb = next(iter(dl))[0]
+    return {"method": "lsuv", "batch": len(xb), "layers": lsuv_init(learn.model, xb)}
