@@ -95,3 +95,14 @@ def test_recipe_json_is_written_and_reproducible(image_folder, tmp_path):
     assert r1["chosen"] == r2["chosen"] and m1["accuracy"] == m2["accuracy"]
     assert [c["valid_loss"] for c in r1["candidates"]] == [c["valid_loss"] for c in r2["candidates"]]
     assert m1["kept"] == r1["chosen"]
+
+
+def test_native_size_comes_from_files_or_arrays(image_folder):
+    root = image_folder({"a": 3, "b": 3}, split=True, size=(48, 36))
+    assert ImageData.from_folder(root, size=32, progress=False).native_short_side() == 36
+    g = torch.Generator().manual_seed(0)
+    arrays = ImageData.from_tensors(torch.randint(0, 255, (6, 28, 28), dtype=torch.uint8, generator=g), [0, 1] * 3,
+                                    torch.randint(0, 255, (4, 28, 28), dtype=torch.uint8, generator=g), [0, 1] * 2,
+                                    ["x", "y"], size=32, progress=False)
+    assert arrays.native_short_side() == 28
+    assert candidate_sizes(arrays.native_short_side(), 256) == [64, 128, 256]

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import UserError
 from .augment import Augment
-from .decode import decode_all
+from .decode import decode_all, median_short_side
 from .idx import load_idx, presize_arrays
 from .loaders import BatchLoader
 from .sources import Items, check_items, items_from_csv, items_from_files, items_from_folder
@@ -162,6 +162,12 @@ class ImageData:
     def from_files(cls, files: Sequence[str | Path], labels: Sequence[str], valid_pct: float = 0.2,
                    seed: int = 42, **kwargs) -> ImageData:
         return cls(items_from_files(files, labels, valid_pct=valid_pct, seed=seed), source="files", **kwargs)
+
+    def native_short_side(self) -> float:
+        """Median of min(width, height) of the training images as they came, before presizing."""
+        if self.arrays is not None:
+            return float(min(self.arrays[0].shape[-2:]))
+        return median_short_side(self.train_paths)
 
     def resized(self, size: int) -> ImageData:
         """The same items and split decoded at another size (the recipe search tries several).

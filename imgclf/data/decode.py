@@ -9,6 +9,7 @@ faster than at full size.
 from __future__ import annotations
 
 import os
+import statistics
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -123,3 +124,16 @@ def decode_all(
 def warn_skipped(bad: Sequence[tuple[Path, str]]) -> None:
     lines = "\n".join(f"  {p}: {why}" for p, why in sorted(bad))
     warnings.warn(f"skipped {len(bad)} file(s) that could not be decoded:\n{lines}", stacklevel=3)
+
+
+def median_short_side(paths: Sequence[Path], sample: int = 256) -> float:
+    """Median of min(width, height) over (a spread sample of) the images, read from headers only."""
+    step = max(1, len(paths) // sample)
+    sides = []
+    for p in list(paths)[::step]:
+        try:
+            with Image.open(p) as im:
+                sides.append(min(im.size))
+        except Exception:  # unreadable files are reported by decoding; here they just do not count
+            continue
+    return float(statistics.median(sides)) if sides else 0.0

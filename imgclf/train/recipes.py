@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from ..data.core import ImageData
 from ..models import recommended_size
@@ -50,19 +48,6 @@ class Candidate:
     accuracy: float
     seconds: float
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-def median_short_side(paths: Sequence[Path], sample: int = 256) -> float:
-    """Median of min(width, height) over (a spread sample of) the images, read from headers only."""
-    step = max(1, len(paths) // sample)
-    sides = []
-    for p in list(paths)[::step]:
-        try:
-            with Image.open(p) as im:
-                sides.append(min(im.size))
-        except Exception:  # unreadable files are reported by decoding; here they just do not count
-            continue
-    return float(statistics.median(sides)) if sides else 0.0
 
 
 def candidate_sizes(short_side: float, recommended: int) -> list[int]:
@@ -172,7 +157,7 @@ def auto_fit(
         raise ValueError(f"auto_fit runs the auto or probe recipe, not {recipe!r}")
     t0 = time.perf_counter()
     budget = default_budget(data.n_train) if budget is None else float(budget)
-    short = median_short_side(data.train_paths)
+    short = data.native_short_side()
     rec = recommended_size(arch)
     sizes = list(sizes) if sizes else candidate_sizes(short, rec)
     report: dict[str, Any] = {"recipe": recipe, "budget_seconds": budget, "median_short_side": short,
