@@ -26,7 +26,23 @@ def conv_bn_relu(c_in: int, c_out: int, stride: int = 1, ks: int = 3, act: bool 
     return nn.Sequential(*layers)
 
 
-class SimpleCNN(nn.Module):
+class ClassifierModel(nn.Module):
+    """timm's head interface for our own archs: `fc` on `num_features`, swappable for a new class count."""
+
+    num_features: int
+    num_classes: int
+    fc: nn.Module
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh final Linear for `num_classes` (0: none, the model returns pre-logits features)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+
+class SimpleCNN(ClassifierModel):
     """conv-BN-ReLU-maxpool blocks, global pool, MLP head; `forward_head(pre_logits=True)` is the
     hidden layer's output (`num_features` wide), which is what the classifier and cached-feature probes see.
     """
@@ -46,14 +62,6 @@ class SimpleCNN(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.fc: nn.Module = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
         kaiming_init(self)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh final Linear for `num_classes` (0: none, the model returns pre-logits features)."""
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .cnn import conv_bn_relu, kaiming_init
+from .cnn import ClassifierModel, conv_bn_relu, kaiming_init
 from .registry import register_model
 
 
@@ -46,7 +46,7 @@ class ResBlock(nn.Module):
         return self.act(self.convs(x) + self.shortcut(x))
 
 
-class XResNet(nn.Module):
+class XResNet(ClassifierModel):
     """stem (3 convs + max-pool) -> 4 stages of residual blocks -> global pool -> dropout -> Linear."""
 
     def __init__(self, layers: Sequence[int], expansion: int = 1, num_classes: int = 1000, in_chans: int = 3,
@@ -72,14 +72,6 @@ class XResNet(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.fc: nn.Module = nn.Linear(c, num_classes) if num_classes else nn.Identity()
         kaiming_init(self)  # convs and linears only: the zeroed BNs stay zero
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh final Linear for `num_classes` (0: none, the model returns pooled features)."""
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
