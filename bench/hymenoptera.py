@@ -46,8 +46,7 @@ def ours(data: Path, *flags: str) -> dict:
     return {"name": f"imgclf {' '.join(flags) or '(defaults)'}", "accuracy": m["accuracy"],
             "fit_seconds": m["fit_seconds"],
             "total_seconds": wall, "epoch_seconds": unfrozen,
-            "recipe": f"{cfg['train']['freeze_epochs']} head epochs on cached features + "
-                      f"{cfg['train']['epochs']} unfrozen, size {cfg['resolved']['size']}"}
+            "recipe": f"{cfg['resolved'].get('recipe')} (kept {m.get('kept')}), size {cfg['resolved']['size']}"}
 
 
 def peer(script: str, *args: str) -> dict:
@@ -66,7 +65,7 @@ def main() -> None:
 
     rows = [ours(a.data)]
     print(json.dumps(rows[-1]), flush=True)
-    rows.append(ours(a.data, "--size", "224"))  # the peers' size, for the per-epoch comparison
+    rows.append(ours(a.data, "--recipe", "fine_tune", "--size", "224"))  # unfrozen epochs at the peers' size
     print(json.dumps(rows[-1]), flush=True)
     t = peer("torch_hymenoptera.py", str(a.data), "--channels-last", "--bf16", "--epochs", "2")
     rows.append({"name": "torch loop bf16+CL", "accuracy": t["accuracy"], "fit_seconds": t["fit_seconds"],
