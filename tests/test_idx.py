@@ -166,3 +166,11 @@ def test_train_cli_probe_on_a_fashion_mnist_subset(tmp_path, fashion, capsys):
     assert (m["n_train"], m["n_valid"], m["n_classes"]) == (300, 150, 10)
     assert meta["classes"] == list(FASHION_MNIST_CLASSES) and m["skipped_files"] == []
     assert m["accuracy"] > 0.6, m  # chance is 0.1
+
+
+def test_inspect_summary_of_idx_data_reads_the_arrays(fashion):
+    data = ImageData.from_idx(fashion, n_train=120, n_valid=60, size=32, progress=False)
+    s = data.summary(progress=False)
+    assert sum(s.counts["train"].values()) == 120 and sum(s.counts["valid"].values()) == 60
+    assert not s.skipped and s.modes == {"L": 180}
+    assert s.image_sizes["width"]["median"] == 28

@@ -154,6 +154,23 @@ def scan_files(
     return infos, fingerprints(torch.from_numpy(thumbs))
 
 
+def scan_arrays(
+    arrays: Sequence[torch.Tensor], paths: Sequence[Path], splits: Sequence[str], labels: Sequence[str],
+) -> tuple[list[FileInfo], torch.Tensor]:
+    """`scan_files` for images that came as arrays (IDX): hashes, sizes and fingerprints from the pixels."""
+    infos = [FileInfo(Path(p), s, lab) for p, s, lab in zip(paths, splits, labels, strict=True)]
+    thumbs = np.zeros((len(infos), 3 * THUMB * THUMB), dtype=np.uint8)
+    for i, x in enumerate(x for part in arrays for x in part):
+        a = x.numpy()
+        img = Image.fromarray(a if a.ndim == 2 else a.transpose(1, 2, 0))
+        info = infos[i]
+        info.digest = hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest()
+        info.width, info.height = img.size
+        info.mode, info.format = img.mode, "array"
+        thumbs[i] = thumbnail(img)
+    return infos, fingerprints(torch.from_numpy(thumbs))
+
+
 # ------------------------------------------------------------------------------------------- duplicates
 def _mirror(prints: torch.Tensor, side: int) -> torch.Tensor:
     n = len(prints)
@@ -308,7 +325,10 @@ def summarize(
     paths = [*data.train_paths, *data.valid_paths]
     splits = ["train"] * data.n_train + ["valid"] * data.n_valid
     labels = [data.classes[i] for i in (*data.train_y.tolist(), *data.valid_y.tolist())]
-    infos, prints = scan_files(paths, splits, labels, workers=workers, progress=progress)
+    if data.arrays is not None:  # IDX and other array data: no files to open
+        infos, prints = scan_arrays(data.arrays, paths, splits, labels)
+    else:
+        infos, prints = scan_files(paths, splits, labels, workers=workers, progress=progress)
     skipped = list(data.skipped) + [(i.path, i.error) for i in infos if i.error]
     good = [i for i in infos if not i.error]
     exact, near = find_duplicates(infos, prints, threshold)
