@@ -144,11 +144,11 @@ def test_report_is_self_contained_escaped_and_never_replaced_silently(image_fold
     assert main(["report", str(run), "--out", str(other), "--quiet"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(other) and other.stat().st_size > 10_000
 
-    # the data moved away: counts fall back to interpret.json and the totals, and say so
+    # the data moved away: the counts were recorded at training time, so nothing is lost
     shutil.move(json.loads((run / "config.json").read_text())["data"]["path"], tmp_path / "moved")
     data = report_context(run)["data"]
     assert {r["class"]: r["valid"] for r in data["rows"]} == {c: 3 for c in CLASSES}
-    assert "could not be listed" in data["note"] and "18" in data["note"]
+    assert data["totals"]["train"] == 18 and "as trained" in data["note"]
 
     # user mistakes: one line, exit 2
     for args, expect in (([str(tmp_path / "nope")], "no such run"), ([str(tmp_path)], "not a run directory")):

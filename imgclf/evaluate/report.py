@@ -290,12 +290,12 @@ def _data(config: dict, metrics: dict, interp: dict, meta: dict) -> dict[str, An
     when the data is not there any more, the validation counts of interpret.json and the totals."""
     d = config.get("data", {})
     classes = interp.get("classes") or meta.get("classes") or config.get("resolved", {}).get("classes") or []
-    counts, note = _count_items(d, metrics.get("skipped_files", []))
-    if counts is None:
+    counts, note = metrics.get("counts"), "as trained (metrics.json)"
+    if not counts:
         valid = {r["class"]: r["support"] for r in interp.get("per_class", [])}
         counts = {"train": {}, "valid": valid}
-        note = (f"{note}; validation counts from interpret.json, training images {metrics.get('n_train', '?')} "
-                "in all")
+        note = (f"metrics.json has no counts; validation counts from interpret.json, training images "
+                f"{metrics.get('n_train', '?')} in all")
     names = list(dict.fromkeys([*classes, *counts["train"], *counts["valid"]]))
     rows = [{"class": c, "train": counts["train"].get(c), "valid": counts["valid"].get(c)} for c in names]
     train = [r["train"] for r in rows if r["train"]]
@@ -309,31 +309,6 @@ def _data(config: dict, metrics: dict, interp: dict, meta: dict) -> dict[str, An
         "note": note,
         "skipped": metrics.get("skipped_files", []),
     }
-
-
-def _count_items(d: dict[str, Any], skipped: list[dict[str, str]]) -> tuple[dict | None, str]:
-    """Counts per split from the same sources `load_data` reads (CSV, regex or folders), less the files
-    training skipped as undecodable; (None, why) when the data cannot be listed."""
-    from ..data.sources import items_from_csv, items_from_folder
-
-    path = Path(d.get("path") or "")
-    csv_file = d.get("csv") or (str(path) if path.suffix.lower() == ".csv" else None)
-    try:
-        if csv_file:
-            items = items_from_csv(csv_file, folder=path if path.is_dir() else None,
-                                   valid_pct=d.get("valid_pct", 0.2), seed=d.get("seed", 42))
-        else:
-            items = items_from_folder(path, valid=d.get("valid"), valid_pct=d.get("valid_pct", 0.2),
-                                      seed=d.get("seed", 42), label_re=d.get("label_re"))
-    except (UserError, OSError) as e:
-        return None, f"the run's data could not be listed ({e})"
-    bad = {s.get("path") for s in skipped}
-    counts: dict[str, dict[str, int]] = {"train": {}, "valid": {}}
-    for p, label, valid in zip(items.paths, items.labels, items.is_valid, strict=True):
-        if str(p) not in bad:
-            split = counts["valid" if valid else "train"]
-            split[label] = split.get(label, 0) + 1
-    return counts, "counted from the run's data"
 
 
 def _inspect(s: dict[str, Any], path: Path) -> dict[str, Any]:

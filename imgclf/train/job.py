@@ -118,6 +118,7 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     metrics = {
         **final, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start,
         "n_train": data.n_train, "n_valid": data.n_valid, "n_classes": len(data.classes),
+        "counts": data.counts(),  # images per class and split, as trained: the report reads them here
         "kept": resolved.get("kept") or resolved.get("recipe"),
         "skipped_files": [{"path": str(p), "reason": r} for p, r in data.skipped],
     }
