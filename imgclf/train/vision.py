@@ -22,7 +22,7 @@ from ..models import ModelMeta, create_model, layer_groups, lsuv_init
 from ..rundir import save_model
 from .callbacks import Callback, CSVLogger
 from .features import FeatureCache, extract_features
-from .learner import Learner
+from .learner import Learner, pick_device
 
 
 class VisionLearner(Learner):
@@ -33,8 +33,6 @@ class VisionLearner(Learner):
     def __init__(self, data: ImageData, model: nn.Module, meta: ModelMeta, seed: int = 42,
                  progress: bool = True, channels_last: bool = True, device: str | torch.device | None = "auto",
                  **kwargs: Any):
-        from .learner import pick_device
-
         dev = pick_device(device)
         self.data, self.meta, self.seed, self.progress = data, meta, seed, progress
         train_dl = data.loader("train", meta.mean, meta.std, device=dev, seed=seed, channels_last=channels_last)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
-
 from .core import Callback
 
 
@@ -39,9 +37,6 @@ class Recorder(Callback):
         self.losses.append(self._smooth / (1 - 0.98**self._count))
         self.lrs.append(learn.opt.param_groups[-1]["lr"])
 
-    def after_validate(self, learn) -> None:
-        pass
-
     def after_epoch(self, learn) -> None:
         row = {"epoch": self._epoch_base + learn.epoch, "phase": learn.phase,
                "train_loss": self._sum / max(self._n, 1)}
@@ -73,7 +68,3 @@ class Recorder(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
-
-
-def _to_float(x: torch.Tensor | float) -> float:
-    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
