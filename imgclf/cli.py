@@ -37,6 +37,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 def _add_data_flags(g) -> None:
     """The flags that say how DATA is read: the same for every command that loads a data set."""
     g.add_argument("--csv", help="CSV of file,label[,is_valid] with files relative to DATA")
+    g.add_argument("--task", default=D.task, choices=["classify", "multi_label", "regression"],
+                   help="what to predict: one class; several tags (space-separated in the CSV's label, or the same "
+                        "image in several class folders); or a number (a CSV column, see --label-col)")
+    g.add_argument("--label-col", help="the CSV column holding the labels or the regression target")
     g.add_argument("--label-re", help=r"regex on the file name; group 1 is the label, e.g. '^(.+)_\d+\.jpg$'")
     g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
     g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
@@ -79,7 +83,9 @@ def _add_train(sub) -> None:
     g.add_argument("--lr", type=_lr, default=T.lr, help="peak learning rate, or 'auto' (lr_find's valley)")
     g.add_argument("--opt", default=T.opt, choices=["adamw", "adam", "sgd", "rmsprop", "adagrad"])
     g.add_argument("--wd", type=float, default=T.wd, help="weight decay (decoupled for adamw)")
-    g.add_argument("--label-smoothing", type=float, default=T.label_smoothing)
+    g.add_argument("--label-smoothing", type=float, default=T.label_smoothing, help="classification only")
+    g.add_argument("--loss", default=T.loss, choices=["auto", "mse", "l1"],
+                   help="regression loss (auto: mse); classes and tags use (binary) cross-entropy")
     g.add_argument("--clip", type=float, default=T.clip, help="gradient-norm clipping (0: off)")
     g.add_argument("--patience", type=int, default=T.patience, help="early-stopping patience on valid_loss")
     g.add_argument("--device", default=T.device, help="auto, cpu, cuda, cuda:1, mps")
@@ -108,11 +114,14 @@ def _add_predict(sub) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a trained run on labelled images",
-                       description="Accuracy and loss of RUN on DATA (class folders, or a data set root whose "
-                                   "valid/val split is used).")
+                       description="The figures of RUN's task on DATA: class folders, a data set root whose "
+                                   "valid/val split is used, or a CSV as the run trained from (every row is "
+                                   "scored). Classes: accuracy, loss, per-class accuracy; tags: accuracy_multi "
+                                   "and f1_multi at the run's threshold, per-tag F1; numbers: mae, rmse.")
     p.add_argument("run")
     p.add_argument("data")
     p.add_argument("--label-re", help="regex on file names for the labels (default: folder names)")
+    p.add_argument("--label-col", help="a CSV DATA's label column (as the run trained from)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--tta", action="store_true", help="also score test-time augmentation (center view + mirror), "
                                                       "beside the plain figures")
@@ -240,8 +249,14 @@ def cmd_train(a: argparse.Namespace) -> None:
     res = train(_config(a), progress=not a.quiet)
     m = res.metrics
     kept = f"  (kept {m['kept']})" if m.get("kept") else ""
-    print(f"accuracy {m['accuracy']:.4f}  valid_loss {m['valid_loss']:.4f}  "
+    print(f"{_figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "
           f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s{kept}  -> {res.run_dir}")
+
+
+def _figures(m: dict, metrics) -> str:
+    """The task's metrics of a result, in order: accuracy, or accuracy_multi/f1_multi (threshold), or mae/rmse."""
+    names = [n for n, _ in metrics] + (["threshold"] if "threshold" in m else [])
+    return "  ".join(f"{n} {m[n]:.4f}" for n in names if n in m)
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
@@ -260,9 +275,14 @@ def cmd_predict(a: argparse.Namespace) -> None:
         with open(a.submission, "w", newline="") as f:
             csv.writer(f).writerows([("Id", "Category"), *submission_rows(preds)])
         print(f"{len(preds)} predictions -> {a.submission}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
-    header = ["path", "label", "confidence"] + (model.classes if a.probs else [])
-    rows = [[p.path, p.label, f"{p.confidence:.6f}"] + ([f"{p.probs[c]:.6f}" for c in model.classes]
-                                                         if a.probs else []) for p in preds]
+    if model.task == "regression":
+        header = ["path", model.classes[0]]
+        rows = [[p.path, f"{p.value:.6g}"] for p in preds]
+    else:
+        header = ["path", "tags" if model.task == "multi_label" else "label", "confidence"]
+        header += model.classes if a.probs else []
+        rows = [[p.path, p.label, f"{p.confidence:.6f}"] + ([f"{p.probs[c]:.6f}" for c in model.classes]
+                                                             if a.probs else []) for p in preds]
     if a.csv:
         with open(a.csv, "w", newline="") as f:
             csv.writer(f).writerows([header, *rows])
@@ -279,13 +299,17 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     if a.json:
         _check_writable(a.json, a.force)
     res = evaluate(load_model(a.run, device=a.device), a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet,
-                   tta=a.tta)
-    print(f"accuracy {res['accuracy']:.4f}  loss {res['loss']:.4f}  n {res['n']}")
+                   tta=a.tta, label_col=a.label_col)
+    plain = [k for k, v in res.items() if isinstance(v, float) and not k.startswith("tta_")]
+    print("  ".join(f"{k} {res[k]:.4f}" for k in plain) + f"  n {res['n']}")
     if a.tta:
-        print(f"tta accuracy {res['tta_accuracy']:.4f}  tta loss {res['tta_loss']:.4f}  "
-              f"({' + '.join(res['tta_views'])})")
-    for c, acc in res["per_class_accuracy"].items():
-        print(f"  {c}: {acc:.4f}")
+        print("  ".join(f"tta {k} {res['tta_' + k]:.4f}" for k in plain if "tta_" + k in res)
+              + f"  ({' + '.join(res['tta_views'])})")
+    per_class = next((k for k in res if k.startswith("per_class_")), None)
+    if per_class:
+        print(f"{per_class.removeprefix('per_class_')} per {'tag' if 'f1' in per_class else 'class'}:")
+        for c, v in res[per_class].items():
+            print(f"  {c}: {v:.4f}")
     if a.json:
         write_json(a.json, res)
 

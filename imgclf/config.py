@@ -14,6 +14,8 @@ class DataConfig:
     seed: int = 42
     label_re: str | None = None  # regex on the file name whose first group is the label
     csv: str | None = None  # CSV with file,label[,is_valid]
+    label_col: str | None = None  # the CSV's label column (default: label/class/target/... or the second)
+    task: str = "classify"  # classify | multi_label (space-separated tags, or an image in several folders) | regression
     size: int | None = None  # None = the backbone's recommended size (256 for the default: see models.recommended_size)
     bs: int = 64
     workers: int = 0  # decoding threads; 0 = one per CPU core
@@ -36,7 +38,8 @@ class TrainConfig:
     lr: float | str = 2e-3  # a number or "auto" (lr_find's valley suggestion)
     opt: str = "adamw"
     wd: float = 0.01
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # classification only
+    loss: str = "auto"  # regression: mse (auto) or l1; classes and tags get cross-entropy / binary cross-entropy
     clip: float | None = 1.0
     patience: int | None = None  # early stopping on valid_loss; None = off
     device: str = "auto"

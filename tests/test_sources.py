@@ -9,7 +9,6 @@ import pytest
 
 from imgclf.data.core import ImageData
 from imgclf.data.sources import (
-    check_items,
     find_images,
     items_from_csv,
     items_from_files,
@@ -17,6 +16,7 @@ from imgclf.data.sources import (
     label_from_re,
     random_split,
 )
+from imgclf.data.targets import encode_targets
 from imgclf.errors import UserError
 
 PETS_RE = r"^(.+)_\d+\.jpg$"
@@ -78,7 +78,7 @@ def test_folder_labels_come_from_parent_folders(image_folder):
     assert all(label == p.parent.name for p, label in zip(items.paths, items.labels, strict=True))
     assert Counter(items.labels) == {"cats": 5, "dogs": 7}
     assert sum(items.is_valid) == round(12 * 0.2)
-    assert check_items(items, str(root)) == ["cats", "dogs"]
+    assert encode_targets(items, "classify", str(root)).names == ["cats", "dogs"]
 
 
 @pytest.mark.parametrize("valid_name", ["valid", "val", "validation"])
@@ -281,15 +281,15 @@ def test_one_class(image_folder):
     assert str(root) in str(e.value)
 
 
-def test_check_items_empty_splits(image_folder):
+def test_empty_splits_are_errors(image_folder):
     root = image_folder({"a": 2, "b": 2})
     items = items_from_folder(root)
     items.is_valid = [False] * 4
     with pytest.raises(UserError, match="validation split is empty"):
-        check_items(items, "src")
+        encode_targets(items, "classify", "src")
     items.is_valid = [True] * 4
     with pytest.raises(UserError, match="training split is empty"):
-        check_items(items, "src")
+        encode_targets(items, "classify", "src")
 
 
 def test_empty_class_folder(image_folder):

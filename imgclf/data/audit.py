@@ -324,7 +324,7 @@ def summarize(
     t0 = time.perf_counter()
     paths = [*data.train_paths, *data.valid_paths]
     splits = ["train"] * data.n_train + ["valid"] * data.n_valid
-    labels = [data.classes[i] for i in (*data.train_y.tolist(), *data.valid_y.tolist())]
+    labels = [data.label_text(y) for y in (*data.train_y, *data.valid_y)]
     if data.arrays is not None:  # IDX and other array data: no files to open
         infos, prints = scan_arrays(data.arrays, paths, splits, labels)
     else:
@@ -333,8 +333,11 @@ def summarize(
     good = [i for i in infos if not i.error]
     exact, near = find_duplicates(infos, prints, threshold)
     counts = {s: {c: 0 for c in data.classes} for s in ("train", "valid")}
-    for info in good:
-        counts[info.split][info.label] += 1
+    if data.task == "classify":
+        for info in good:
+            counts[info.split][info.label] += 1
+    else:  # tags and numbers: per-tag counts (or the target's), from the encoded targets
+        counts = data.counts()
     s = DataSummary(
         source=data.source, labeller=data.labeller, classes=list(data.classes),
         size=data.size, presize=data.presize, counts=counts,

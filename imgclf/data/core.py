@@ -14,8 +14,9 @@ from .augment import Augment
 from .decode import decode_all, median_short_side
 from .idx import load_idx, presize_arrays
 from .loaders import BatchLoader
-from .sources import Items, check_items, items_from_csv, items_from_files, items_from_folder
+from .sources import Items, items_from_csv, items_from_files, items_from_folder
 from .store import LazyImages, fits_in_memory, screen
+from .targets import encode_targets
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,7 +33,8 @@ def presize_for(size: int) -> int:
 
 class ImageData:
     """Train and validation images as uint8 tensors in memory (or decoded per batch when they would not
-    fit: `in_memory` says which), with their class indices.
+    fit: `in_memory` says which), with their targets: class indices, multi-hot tag rows or standardised
+    numbers, as `task` says (see `targets.py`).
 
     Build one with `from_folder`, `from_name_re`, `from_csv` or `from_files`, or from arrays with `from_idx`
     or `from_tensors`; the learner asks it for batch loaders with the model's normalisation, so the data never
@@ -52,14 +54,15 @@ class ImageData:
         labeller: str = "given labels",
         classes: Sequence[str] | None = None,
         arrays: tuple[torch.Tensor, torch.Tensor] | None = None,
+        task: str = "classify",
+        target_name: str = "value",
+        stats: tuple[float, float] | None = None,
     ):
         if size < 8:
             raise UserError(f"--size {size}: too small (at least 8 pixels)")
-        found = check_items(items, source)
-        unknown = sorted(set(found) - set(classes or found))
-        if unknown:
-            raise UserError(f"{source}: label(s) {', '.join(unknown)} not among the classes given")
-        self.classes = list(classes) if classes is not None else found
+        self.targets = encode_targets(items, task, source, names=classes, target_name=target_name, stats=stats)
+        self.task = self.targets.task
+        self.classes = self.targets.names  # the model's outputs: classes, tags, or the regression target's name
         # images that came as arrays (from_tensors): the raw (train, valid) tensors, presized again by resized()
         self.arrays = arrays
         self.items, self.workers, self.progress = items, workers, progress
@@ -67,7 +70,6 @@ class ImageData:
         self.labeller = labeller  # where the labels came from, for summary()
         self.presize = presize_for(size)
         self.augment = augment or Augment()
-        class_idx = {c: i for i, c in enumerate(self.classes)}
         self.skipped: list[tuple[Path, str]] = []
         splits = {}
         self.in_memory = fits_in_memory(len(items.paths), self.presize) if in_memory is None else in_memory
@@ -76,7 +78,8 @@ class ImageData:
                             f"half the memory available; pass a smaller --size (these images are "
                             f"{'x'.join(map(str, arrays[0].shape[-2:]))} px)")
         for name, valid in (("train", False), ("valid", True)):
-            paths, labels = items.split(valid)
+            rows = [i for i, v in enumerate(items.is_valid) if v == valid]
+            paths = [items.paths[i] for i in rows]
             if arrays is not None:
                 images, keep, bad = presize_arrays(arrays[int(valid)], self.presize, workers, desc=f"presize {name}",
                                                    progress=progress), list(range(len(paths))), []
@@ -87,16 +90,17 @@ class ImageData:
                 keep, bad = screen(paths)
                 images = LazyImages([paths[i] for i in keep], self.presize, workers)
             self.skipped += bad
-            targets = torch.tensor([class_idx[labels[i]] for i in keep], dtype=torch.long)
+            targets = self.targets.values[[rows[i] for i in keep]]
             splits[name] = ([paths[i] for i in keep], images, targets)
         self.train_paths, self.train_images, self.train_y = splits["train"]
         self.valid_paths, self.valid_images, self.valid_y = splits["valid"]
         if len(self.train_y) == 0 or len(self.valid_y) == 0:
             empty = "train" if len(self.train_y) == 0 else "valid"
             raise UserError(f"{source}: no decodable images left in the {empty} split")
-        missing = [c for i, c in enumerate(self.classes) if not (self.train_y == i).any()]
-        if missing:
-            raise UserError(f"{source}: class(es) {', '.join(missing)} have no training images")
+        if self.task == "classify":
+            missing = [c for i, c in enumerate(self.classes) if not (self.train_y == i).any()]
+            if missing:
+                raise UserError(f"{source}: class(es) {', '.join(missing)} have no training images")
 
     # --- constructors: one per label source, all ending in the same Items ---
     @classmethod
@@ -105,8 +109,12 @@ class ImageData:
         label_re: str | None = None, **kwargs,
     ) -> ImageData:
         """Classes from sub-folder names; `train/` + `valid|val/` if present, else a seeded `valid_pct` split."""
-        items = items_from_folder(path, valid=valid, valid_pct=valid_pct, seed=seed, label_re=label_re)
+        multi = kwargs.get("task") == "multi_label"  # the same image in several class folders has each as a tag
+        items = items_from_folder(path, valid=valid, valid_pct=valid_pct, seed=seed, label_re=label_re,
+                                  multi_label=multi)
         labeller = f"regex {label_re!r} on file names" if label_re else "class folder names"
+        if multi:
+            labeller += " (an image in several folders has each as a tag)"
         return cls(items, source=str(path), labeller=labeller, **kwargs)
 
     @classmethod
@@ -117,10 +125,14 @@ class ImageData:
 
     @classmethod
     def from_csv(cls, csv_file: str | Path, folder: str | Path | None = None, valid_pct: float = 0.2,
-                 seed: int = 42, **kwargs) -> ImageData:
-        """Rows of `file,label[,is_valid]`, files relative to `folder` (default: beside the CSV)."""
-        items = items_from_csv(csv_file, folder=folder, valid_pct=valid_pct, seed=seed)
-        return cls(items, source=str(csv_file), labeller=f"the label column of {Path(csv_file).name}", **kwargs)
+                 seed: int = 42, label_col: str | None = None, **kwargs) -> ImageData:
+        """Rows of `file,label[,is_valid]`, files relative to `folder` (default: beside the CSV); with
+        `task="multi_label"` the label holds space-separated tags, with `task="regression"` a number
+        (`label_col` names its column)."""
+        items = items_from_csv(csv_file, folder=folder, valid_pct=valid_pct, seed=seed, label_col=label_col)
+        col = label_col or "label"
+        kwargs.setdefault("target_name", col)
+        return cls(items, source=str(csv_file), labeller=f"the {col} column of {Path(csv_file).name}", **kwargs)
 
     @classmethod
     def from_tensors(
@@ -176,15 +188,22 @@ class ImageData:
         """
         bad = {p for p, _ in self.skipped}
         keep = [i for i, p in enumerate(self.items.paths) if p not in bad]
+        tags = self.items.tags
         items = Items([self.items.paths[i] for i in keep], [self.items.labels[i] for i in keep],
-                      [self.items.is_valid[i] for i in keep])
+                      [self.items.is_valid[i] for i in keep], [tags[i] for i in keep] if tags is not None else None)
         out = ImageData(items, size=size, bs=self.bs, workers=self.workers, augment=self.augment,
                         source=self.source, progress=self.progress, labeller=self.labeller,
-                        classes=self.classes if self.arrays is not None else None, arrays=self.arrays)
+                        classes=self.classes if self.arrays is not None or self.task != "classify" else None,
+                        arrays=self.arrays, task=self.task, stats=self.target_stats)
         out.skipped = list(self.skipped)
         return out
 
     # --- loaders ---
+    @property
+    def target_stats(self) -> tuple[float, float] | None:
+        """Regression's (mean, std) standardisation of the targets; None for classes and tags."""
+        return (self.targets.mean, self.targets.std) if self.task == "regression" else None
+
     @property
     def n_train(self) -> int:
         return len(self.train_y)
@@ -207,12 +226,24 @@ class ImageData:
             channels_last=channels_last,
         )
 
+    def label_text(self, y: torch.Tensor) -> str:
+        """One target row as a person reads it: the class, the tags joined by spaces, or the number."""
+        if self.task == "multi_label":
+            return " ".join(c for c, v in zip(self.classes, y.tolist(), strict=True) if v > 0.5)
+        if self.task == "regression":
+            return f"{float(y[0]) * self.targets.std + self.targets.mean:.4g}"
+        return self.classes[int(y)]
+
     def counts(self) -> dict[str, dict[str, int]]:
-        """Images per class in each split."""
-        return {
-            name: {self.classes[k]: v for k, v in sorted(Counter(y.tolist()).items())}
-            for name, y in (("train", self.train_y), ("valid", self.valid_y))
-        }
+        """Images per class (per tag for multi-label; images with a target for regression) in each split."""
+        def count(y: torch.Tensor) -> dict[str, int]:
+            if self.task == "multi_label":
+                return {c: int(n) for c, n in zip(self.classes, y.sum(0).tolist(), strict=True)}
+            if self.task == "regression":
+                return {self.classes[0]: len(y)}
+            return {self.classes[k]: v for k, v in sorted(Counter(y.tolist()).items())}
+
+        return {"train": count(self.train_y), "valid": count(self.valid_y)}
 
     # --- looking at the data (imgclf inspect) ---
     def summary(self, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),

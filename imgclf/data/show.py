@@ -36,7 +36,7 @@ def show_batch(
     x, y = next(iter(dl))
     m, s = dl.mean.view(1, -1, 1, 1), dl.std.view(1, -1, 1, 1)
     images = (x * s + m).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    labels = [data.classes[i] for i in y.tolist()]
+    labels = [data.label_text(t) for t in y]
     return image_grid(images, labels, ncols=ncols,
                       title=f"training batch: {len(labels)} augmented images at {data.size} px, as the model sees them")
 

@@ -7,6 +7,7 @@ decoding and loading have one path whatever the labels came from.
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
 import re
 from collections.abc import Sequence
@@ -27,6 +28,11 @@ class Items:
     paths: list[Path]
     labels: list[str]
     is_valid: list[bool]
+    tags: list[list[str]] | None = None  # multi-label from folders: each item's folder names (may hold spaces)
+
+    def item_tags(self) -> list[list[str]]:
+        """Each item's tags: the folders it was found in, else its label split on spaces (a CSV's tags)."""
+        return self.tags if self.tags is not None else [split_tags(label) for label in self.labels]
 
     def split(self, valid: bool) -> tuple[list[Path], list[str]]:
         keep = [i for i, v in enumerate(self.is_valid) if v == valid]
@@ -121,8 +127,12 @@ def items_from_folder(
     valid_pct: float = 0.2,
     seed: int = 42,
     label_re: str | None = None,
+    multi_label: bool = False,
 ) -> Items:
-    """Labels from parent folder names (or `label_re` on file names); split from train/ + valid/ or at random."""
+    """Labels from parent folder names (or `label_re` on file names); split from train/ + valid/ or at random.
+
+    `multi_label`: an image copied into several class folders is one item tagged with each (merged before
+    the random split, so its copies cannot land on both sides)."""
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root}: no such directory")
@@ -134,10 +144,15 @@ def items_from_folder(
             paths = find_images(d)
             _require_images(paths, d)
             parts.append((paths, _labels(paths, d, label_re), [is_valid] * len(paths)))
-        return Items(*(a + b for a, b in zip(*parts, strict=True)))
+        items = Items(*(a + b for a, b in zip(*parts, strict=True)))
+        return merge_by_content(items) if multi_label else items
     paths = find_images(root)
     _require_images(paths, root)
-    return Items(paths, _labels(paths, root, label_re), random_split(len(paths), valid_pct, seed))
+    items = Items(paths, _labels(paths, root, label_re), [False] * len(paths))
+    if multi_label:
+        items = merge_by_content(items)
+    items.is_valid = random_split(len(items.paths), valid_pct, seed)
+    return items
 
 
 def _unwrap(root: Path) -> Path:
@@ -175,9 +190,14 @@ _LABEL_COLS = ("label", "labels", "class", "category", "target", "y")
 
 
 def items_from_csv(
-    csv_file: str | Path, folder: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42
+    csv_file: str | Path, folder: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
+    label_col: str | None = None,
 ) -> Items:
-    """Rows of `file,label[,is_valid]`; files are relative to `folder` (default: the CSV's folder)."""
+    """Rows of `file,label[,is_valid]`; files are relative to `folder` (default: the CSV's folder).
+
+    `label_col` names the label column (a regression target such as `age`); by default the first of
+    label/labels/class/category/target/y, else the column after the file's. A multi-label row keeps its
+    space-separated tags in one string (`split_tags` reads them)."""
     csv_path = Path(csv_file)
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: CSV file not found")
@@ -192,7 +212,12 @@ def items_from_csv(
         raise UserError(f"{csv_path}: needs a header row and at least one data row")
     header = [h.strip().lower() for h in rows[0]]
     fcol = next((header.index(c) for c in _FILE_COLS if c in header), 0)
-    lcol = next((header.index(c) for c in _LABEL_COLS if c in header), 1 if fcol == 0 else 0)
+    if label_col is not None:
+        if label_col.strip().lower() not in header:
+            raise UserError(f"{csv_path}: no column {label_col!r} (columns: {', '.join(rows[0])})")
+        lcol = header.index(label_col.strip().lower())
+    else:
+        lcol = next((header.index(c) for c in _LABEL_COLS if c in header), 1 if fcol == 0 else 0)
     vcol = header.index("is_valid") if "is_valid" in header else None
     paths, labels, flags = [], [], []
     for lineno, row in enumerate(rows[1:], start=2):
@@ -216,6 +241,31 @@ def items_from_csv(
     return Items(paths, labels, is_valid)
 
 
+def split_tags(label: str) -> list[str]:
+    """The tags of a multi-label row: space-separated, as the planet and fastai CSVs write them."""
+    return label.split()
+
+
+def merge_by_content(items: Items) -> Items:
+    """Multi-label data from folders: the same image copied into several class folders is one item with all
+    those labels. Files are merged only when their bytes are identical (not just their names), within a split."""
+    groups: dict[tuple[bool, str], int] = {}
+    paths: list[Path] = []
+    tags: list[list[str]] = []
+    flags: list[bool] = []
+    for p, label, valid in zip(items.paths, items.labels, items.is_valid, strict=True):
+        key = (valid, hashlib.sha1(p.read_bytes()).hexdigest())
+        if key in groups:
+            if label not in tags[groups[key]]:
+                tags[groups[key]].append(label)
+            continue
+        groups[key] = len(paths)
+        paths.append(p)
+        tags.append([label])
+        flags.append(valid)
+    return Items(paths, [" ".join(t) for t in tags], flags, tags)
+
+
 def items_from_files(
     files: Sequence[str | Path], labels: Sequence[str], valid_pct: float = 0.2, seed: int = 42
 ) -> Items:
@@ -223,16 +273,3 @@ def items_from_files(
         raise UserError(f"{len(files)} files but {len(labels)} labels")
     paths = [Path(f) for f in files]
     return Items(paths, [str(label) for label in labels], random_split(len(paths), valid_pct, seed))
-
-
-def check_items(items: Items, where: str) -> list[str]:
-    """The sorted class names, after the checks every source shares."""
-    classes = sorted(set(items.labels))
-    if len(classes) < 2:
-        found = f"one class ({classes[0]!r})" if classes else "no classes"
-        raise UserError(f"{where}: found {found}; a classifier needs at least two")
-    if not any(items.is_valid):
-        raise UserError(f"{where}: the validation split is empty")
-    if all(items.is_valid):
-        raise UserError(f"{where}: the training split is empty")
-    return classes

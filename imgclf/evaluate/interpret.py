@@ -141,6 +141,11 @@ class Interpretation:
         from ..infer.predictor import load_model
 
         predictor = load_model(run, device=device)
+        if predictor.task != "classify":
+            # confusion matrices and most-confused pairs are single-label ideas; tags and numbers get their
+            # figures from `imgclf evaluate` (per-tag F1; MAE/RMSE)
+            raise UserError(f"{run}: interpret covers single-label classification; this run's task is "
+                            f"{predictor.task}: use `imgclf evaluate {run} DATA` for its figures")
         data = _run_data(run, data, predictor.size, progress)
         if data.presize != predictor.presize:
             raise UserError(f"{data.source}: images prepared for size {data.size}, the model sees "

@@ -1,4 +1,4 @@
-"""Score a trained run on labelled images it has not seen: accuracy, loss, per-class accuracy."""
+"""Score a trained run on labelled images it has not seen, with the figures of its task."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data.sources import Items, find_images, items_from_folder, label_from_re
+from ..data.sources import Items, find_images, items_from_csv, items_from_folder, label_from_re
+from ..data.targets import encode_targets
 from ..errors import UserError
+from ..train.metrics import accuracy_multi, fbeta_multi, mae, rmse
 from .predictor import Predictor, load_model
 from .tta import TTA_VIEWS, combine
 
 
-def labelled_items(path: str | Path, label_re: str | None = None) -> Items:
-    """Images with labels from `path`: its validation split when it has train/ + valid/, else all of it."""
+def labelled_items(path: str | Path, label_re: str | None = None, label_col: str | None = None) -> Items:
+    """Images with labels from `path`: a CSV's rows (all of them), a folder's validation split when it has
+    train/ + valid/, else all of it."""
     root = Path(path)
+    if root.suffix.lower() == ".csv":
+        items = items_from_csv(root, label_col=label_col)
+        return Items(items.paths, items.labels, [True] * len(items.paths))
     if not root.is_dir():
         raise UserError(f"{root}: no such directory")
     if any((root / n).is_dir() for n in ("valid", "val", "validation")) and (root / "train").is_dir():
@@ -31,32 +37,58 @@ def labelled_items(path: str | Path, label_re: str | None = None) -> Items:
 
 
 def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None = None, bs: int = 64,
-             progress: bool = True, tta: bool = False) -> dict[str, Any]:
-    """accuracy, loss (plain cross-entropy), n, skipped files and per-class accuracy of `run` on `data`;
-    with `tta` also tta_accuracy and tta_loss (center + flip views, softmax averaged), from the same pass."""
+             progress: bool = True, tta: bool = False, label_col: str | None = None) -> dict[str, Any]:
+    """The run's figures on labelled images it has not seen (class folders, or a CSV as it trained from).
+
+    Classes: accuracy, loss (plain cross-entropy) and per-class accuracy; tags: accuracy_multi, f1_multi at
+    the run's threshold, loss (binary cross-entropy) and per-tag F1; numbers: mae, rmse in the targets'
+    units. With `tta` the same figures prefixed `tta_` (center + flip views averaged), from the same pass."""
     predictor = run if isinstance(run, Predictor) else load_model(run)
-    items = labelled_items(data, label_re)
-    unknown = sorted(set(items.labels) - set(predictor.classes))
-    if unknown:
-        raise UserError(f"{data}: label(s) {', '.join(unknown)} not among the model's classes "
-                        f"({', '.join(predictor.classes)})")
+    items = labelled_items(data, label_re, label_col)
+    task = predictor.task
+    targets_all = encode_targets(items, task, str(data), names=predictor.classes, stats=(0.0, 1.0),
+                                 require_split=False).values
     view_probs, kept, skipped = predictor.probs_files(items.paths, bs=bs, progress=progress,
                                                      names=TTA_VIEWS if tta else ("center",))
-    label_of = dict(zip(map(str, items.paths), items.labels, strict=True))
-    idx = {c: i for i, c in enumerate(predictor.classes)}
-    probs = view_probs[0]  # the center view: the plain figure
-    targets = torch.tensor([idx[label_of[str(p)]] for p in kept], dtype=torch.long)
-    hits = probs.argmax(-1) == targets
-    per_class = {c: float(hits[targets == i].float().mean()) for c, i in idx.items() if (targets == i).any()}
-    res = {
-        "accuracy": float(hits.float().mean()),
-        "loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), targets)),
-        "n": len(kept),
-        "per_class_accuracy": per_class,
-        "skipped_files": [{"path": str(p), "reason": r} for p, r in skipped],
-    }
+    row = {str(p): i for i, p in enumerate(items.paths)}
+    targets = targets_all[[row[str(p)] for p in kept]]
+    res = {**_scores(view_probs[0], targets, predictor), "n": len(kept)}
+    if task != "regression":
+        res[f"per_class_{_PER_CLASS[task]}"] = _per_class(view_probs[0], targets, predictor)
+    res["skipped_files"] = [{"path": str(p), "reason": r} for p, r in skipped]
     if tta:
-        tp = combine(view_probs)
-        res.update(tta_accuracy=float((tp.argmax(-1) == targets).float().mean()),
-                   tta_loss=float(F.nll_loss(tp.clamp_min(1e-12).log(), targets)), tta_views=list(TTA_VIEWS))
+        res.update({f"tta_{k}": v for k, v in _scores(combine(view_probs), targets, predictor).items()})
+        res["tta_views"] = list(TTA_VIEWS)
     return res
+
+
+_PER_CLASS = {"classify": "accuracy", "multi_label": "f1"}
+
+
+def _scores(out: torch.Tensor, targets: torch.Tensor, predictor: Predictor) -> dict[str, float]:
+    """The task's figures from activated outputs (probabilities or numbers)."""
+    if predictor.task == "regression":
+        return {"mae": mae(out, targets), "rmse": rmse(out, targets)}
+    logits = out.clamp(1e-7, 1 - 1e-7)
+    if predictor.task == "multi_label":
+        logits = logits.logit()  # the metrics take logits: the sigmoid gives the probabilities back
+        t = predictor.threshold
+        return {"accuracy_multi": accuracy_multi(logits, targets, t), "f1_multi": fbeta_multi(logits, targets, 1, t),
+                "loss": float(F.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), targets)), "threshold": t}
+    return {"accuracy": float((out.argmax(-1) == targets).float().mean()),
+            "loss": float(F.nll_loss(out.clamp_min(1e-12).log(), targets))}
+
+
+def _per_class(out: torch.Tensor, targets: torch.Tensor, predictor: Predictor) -> dict[str, float]:
+    """Accuracy of each class present, or F1 of each tag present (the tag's own precision/recall balance)."""
+    if predictor.task == "multi_label":
+        pred, res = out > predictor.threshold, {}
+        for i, c in enumerate(predictor.classes):
+            t = targets[:, i].bool()
+            if t.any():
+                tp = float((pred[:, i] & t).sum())
+                res[c] = 2 * tp / (float(pred[:, i].sum()) + float(t.sum()))
+        return res
+    hits = out.argmax(-1) == targets
+    return {c: float(hits[targets == i].float().mean()) for i, c in enumerate(predictor.classes)
+            if (targets == i).any()}

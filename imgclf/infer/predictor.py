@@ -27,10 +27,16 @@ from .tta import TTA_VIEWS, combine, views
 
 @dataclass
 class Prediction:
+    """One image's prediction. `label` is the class, the predicted tags joined by spaces (multi-label, the
+    CSV format it trained from), or the number as text (regression, its float in `value`); `probs` maps
+    each class or tag to its probability (regression: the target's name to the value)."""
+
     label: str
     confidence: float
     probs: dict[str, float] = field(repr=False)
     path: str | None = None
+    tags: list[str] = field(default_factory=list)  # multi-label: every tag above the run's threshold
+    value: float | None = None  # regression
 
 
 class Predictor:
@@ -40,6 +46,8 @@ class Predictor:
                  precision: str = "auto"):
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
+        self.task: str = meta.get("task", "classify")
+        self.threshold = float(meta.get("threshold", 0.5))
         self.size, self.presize = int(meta["size"]), int(meta["presize"])
         self.device = pick_device(device)
         self.dtype = resolve_precision(precision, self.device)
@@ -62,20 +70,38 @@ class Predictor:
         return self._forward(center_batch(images.to(self.device), self.size, self.mean, self.std))
 
     def view_probs(self, images: torch.Tensor, names: Sequence[str] = ("center",)) -> torch.Tensor:
-        """Class probabilities of each named view (`infer.tta`) of a uint8 batch: (V, B, C), one forward pass."""
+        """Outputs of each named view (`infer.tta`) of a uint8 batch: (V, B, C), one forward pass. Class
+        probabilities (softmax), tag probabilities (sigmoid) or numbers in the targets' units (regression)."""
         x = views(images.to(self.device), self.size, self.mean, self.std, names)
-        return self._forward(x).softmax(-1).view(len(names), len(images), -1)
+        return self.activate(self._forward(x)).view(len(names), len(images), -1)
+
+    def activate(self, out: torch.Tensor) -> torch.Tensor:
+        """The model's raw outputs as the task reads them."""
+        if self.task == "multi_label":
+            return out.sigmoid()
+        if self.task == "regression":
+            return out * float(self.meta["target_std"]) + float(self.meta["target_mean"])
+        return out.softmax(-1)
 
     def _prediction(self, p: torch.Tensor, path: str | None) -> Prediction:
+        scores = dict(zip(self.classes, p.tolist(), strict=True))
+        if self.task == "regression":
+            v = float(p[0])
+            return Prediction(f"{v:.6g}", float("nan"), scores, path, value=v)
+        if self.task == "multi_label":
+            tags = [c for c, q in scores.items() if q > self.threshold]
+            # confidence: the least certain of the tag decisions (each tag is a yes/no)
+            conf = float(torch.where(p > self.threshold, p, 1 - p).min())
+            return Prediction(" ".join(tags), conf, scores, path, tags=tags)
         i = int(p.argmax())
-        return Prediction(self.classes[i], float(p[i]), dict(zip(self.classes, p.tolist(), strict=True)), path)
+        return Prediction(self.classes[i], float(p[i]), scores, path, tags=[self.classes[i]])
 
     def predict(self, image: str | Path | Image.Image, tta: bool = False) -> Prediction:
         """Label, confidence and per-class probabilities of one image (a path or a PIL image)."""
         path = None if isinstance(image, Image.Image) else str(image)
         img = image.convert("RGB") if isinstance(image, Image.Image) else _open(image, self.presize)
-        probs = self.logits(presize(img, self.presize)[None], tta=tta).softmax(-1)[0]
-        return self._prediction(probs, path)
+        out = self.view_probs(presize(img, self.presize)[None], TTA_VIEWS if tta else ("center",))
+        return self._prediction(combine(out)[0], path)
 
     def predict_files(self, paths: Sequence[str | Path], bs: int = 64, progress: bool = True, tta: bool = False
                       ) -> tuple[list[Prediction], list[tuple[Path, str]]]:

@@ -18,6 +18,7 @@ import torch
 from ..config import RunConfig
 from ..data.core import ImageData
 from ..data.idx import is_idx_folder
+from ..data.targets import check_task
 from ..errors import UserError
 from ..models import recommended_size
 from ..models.init import summarize_lsuv
@@ -43,13 +44,21 @@ def seed_everything(seed: int) -> None:
 def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
     """The `ImageData` a config describes: a CSV, IDX files (Fashion-MNIST), a regex on names, or class folders."""
     d = cfg.data
-    common = dict(size=d.size or recommended_size(cfg.model.arch), bs=d.bs, workers=d.workers, progress=progress)
+    common = dict(size=d.size or recommended_size(cfg.model.arch), bs=d.bs, workers=d.workers, progress=progress,
+                  task=check_task(d.task))
     path = Path(d.path)
     csv_file = d.csv or (d.path if path.suffix.lower() == ".csv" else None)
     if csv_file:
         folder = path if path.is_dir() else None
-        return ImageData.from_csv(csv_file, folder=folder, valid_pct=d.valid_pct, seed=d.seed, **common)
+        return ImageData.from_csv(csv_file, folder=folder, valid_pct=d.valid_pct, seed=d.seed, label_col=d.label_col,
+                                  **common)
+    if d.label_col:
+        raise UserError("--label-col names a CSV column: give the CSV with --csv")
+    if d.task == "regression":
+        raise UserError(f"{path}: regression reads its numbers from a CSV column: give one with --csv")
     if is_idx_folder(path):  # train-images-idx3-ubyte(.gz) and friends: the official train/t10k split
+        if d.task != "classify":
+            raise UserError(f"{path}: IDX files hold one class per image (--task classify)")
         return ImageData.from_idx(path, **common)
     return ImageData.from_folder(path, valid=d.valid, valid_pct=d.valid_pct, seed=d.seed, label_re=d.label_re,
                                  **common)
@@ -82,12 +91,16 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     out = new_run_dir(cfg.out or default_out(cfg))
     learner_kwargs = dict(
         pretrained=cfg.model.pretrained, weights=cfg.model.weights, label_smoothing=tc.label_smoothing,
-        seed=cfg.data.seed, opt=tc.opt, lr=0.0 if lr_auto else tc.lr, wd=tc.wd, clip=tc.clip, device=tc.device,
-        precision=tc.precision, channels_last=tc.channels_last, progress=progress, init=tc.init,
+        seed=cfg.data.seed, loss=tc.loss, opt=tc.opt, lr=0.0 if lr_auto else tc.lr, wd=tc.wd, clip=tc.clip,
+        device=tc.device, precision=tc.precision, channels_last=tc.channels_last, progress=progress, init=tc.init,
     )
     t_fit = time.perf_counter()
-    if tc.recipe == "fine_tune":
+    if tc.recipe == "fine_tune" or data.task != "classify":
         learn, resolved, finder = _fine_tune_recipe(cfg, data, out, learner_kwargs)
+        if tc.recipe != "fine_tune":  # the probe is a softmax classifier: tags and numbers take the fixed recipe
+            resolved["why"] = [f"--task {data.task}: the fine_tune recipe (the {tc.recipe} recipe's probe "
+                               "fits single-label classes only)"]
+            print(f"recipe: fine_tune — {resolved['why'][0]}")
     else:
         res = auto_fit(
             data, cfg.model.arch, budget=tc.budget, recipe=tc.recipe, sizes=[cfg.data.size] if cfg.data.size else None,
@@ -107,8 +120,11 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
         print(summarize_lsuv(resolved["init"]["layers"]))
     data = learn.data  # the auto recipe may have chosen another size
     resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32"), "size": data.size,
-                     "presize": data.presize, "classes": data.classes, "augment": data.augment.to_dict()})
-    final = learn.validate()
+                     "presize": data.presize, "classes": data.classes, "augment": data.augment.to_dict(),
+                     "task": data.task, "loss": type(learn.loss_func).__name__})
+    if data.task == "regression":
+        resolved["target_mean"], resolved["target_std"] = data.target_stats
+    final = learn.choose_threshold() if data.task == "multi_label" else learn.validate()
     learn.export(out)
     saved = cfg.to_dict()  # paths made absolute, so interpret/report find the data from anywhere
     saved["data"]["path"] = str(Path(cfg.data.path).resolve())

@@ -23,12 +23,14 @@ from ..rundir import save_model
 from .callbacks import Callback, CSVLogger
 from .features import FeatureCache, extract_features
 from .learner import Learner, pick_device
+from .metrics import METRICS, TASK_METRICS, accuracy_multi, best_threshold, fbeta_multi, scaled
 
 
 class VisionLearner(Learner):
     """A `Learner` that knows its `ImageData` and `ModelMeta`: it can cache features, fine-tune and export."""
 
     init_report: dict[str, Any] | None = None  # what `vision_learner(init=...)` did to the weights, for config.json
+    threshold: float = 0.5  # multi-label: a tag is predicted above this sigmoid (`choose_threshold` sets it)
 
     def __init__(self, data: ImageData, model: nn.Module, meta: ModelMeta, seed: int = 42,
                  progress: bool = True, channels_last: bool = True, device: str | torch.device | None = "auto",
@@ -115,12 +117,27 @@ class VisionLearner(Learner):
             base_lr /= 2
             self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), cbs=cbs)
 
+    def choose_threshold(self, beta: float = 1.0) -> dict[str, float]:
+        """Multi-label: set `threshold` to the one maximising F-beta on validation; returns the validation
+        figures at it (valid_loss, accuracy_multi, f1_multi, threshold)."""
+        if self.data.task != "multi_label":
+            raise UserError("choose_threshold is for multi-label data (--task multi_label)")
+        logits, targets = self.get_preds()
+        self.threshold, _ = best_threshold(logits, targets, beta)
+        return {**self.score(logits, targets), "accuracy_multi": accuracy_multi(logits, targets, self.threshold),
+                "f1_multi": fbeta_multi(logits, targets, 1.0, self.threshold), "threshold": self.threshold}
+
     # ------------------------------------------------------------------ export
     def model_meta(self) -> dict[str, Any]:
-        return {
+        meta = {
             **self.meta.to_dict(), "classes": self.data.classes, "size": self.data.size,
-            "presize": self.data.presize, "crop_pct": CROP_PCT,
+            "presize": self.data.presize, "crop_pct": CROP_PCT, "task": self.data.task,
         }
+        if self.data.task == "multi_label":
+            meta["threshold"] = self.threshold
+        if self.data.task == "regression":
+            meta["target_mean"], meta["target_std"] = self.data.target_stats
+        return meta
 
     def export(self, path: str | Path) -> Path:
         """Write `model.safetensors` + `model.json` into `path` (created if needed)."""
@@ -134,13 +151,36 @@ def _progress(dl, desc: str, enabled: bool):
     return tqdm(dl, desc=desc, leave=False, unit="batch", disable=None if enabled else True)
 
 
+def task_losses(data: ImageData, label_smoothing: float = 0.1, loss: str = "auto") -> tuple[nn.Module, nn.Module]:
+    """(training loss, validation loss) for the data's task. Classes: cross-entropy, smoothed in training
+    only (validation reports the plain figure); tags: binary cross-entropy on each tag; numbers: MSE, or
+    L1 (`loss="l1"`, robust to outliers in the targets)."""
+    if data.task == "classify":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing), nn.CrossEntropyLoss()
+    if data.task == "multi_label":
+        return nn.BCEWithLogitsLoss(), nn.BCEWithLogitsLoss()
+    if loss not in ("auto", "mse", "l1"):
+        raise UserError(f"--loss {loss}: choose mse or l1 for regression")
+    fn = nn.L1Loss() if loss == "l1" else nn.MSELoss()
+    return fn, fn
+
+
+def task_metrics(data: ImageData) -> list[str | Callable]:
+    """The default metrics of the data's task; regression errors are reported in the targets' own units."""
+    names = TASK_METRICS[data.task]
+    if data.task == "regression":
+        return [scaled(METRICS[n], data.targets.std) for n in names]
+    return list(names)
+
+
 def vision_learner(
-    data: ImageData, arch: str = "efficientnet_lite0", metrics: Sequence[str | Callable] = ("accuracy",),
+    data: ImageData, arch: str = "efficientnet_lite0", metrics: Sequence[str | Callable] | None = None,
     pretrained: bool = True, weights: str | None = None, label_smoothing: float = 0.1, seed: int = 42,
-    init: str = "default", **kwargs: Any,
+    init: str = "default", loss: str = "auto", **kwargs: Any,
 ) -> VisionLearner:
     """A backbone (embedded ImageNet weights by default) with a new head for `data.classes`.
 
+    The loss and metrics follow `data.task` (see `task_losses`, `task_metrics`) unless given.
     `init="lsuv"` re-initialises a from-scratch model with LSUV on the first training batch (the
     statistics land in `learn.init_report`); on pretrained weights it warns and leaves them alone.
     kwargs go to `Learner`: opt, lr, wd, clip, cbs, device, precision, channels_last, progress.
@@ -149,9 +189,9 @@ def vision_learner(
         raise UserError(f"--init {init}: choose default or lsuv")
     torch.manual_seed(seed)
     model, meta = create_model(arch, len(data.classes), pretrained=pretrained, weights=weights)
-    loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    learn = VisionLearner(data, model, meta, seed=seed, metrics=metrics, loss_func=loss,
-                          valid_loss_func=nn.CrossEntropyLoss(), **kwargs)
+    train_loss, valid_loss = task_losses(data, label_smoothing, loss)
+    learn = VisionLearner(data, model, meta, seed=seed, metrics=metrics or task_metrics(data), loss_func=train_loss,
+                          valid_loss_func=valid_loss, **kwargs)
     learn.init_report = {"method": "default"}
     if init == "lsuv":
         learn.init_report = _lsuv(learn, seed)

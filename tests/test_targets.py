@@ -1,0 +1,182 @@
+"""Multi-label and regression targets: encoding, metrics, a real training run each, predict and evaluate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import write_image
+
+from imgclf import ImageData
+from imgclf.cli import main
+from imgclf.config import DataConfig, RunConfig, TrainConfig
+from imgclf.data.sources import Items, merge_by_content
+from imgclf.data.targets import encode_targets
+from imgclf.errors import UserError
+from imgclf.infer import evaluate, load_model
+from imgclf.train.job import train
+from imgclf.train.metrics import accuracy_multi, best_threshold, fbeta_multi, mae, rmse
+
+
+def tag_images(root, n, seed=0):
+    """`n` images whose tags say which of red and blue is strong: both, either, or neither (no tag)."""
+    rows = []
+    for i in range(n):
+        red, blue = i % 2 == 0, (i // 2) % 2 == 0
+        colour = (220 if red else 30, 90, 220 if blue else 30)
+        p = write_image(root / f"img{i:03d}.png", size=(40, 40), colour=colour, noise=15, seed=seed + i)
+        rows.append((p.name, " ".join(t for t, on in (("red", red), ("blue", blue)) if on)))
+    return rows
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+# ------------------------------------------------------------------ encoding and metrics
+def test_encode_multi_label_and_regression(tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(4)]
+    items = Items(paths, ["a b", "b", "", "c a"], [False, False, True, True])
+    t = encode_targets(items, "multi_label", "src")
+    assert t.names == ["a", "b", "c"]
+    assert t.values.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 0], [1, 0, 1]]
+
+    items = Items(paths, ["10", "30", "20", "40"], [False, False, True, True])
+    t = encode_targets(items, "regression", "src", target_name="age")
+    assert t.names == ["age"] and t.mean == 20.0
+    assert torch.allclose(t.values[:, 0] * t.std + t.mean, torch.tensor([10.0, 30, 20, 40]))
+    assert abs(float(t.values[:2].mean())) < 1e-6  # standardised on the training split
+
+
+def test_encode_errors_name_the_problem(tmp_path):
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    with pytest.raises(UserError, match=r"1\.png: target 'old' is not a number"):
+        encode_targets(Items(paths, ["3", "old", "5"], [False, False, True]), "regression", "src")
+    with pytest.raises(UserError, match="multi_label"):
+        encode_targets(Items(paths, ["a b"] * 3, [False, False, True]), "classify", "src")
+    with pytest.raises(UserError, match="--task"):
+        encode_targets(Items(paths, ["a"] * 3, [False, False, True]), "tags", "src")
+
+
+def test_multi_label_metrics_by_hand():
+    targets = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    logits = torch.tensor([[5.0, -5, -5], [-5, 5, 5]])  # image 0: 1 of 2 found; image 1: 1 right, 1 extra
+    assert accuracy_multi(logits, targets) == pytest.approx(4 / 6)
+    # F1 per image: 2*1/(2*1+1+0) = 2/3 and 2*1/(2*1+0+1) = 2/3
+    assert fbeta_multi(logits, targets, 1.0) == pytest.approx(2 / 3)
+    # F2 weighs recall: image 0 (missed one) 5/(5+4) = 5/9, image 1 (one extra) 5/(5+1) = 5/6
+    assert fbeta_multi(logits, targets, 2.0) == pytest.approx((5 / 9 + 5 / 6) / 2)
+    assert fbeta_multi(torch.full((1, 3), -5.0), torch.zeros(1, 3)) == 1.0  # no tag, none predicted
+
+
+def test_best_threshold_finds_the_gap():
+    # positives score 0.3, negatives 0.1 (as probabilities): 0.5 predicts nothing, a threshold in between is perfect
+    probs = torch.tensor([[0.3, 0.1], [0.1, 0.3], [0.3, 0.3]])
+    targets = (probs > 0.2).float()
+    thresh, score = best_threshold(probs.logit(), targets)
+    assert 0.1 <= thresh < 0.3 and score == 1.0
+    assert fbeta_multi(probs.logit(), targets, 1.0, 0.5) == 0.0
+
+
+def test_regression_metrics():
+    p, t = torch.tensor([[1.0], [2.0], [5.0]]), torch.tensor([[1.0], [4.0], [4.0]])
+    assert mae(p, t) == pytest.approx(1.0)
+    assert rmse(p, t) == pytest.approx((5 / 3) ** 0.5)
+
+
+def test_multi_label_from_folders_merges_identical_images(tmp_path):
+    root = tmp_path / "data"
+    for i in range(6):
+        write_image(root / "red" / f"r{i}.png", colour=(200, 20, 20), seed=i)
+    for i in range(3):  # three of the red images are also round: the same file in a second folder
+        (root / "round").mkdir(exist_ok=True)
+        shutil.copy(root / "red" / f"r{i}.png", root / "round" / f"r{i}.png")
+    write_image(root / "round" / "other.png", colour=(20, 20, 200), seed=9)  # same name elsewhere? no: new image
+    write_image(root / "round" / "r5.png", colour=(20, 200, 20), seed=99)  # same NAME as red/r5, other pixels
+    data = ImageData.from_folder(root, valid_pct=0.3, size=32, task="multi_label", progress=False)
+    assert data.classes == ["red", "round"]
+    labels = {p.name if "red" in str(p) else p.parent.name + "/" + p.name: y.tolist()
+              for p, y in zip([*data.train_paths, *data.valid_paths], [*data.train_y, *data.valid_y], strict=True)}
+    assert sum(v == [1.0, 1.0] for v in labels.values()) == 3  # merged by content
+    assert len(labels) == 6 + 2  # r0..r5, other.png, round/r5.png (same name, different image: not merged)
+    items = Items([root / "red" / "r0.png", root / "round" / "r0.png"], ["red", "round"], [False, False])
+    assert merge_by_content(items).tags == [["red", "round"]]
+
+
+# ------------------------------------------------------------------ real runs
+@pytest.fixture(scope="module")
+def multi_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multi")
+    rows = tag_images(tmp / "images", 48)
+    flagged = [(f, tags, int(i % 5 == 4)) for i, (f, tags) in enumerate(rows)]
+    csv_path = write_csv(tmp / "images" / "labels.csv", ["file", "labels", "is_valid"], flagged)
+    cfg = RunConfig(data=DataConfig(path=str(csv_path), size=64, bs=16, task="multi_label"),
+                    train=TrainConfig(recipe="auto", freeze_epochs=8, epochs=0), out=str(tmp / "run"))
+    return train(cfg, progress=False), csv_path
+
+
+def test_multi_label_run_learns_and_saves_its_threshold(multi_run, capsys):
+    res, csv_path = multi_run
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    assert m["f1_multi"] >= 0.9 and m["accuracy_multi"] >= 0.9, m
+    meta = json.loads((res.run_dir / "model.json").read_text())
+    assert meta["task"] == "multi_label" and meta["classes"] == ["blue", "red"]
+    assert 0 < meta["threshold"] < 1 and meta["threshold"] == m["threshold"]
+    conf = json.loads((res.run_dir / "config.json").read_text())
+    assert conf["resolved"]["recipe"] == "fine_tune" and "multi_label" in conf["resolved"]["why"][0]
+    assert conf["resolved"]["loss"] == "BCEWithLogitsLoss"
+
+    model = load_model(res.run_dir)
+    both = write_image(csv_path.parent / "new_both.png", size=(40, 40), colour=(220, 90, 220), seed=500)
+    none = write_image(csv_path.parent / "new_none.png", size=(40, 40), colour=(30, 90, 30), seed=501)
+    p = model.predict(both)
+    assert p.tags == ["blue", "red"] and p.label == "blue red" and 0.5 <= p.confidence <= 1
+    assert model.predict(none).tags == []
+
+    assert main(["predict", str(res.run_dir), str(both), str(none)]) == 0
+    out = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert out[0] == ["path", "tags", "confidence"]
+    assert [r[1] for r in out[1:]] == ["blue red", ""]
+
+    ev = evaluate(res.run_dir, csv_path, progress=False)
+    assert ev["n"] == 48 and ev["f1_multi"] >= 0.9 and set(ev["per_class_f1"]) == {"blue", "red"}
+
+
+def test_regression_run_beats_the_mean(tmp_path, capsys):
+    root = tmp_path / "images"
+    rows = []
+    for i in range(40):  # the target ("age") is the grey level: a number the pixels show
+        age = 10 + 2 * i
+        p = write_image(root / f"g{i:02d}.png", size=(40, 40), colour=(age * 2,) * 3, noise=8, seed=i)
+        rows.append((p.name, f"{age}", int(i % 4 == 1)))
+    csv_path = write_csv(root / "ages.csv", ["file", "age", "is_valid"], rows)
+    cfg = RunConfig(data=DataConfig(path=str(csv_path), size=64, bs=16, task="regression", label_col="age"),
+                    train=TrainConfig(recipe="fine_tune", freeze_epochs=12, epochs=0, lr=1e-2, label_smoothing=0),
+                    out=str(tmp_path / "run"))
+    res = train(cfg, progress=False)
+    m = json.loads((res.run_dir / "metrics.json").read_text())
+    valid_ages = torch.tensor([10.0 + 2 * i for i in range(40) if i % 4 == 1])
+    train_mean = torch.tensor([10.0 + 2 * i for i in range(40) if i % 4 != 1]).mean()
+    baseline = float((valid_ages - train_mean).abs().mean())  # predicting the mean age: ~20 years off
+    assert m["mae"] < 0.5 * baseline, (m, baseline)
+    assert m["rmse"] >= m["mae"]
+    meta = json.loads((res.run_dir / "model.json").read_text())
+    assert meta["task"] == "regression" and meta["classes"] == ["age"]
+
+    model = load_model(res.run_dir)
+    img = write_image(tmp_path / "new.png", size=(40, 40), colour=(100,) * 3, seed=77)  # age 50
+    pred = model.predict(img)
+    assert pred.value is not None and abs(pred.value - 50) < baseline
+    assert main(["predict", str(res.run_dir), str(img)]) == 0
+    out = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert out[0] == ["path", "age"] and abs(float(out[1][1]) - pred.value) < 1e-3
+    ev = evaluate(res.run_dir, csv_path, label_col="age", progress=False)
+    assert ev["n"] == 40 and ev["mae"] < baseline
+    with pytest.raises(UserError, match="interpret covers single-label"):
+        from imgclf.evaluate.interpret import interpret_run
+        interpret_run(res.run_dir, progress=False)
