@@ -47,7 +47,14 @@ def _add_data_flags(g) -> None:
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the split, init and augmentation")
     g.add_argument("--size", type=int, default=D.size,
                    help="image size in pixels (default: the backbone's recommended size, 256 for the default)")
+    g.add_argument("--crop-pct", type=float, default=D.crop_pct,
+                   help="validation view: the center fraction of the presized image (1: the whole image, for "
+                        "small images whose borders matter)")
     g.add_argument("--bs", type=int, default=D.bs, help="batch size")
+    g.add_argument("--augment", default=D.augment,
+                   help="training augmentation: a preset (none, light, default, strong) and/or name=strength "
+                        "overrides, e.g. 'strong', 'default,noise=0.05,erase=0.25', 'flip=0,rotate=20'; names: "
+                        "flip rotate zoom warp translate shear pad lighting saturation hue noise salt_pepper erase")
     g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
 
 

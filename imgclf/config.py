@@ -17,7 +17,9 @@ class DataConfig:
     label_col: str | None = None  # the CSV's label column (default: label/class/target/... or the second)
     task: str = "classify"  # classify | multi_label (space-separated tags, or an image in several folders) | regression
     size: int | None = None  # None = the backbone's recommended size (256 for the default: see models.recommended_size)
+    crop_pct: float = 0.875  # validation view: the center crop_pct of the presized square (1 = whole image)
     bs: int = 64
+    augment: str = "default"  # a preset (none, light, default, strong) and/or name=strength overrides: data/augment.py
     workers: int = 0  # decoding threads; 0 = one per CPU core
 
 

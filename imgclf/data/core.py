@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 CROP_PCT = 0.875  # validation crop: the ImageNet convention the pretrained backbones were scored with
 
 
-def presize_for(size: int) -> int:
+def presize_for(size: int, crop_pct: float = CROP_PCT) -> int:
     """The presized square that a `size` training crop is taken from (256 for 224)."""
-    return int(round(size / CROP_PCT))
+    return int(round(size / crop_pct))
 
 
 class ImageData:
@@ -57,6 +57,7 @@ class ImageData:
         task: str = "classify",
         target_name: str = "value",
         stats: tuple[float, float] | None = None,
+        crop_pct: float = CROP_PCT,
     ):
         if size < 8:
             raise UserError(f"--size {size}: too small (at least 8 pixels)")
@@ -68,7 +69,12 @@ class ImageData:
         self.items, self.workers, self.progress = items, workers, progress
         self.source, self.size, self.bs = source, size, bs
         self.labeller = labeller  # where the labels came from, for summary()
-        self.presize = presize_for(size)
+        if not 0.2 <= crop_pct <= 1:
+            raise UserError(f"--crop-pct {crop_pct}: give a fraction between 0.2 and 1")
+        # the validation view is the center `crop_pct` of the presized square; 1 = the whole image (small
+        # images trained from scratch, whose borders hold content: Fashion-MNIST's sleeves)
+        self.crop_pct = crop_pct
+        self.presize = presize_for(size, crop_pct)
         self.augment = augment or Augment()
         self.skipped: list[tuple[Path, str]] = []
         splits = {}
@@ -194,7 +200,7 @@ class ImageData:
         out = ImageData(items, size=size, bs=self.bs, workers=self.workers, augment=self.augment,
                         source=self.source, progress=self.progress, labeller=self.labeller,
                         classes=self.classes if self.arrays is not None or self.task != "classify" else None,
-                        arrays=self.arrays, task=self.task, stats=self.target_stats)
+                        arrays=self.arrays, task=self.task, stats=self.target_stats, crop_pct=self.crop_pct)
         out.skipped = list(self.skipped)
         return out
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
+from ..data.augment import Augment
 from ..data.core import ImageData
 from ..data.idx import is_idx_folder
 from ..data.targets import check_task
@@ -45,7 +46,8 @@ def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
     """The `ImageData` a config describes: a CSV, IDX files (Fashion-MNIST), a regex on names, or class folders."""
     d = cfg.data
     common = dict(size=d.size or recommended_size(cfg.model.arch), bs=d.bs, workers=d.workers, progress=progress,
-                  task=check_task(d.task))
+                  task=check_task(d.task), augment=Augment.parse(d.augment),
+                  crop_pct=d.crop_pct)
     path = Path(d.path)
     csv_file = d.csv or (d.path if path.suffix.lower() == ".csv" else None)
     if csv_file:
@@ -120,7 +122,7 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
         print(summarize_lsuv(resolved["init"]["layers"]))
     data = learn.data  # the auto recipe may have chosen another size
     resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32"), "size": data.size,
-                     "presize": data.presize, "classes": data.classes, "augment": data.augment.to_dict(),
+                     "presize": data.presize, "classes": data.classes, "augment": data.augment.describe(),
                      "task": data.task, "loss": type(learn.loss_func).__name__})
     if data.task == "regression":
         resolved["target_mean"], resolved["target_std"] = data.target_stats

@@ -28,8 +28,8 @@ from .callbacks import (
 )
 from .callbacks.precision import best_dtype
 from .metrics import get_metric
-from .optim import make_optimizer
-from .schedule import constant, one_cycle_lr, one_cycle_mom
+from .optim import apply_decoupled_wd, make_optimizer
+from .schedule import constant, get_schedule, one_cycle_lr, one_cycle_mom
 
 LR = float | slice | Sequence[float]
 
@@ -75,6 +75,7 @@ class Learner:
         opt: str = "adamw",
         lr: float = 1e-3,
         wd: float = 0.01,
+        wd_mode: str | None = None,
         groups: Sequence[Sequence[nn.Parameter]] | None = None,
         cbs: Sequence[Callback] = (),
         device: str | torch.device | None = "auto",
@@ -94,6 +95,7 @@ class Learner:
         self.valid_loss_func = valid_loss_func or self.loss_func
         self.metrics = [get_metric(m) for m in metrics]
         self.opt_name, self.lr, self.wd, self.clip = opt, lr, wd, clip
+        self.wd_mode = wd_mode  # None: the optimizer's own convention (see make_optimizer)
         self.groups = [list(g) for g in groups] if groups else [list(model.parameters())]
         self.opt: torch.optim.Optimizer | None = None
         self.grad_scaler: torch.amp.GradScaler | None = None
@@ -123,7 +125,7 @@ class Learner:
             ) -> None:
         """Train `n_epoch` epochs; the rate of each layer group follows `lr_sched(progress)`."""
         if self.opt is None:
-            self.opt = make_optimizer(self.opt_name, self.groups, self.lr, self.wd)
+            self.opt = make_optimizer(self.opt_name, self.groups, self.lr, self.wd, self.wd_mode)
         sched = ParamScheduler(self.group_lrs(self.lr if lr is None else lr), lr_sched, mom_sched)
         all_cbs = sorted([*self.cbs, sched, *cbs], key=lambda c: c.order)
         self.n_epoch, self.iter = n_epoch, 0
@@ -173,6 +175,7 @@ class Learner:
         if self.clip:
             nn.utils.clip_grad_norm_([p for g in self.groups for p in g if p.grad is not None], self.clip)
         self._event("before_step", cbs)
+        apply_decoupled_wd(self.opt)  # sgd/rmsprop/adagrad with wd_mode="decoupled"; a no-op otherwise
         if scaler:
             scaler.step(self.opt)
             scaler.update()
@@ -266,6 +269,13 @@ class Learner:
         self.fit(n_epoch, lr_max, cbs,
                  lr_sched=lambda p: one_cycle_lr(p, pct_start, div, div_final),
                  mom_sched=lambda p: one_cycle_mom(p, pct_start))
+
+    def fit_schedule(self, n_epoch: int, lr_max: LR | None = None, schedule: str = "one_cycle",
+                     cbs: Sequence[Callback] = ()) -> None:
+        """Train with a named schedule (`one_cycle`, `cosine`, `step`, `constant`; see `schedule.SCHEDULES`)
+        peaking at `lr_max`; `one_cycle` here is `fit_one_cycle` with its defaults."""
+        lr_sched, mom_sched = get_schedule(schedule)
+        self.fit(n_epoch, lr_max, cbs, lr_sched=lr_sched, mom_sched=mom_sched)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100):
         """Sweep the rate exponentially for `num_it` batches; the model and optimizer are restored after.

@@ -1,4 +1,4 @@
-"""Optimizers by name over parameter groups, with weight decay kept off biases and norm weights."""
+"""Optimizers by name over parameter groups, with weight decay (L2 or decoupled) kept off biases and norm weights."""
 
 from __future__ import annotations
 
@@ -27,22 +27,61 @@ def param_groups(groups: Sequence[Sequence[nn.Parameter]], wd: float) -> list[di
     return out
 
 
+WD_MODES = ("decoupled", "l2")
+
+
 def make_optimizer(name: str, groups: Sequence[Sequence[nn.Parameter]], lr: float = 1e-3, wd: float = 0.01,
-                   ) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay) by default; `adam` applies the decay as L2 in the gradient."""
-    pg = param_groups(groups, wd)
+                   wd_mode: str | None = None) -> torch.optim.Optimizer:
+    """An optimizer by name; `wd_mode` says how weight decay `wd` acts, on weights of 2+ dims only.
+
+    - `"l2"`: coupled, the classic: `wd * p` is added to the gradient (torch's `weight_decay`), so it goes
+      through momentum and, for Adam-like rules, is divided by the gradient's running RMS: weights with
+      large gradients are barely decayed.
+    - `"decoupled"` (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"): `p <- p - lr*wd*p`
+      apart from the gradient step, the same shrink for every weight whatever its gradient. For adam this
+      is torch's AdamW; for sgd, rmsprop and adagrad torch's `weight_decay` is set to 0, the rate is kept
+      in the group as `decoupled_wd`, and `apply_decoupled_wd(opt)` must run before each `opt.step()`
+      (the Learner does this).
+    - `None`: the optimizer's own convention: `adamw` decoupled, every other name L2.
+
+    So `adamw` and `adam` name the same update rule (Adam) and differ only in their default `wd_mode`;
+    an explicit `wd_mode` wins over the name.
+    """
     name = name.lower()
-    if name == "adamw":
-        return torch.optim.AdamW(pg, lr=lr, betas=(0.9, 0.99), eps=1e-6)
-    if name == "adam":
-        return torch.optim.Adam(pg, lr=lr, betas=(0.9, 0.99), eps=1e-6)
+    if name not in OPTIMIZERS:
+        raise UserError(f"--opt {name}: unknown optimizer (choose from {', '.join(OPTIMIZERS)})")
+    if wd_mode is None:
+        wd_mode = "decoupled" if name == "adamw" else "l2"
+    if wd_mode not in WD_MODES:
+        raise UserError(f"--wd-mode {wd_mode}: choose decoupled or l2")
+    pg = param_groups(groups, wd)
+    if name in ("adamw", "adam"):
+        cls = torch.optim.AdamW if wd_mode == "decoupled" else torch.optim.Adam
+        return cls(pg, lr=lr, betas=(0.9, 0.99), eps=1e-6)
+    if wd_mode == "decoupled":  # torch's rule sees no decay; apply_decoupled_wd does it
+        for g in pg:
+            g["decoupled_wd"], g["weight_decay"] = g["weight_decay"], 0.0
     if name == "sgd":
         return torch.optim.SGD(pg, lr=lr, momentum=0.9, nesterov=True)
     if name == "rmsprop":
         return torch.optim.RMSprop(pg, lr=lr, alpha=0.99, eps=1e-6, momentum=0.0)
-    if name == "adagrad":
-        return torch.optim.Adagrad(pg, lr=lr)
-    raise UserError(f"--opt {name}: unknown optimizer (choose from {', '.join(OPTIMIZERS)})")
+    return torch.optim.Adagrad(pg, lr=lr)
+
+
+@torch.no_grad()
+def apply_decoupled_wd(opt: torch.optim.Optimizer) -> None:
+    """`p <- p * (1 - lr * decoupled_wd)` for each parameter with a gradient, in groups that carry `decoupled_wd`.
+
+    Call it right before `opt.step()`, as AdamW orders it (decay, then the gradient step), with the
+    group's current (scheduled) rate. Groups without `decoupled_wd` (AdamW's, L2's) are skipped, so it
+    is safe to call for any optimizer. With fp16 loss scaling a step the scaler skips still decays.
+    """
+    for g in opt.param_groups:
+        wd = g.get("decoupled_wd", 0.0)
+        if wd:
+            params = [p for p in g["params"] if p.grad is not None]
+            if params:
+                torch._foreach_mul_(params, 1.0 - g["lr"] * wd)
 
 
 def set_momentum(opt: torch.optim.Optimizer, mom: float) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.core import CROP_PCT, ImageData
+from ..data.core import ImageData
 from ..data.loaders import TensorLoader
 from ..errors import UserError
 from ..models import ModelMeta, create_model, layer_groups, lsuv_init
@@ -131,7 +131,7 @@ class VisionLearner(Learner):
     def model_meta(self) -> dict[str, Any]:
         meta = {
             **self.meta.to_dict(), "classes": self.data.classes, "size": self.data.size,
-            "presize": self.data.presize, "crop_pct": CROP_PCT, "task": self.data.task,
+            "presize": self.data.presize, "crop_pct": self.data.crop_pct, "task": self.data.task,
         }
         if self.data.task == "multi_label":
             meta["threshold"] = self.threshold

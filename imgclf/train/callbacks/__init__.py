@@ -3,6 +3,7 @@
 from .core import Callback, CancelBatchException, CancelEpochException, CancelFitException
 from .csv_logger import CSVLogger
 from .early_stopping import EarlyStopping
+from .mixup import CutMix, MixUp
 from .precision import MixedPrecision
 from .progress import ProgressCallback
 from .recorder import Recorder
@@ -10,6 +11,6 @@ from .save_best import SaveBestModel
 from .schedule import ParamScheduler
 
 __all__ = [
-    "CSVLogger", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
-    "EarlyStopping", "MixedPrecision", "ParamScheduler", "ProgressCallback", "Recorder", "SaveBestModel",
+    "CSVLogger", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CutMix",
+    "EarlyStopping", "MixUp", "MixedPrecision", "ParamScheduler", "ProgressCallback", "Recorder", "SaveBestModel",
 ]
