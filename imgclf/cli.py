@@ -76,10 +76,13 @@ def _add_train(sub) -> None:
                    "xresnet18/34/50: from scratch) or any timm name")
     g.add_argument("--weights", help="weights file (.safetensors/.pth) or URL to start from")
     g.add_argument("--no-pretrained", action="store_true", help="start from random weights")
+    g.add_argument("--drop-rate", type=float, default=M.drop_rate,
+                   help="dropout before the classifier (default: the arch's own)")
     g = p.add_argument_group("training")
-    g.add_argument("--recipe", default=T.recipe, choices=["auto", "probe", "fine_tune"],
+    g.add_argument("--recipe", default=T.recipe, choices=["auto", "probe", "fine_tune", "scratch"],
                    help="auto: probe on cached features, fine-tune only where it pays; probe: the probe only; "
-                        "fine_tune: head then whole model, fixed epochs")
+                        "fine_tune: head then whole model, fixed epochs; scratch: the whole model from random weights "
+                        "for --epochs (the default for --no-pretrained and our own archs)")
     g.add_argument("--budget", type=float, default=T.budget, help="seconds for the auto recipe (default: sized "
                    "for the data, 60 s + 0.25 s per training image)")
     g.add_argument("--max-epochs", type=int, default=T.max_epochs, help="auto recipe: most fine-tune epochs")
@@ -88,8 +91,16 @@ def _add_train(sub) -> None:
     g.add_argument("--freeze-epochs", type=int, default=T.freeze_epochs,
                    help="fine_tune recipe: head-only epochs first (on cached features: well under a second each)")
     g.add_argument("--lr", type=_lr, default=T.lr, help="peak learning rate, or 'auto' (lr_find's valley)")
+    g.add_argument("--schedule", default=T.schedule, choices=["one_cycle", "cosine", "step", "constant"],
+                   help="learning-rate schedule of whole-model training: one-cycle, warmup + cosine decay, step "
+                        "decay (x0.1 at 50%% and 75%%), or flat")
     g.add_argument("--opt", default=T.opt, choices=["adamw", "adam", "sgd", "rmsprop", "adagrad"])
-    g.add_argument("--wd", type=float, default=T.wd, help="weight decay (decoupled for adamw)")
+    g.add_argument("--wd", type=float, default=T.wd, help="weight decay")
+    g.add_argument("--wd-mode", default=T.wd_mode, choices=["decoupled", "l2"],
+                   help="decoupled (AdamW's: weights shrink apart from the gradient step) or l2 (added to the "
+                        "gradient, so Adam rescales it); default: adamw decoupled, the other optimizers l2")
+    g.add_argument("--mixup", type=float, default=T.mixup, help="MixUp alpha (0: off; 0.2-0.4 typical)")
+    g.add_argument("--cutmix", type=float, default=T.cutmix, help="CutMix alpha (0: off; 1.0 typical)")
     g.add_argument("--label-smoothing", type=float, default=T.label_smoothing, help="classification only")
     g.add_argument("--loss", default=T.loss, choices=["auto", "mse", "l1"],
                    help="regression loss (auto: mse); classes and tags use (binary) cross-entropy")

@@ -28,18 +28,23 @@ class ModelConfig:
     arch: str = "efficientnet_lite0"
     weights: str | None = None  # local file or URL; None = the arch's own pretrained weights
     pretrained: bool = True
+    drop_rate: float | None = None  # dropout before the classifier; None = the arch's own (simple_cnn 0.25, others 0)
 
 
 @dataclass
 class TrainConfig:
-    recipe: str = "auto"  # auto | probe | fine_tune (see train/recipes.py)
+    recipe: str = "auto"  # auto | probe | fine_tune | scratch (see train/recipes.py and train/job.py)
     budget: float | None = None  # seconds for the auto recipe; None = sized for the data
     max_epochs: int = 3  # the auto recipe's cap on fine-tune epochs (early stopping may end it sooner)
     epochs: int = 1  # fine_tune recipe: unfrozen epochs
     freeze_epochs: int = 8  # fine_tune recipe: head-only epochs (on cached features: well under a second each)
     lr: float | str = 2e-3  # a number or "auto" (lr_find's valley suggestion)
+    schedule: str = "one_cycle"  # one_cycle | cosine (warmup + cosine) | step | constant: train/schedule.py
     opt: str = "adamw"
     wd: float = 0.01
+    wd_mode: str | None = None  # decoupled | l2; None = the optimizer's own (adamw decoupled, the others L2)
+    mixup: float = 0.0  # MixUp's alpha; 0 = off (0.2-0.4 typical)
+    cutmix: float = 0.0  # CutMix's alpha; 0 = off (1.0 typical)
     label_smoothing: float = 0.1  # classification only
     loss: str = "auto"  # regression: mse (auto) or l1; classes and tags get cross-entropy / binary cross-entropy
     clip: float | None = 1.0

@@ -174,3 +174,27 @@ def test_inspect_summary_of_idx_data_reads_the_arrays(fashion):
     assert sum(s.counts["train"].values()) == 120 and sum(s.counts["valid"].values()) == 60
     assert not s.skipped and s.modes == {"L": 180}
     assert s.image_sizes["width"]["median"] == 28
+
+
+def test_from_scratch_cli_on_fashion_mnist_and_evaluate_idx(tmp_path, fashion, capsys):
+    """Our small-image ResNet from scratch (the scratch recipe, chosen for a random-init arch) at 28 px with the
+    whole image as the validation view; then `imgclf evaluate RUN IDX-DIR --tta` scores the t10k files."""
+    sub = tmp_path / "fashion-mnist-small"
+    sub.mkdir()
+    for name, n in (("train", 1200), ("t10k", 300)):
+        write_idx(sub / f"{name}-images-idx3-ubyte.gz", read_idx(fashion / f"{name}-images-idx3-ubyte.gz", n))
+        write_idx(sub / f"{name}-labels-idx1-ubyte.gz", read_idx(fashion / f"{name}-labels-idx1-ubyte.gz", n))
+    out = tmp_path / "run"
+    assert main(["train", str(sub), "--arch", "xresnet_tiny", "--size", "28", "--crop-pct", "1", "--epochs", "3",
+                 "--lr", "8e-3", "--augment", "light,pad=2", "--out", str(out), "--quiet"]) == 0
+    assert "recipe: scratch" in capsys.readouterr().out
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["resolved"]["recipe"] == "scratch" and conf["resolved"]["presize"] == 28
+    assert conf["resolved"]["augment"] == ["flip", "rotate(5)", "zoom(1.1)", "pad(2)", "lighting(0.1)"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["accuracy"] > 0.6, m  # chance is 0.1
+    assert main(["evaluate", str(out), str(sub), "--tta", "--json", str(tmp_path / "ev.json")]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["n"] == 300 and abs(ev["accuracy"] - m["accuracy"]) < 0.02  # the same 300 images, rescored
+    assert 0.5 < ev["tta_accuracy"] <= 1 and ev["tta_views"] == ["center", "flip"]
+    assert len(ev["per_class_accuracy"]) == 10

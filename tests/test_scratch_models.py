@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -19,17 +20,18 @@ from imgclf.models.xresnet import ResBlock
 from imgclf.train import vision_learner
 from imgclf.train.job import train
 
-OWN = ["simple_cnn", "xresnet18", "xresnet34", "xresnet50"]
+OWN = ["simple_cnn", "xresnet18", "xresnet34", "xresnet50", "xresnet_tiny", "xresnet_small"]
 
 
 def test_own_archs_are_registered_with_imagenet_norm():
     names = list_models()
     assert names[: 1 + len(OWN)] == ["efficientnet_lite0", *OWN]  # ours right after the embedded default
-    assert list_models("xresnet*") == ["xresnet18", "xresnet34", "xresnet50"]
+    assert list_models("xresnet*") == ["xresnet18", "xresnet34", "xresnet50", "xresnet_tiny", "xresnet_small"]
     for arch in OWN:
         _, meta = create_model(arch, num_classes=3)
         assert meta.pretrained == "none" and (meta.mean, meta.std) == (IMAGENET_MEAN, IMAGENET_STD)
-        assert default_norm(arch) == (meta.mean, meta.std) and recommended_size(arch) == 224
+        assert default_norm(arch) == (meta.mean, meta.std)
+        assert recommended_size(arch) == (32 if arch.endswith(("_tiny", "_small")) else 224)
 
 
 @pytest.mark.parametrize("arch", OWN)
@@ -181,3 +183,26 @@ def test_xresnet18_export_load_predict(image_folder, tmp_path):
     probs = torch.tensor([[p.probs[c] for c in model.classes] for p in preds])
     torch.testing.assert_close(probs, logits.softmax(-1), atol=1e-4, rtol=0)
     assert model.predict(data.valid_paths[0]).label in ("blue", "red")
+
+
+def test_training_flags_reach_the_run(image_folder, tmp_path):
+    """--mixup/--cutmix/--schedule/--wd-mode/--drop-rate/--augment from the command line into the training and
+    config.json; a random-init arch takes the scratch recipe (no frozen phase)."""
+    root = image_folder({"red": 10, "blue": 10}, split=True, n_valid=4)
+    args = ["train", str(root), "--arch", "xresnet_tiny", "--size", "32", "--bs", "8", "--epochs", "2",
+            "--mixup", "0.4", "--cutmix", "1.0", "--schedule", "cosine", "--wd-mode", "l2", "--drop-rate", "0.3",
+            "--augment", "strong,erase=0.5", "--opt", "sgd", "--lr", "0.05", "--device", "cpu",
+            "--out", str(tmp_path / "run")]
+    cfg = _config(parser().parse_args(args))
+    assert (cfg.train.mixup, cfg.train.cutmix, cfg.train.schedule, cfg.train.wd_mode) == (0.4, 1.0, "cosine", "l2")
+    assert cfg.model.drop_rate == 0.3 and cfg.data.augment == "strong,erase=0.5"
+    res = train(cfg, progress=False)
+    learn = res.learner
+    assert learn.model.drop.p == 0.3 and isinstance(learn.opt, torch.optim.SGD)
+    assert all(g["weight_decay"] in (0.0, 0.01) for g in learn.opt.param_groups)  # l2: in torch's own update
+    conf = json.loads((res.run_dir / "config.json").read_text())
+    assert conf["resolved"]["recipe"] == "scratch" and "random weights" in conf["resolved"]["why"][0]
+    assert "erase(0.5)" in conf["resolved"]["augment"] and "hue(0.05)" in conf["resolved"]["augment"]
+    rows = (res.run_dir / "history.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",scratch," in r for r in rows[1:])
+    assert all(math.isfinite(float(v)) for v in rows[1].split(",")[2:])

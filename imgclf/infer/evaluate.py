@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..data.idx import is_idx_folder, load_idx, presize_arrays
 from ..data.sources import Items, find_images, items_from_csv, items_from_folder, label_from_re
 from ..data.targets import encode_targets
 from ..errors import UserError
@@ -44,15 +45,18 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     the run's threshold, loss (binary cross-entropy) and per-tag F1; numbers: mae, rmse in the targets'
     units. With `tta` the same figures prefixed `tta_` (center + flip views averaged), from the same pass."""
     predictor = run if isinstance(run, Predictor) else load_model(run)
-    items = labelled_items(data, label_re, label_col)
+    names = TTA_VIEWS if tta else ("center",)
+    if is_idx_folder(Path(data)):  # IDX files (Fashion-MNIST): the t10k test set, as arrays
+        view_probs, targets, skipped = _idx_outputs(predictor, data, bs, names, progress)
+    else:
+        items = labelled_items(data, label_re, label_col)
+        targets_all = encode_targets(items, predictor.task, str(data), names=predictor.classes, stats=(0.0, 1.0),
+                                     require_split=False).values
+        view_probs, kept, skipped = predictor.probs_files(items.paths, bs=bs, progress=progress, names=names)
+        row = {str(p): i for i, p in enumerate(items.paths)}
+        targets = targets_all[[row[str(p)] for p in kept]]
     task = predictor.task
-    targets_all = encode_targets(items, task, str(data), names=predictor.classes, stats=(0.0, 1.0),
-                                 require_split=False).values
-    view_probs, kept, skipped = predictor.probs_files(items.paths, bs=bs, progress=progress,
-                                                     names=TTA_VIEWS if tta else ("center",))
-    row = {str(p): i for i, p in enumerate(items.paths)}
-    targets = targets_all[[row[str(p)] for p in kept]]
-    res = {**_scores(view_probs[0], targets, predictor), "n": len(kept)}
+    res = {**_scores(view_probs[0], targets, predictor), "n": len(targets)}
     if task != "regression":
         res[f"per_class_{_PER_CLASS[task]}"] = _per_class(view_probs[0], targets, predictor)
     res["skipped_files"] = [{"path": str(p), "reason": r} for p, r in skipped]
@@ -60,6 +64,16 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
         res.update({f"tta_{k}": v for k, v in _scores(combine(view_probs), targets, predictor).items()})
         res["tta_views"] = list(TTA_VIEWS)
     return res
+
+
+def _idx_outputs(predictor: Predictor, folder: str | Path, bs: int, names: tuple[str, ...], progress: bool):
+    """Outputs (V, N, C) and targets of an IDX folder's test split, presized as training presized it."""
+    if predictor.task != "classify":
+        raise UserError(f"{folder}: IDX files hold one class per image; this run's task is {predictor.task}")
+    s = load_idx(folder, classes=predictor.classes if len(predictor.classes) else None)
+    images = presize_arrays(s.valid_images, predictor.presize, progress=progress, desc="presize test")
+    out = torch.cat([predictor.view_probs(images[b : b + bs], names) for b in range(0, len(images), bs)], 1)
+    return out, s.valid_labels, []
 
 
 _PER_CLASS = {"classify": "accuracy", "multi_label": "f1"}

@@ -12,6 +12,7 @@ import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import timm
 from torch import nn
@@ -49,7 +50,9 @@ def recommended_size(arch: str) -> int:
     valid loss 0.15 at 224 px, 0.09 at 256, 0.10 at 288.
     """
     name = EMBEDDED[arch][0] if arch in EMBEDDED else arch
-    if arch in _OWN or not timm.is_model(name):
+    if arch in _OWN:  # ours: 224, or what the arch says it is built for (the small-image nets: 32)
+        return int(getattr(_OWN[arch], "recommended_size", 224))
+    if not timm.is_model(name):
         return 224
     cfg = timm.get_pretrained_cfg(name)
     if cfg is None:
@@ -75,6 +78,11 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def own_models() -> list[str]:
+    """Our registered architectures (simple_cnn, xresnet*): built here, never with pretrained weights."""
+    return list(_OWN)
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Names `create_model` accepts: the embedded default and our own first, then timm's."""
     ours = [n for n in (*EMBEDDED, *_OWN) if fnmatch.fnmatch(n, pattern)]
@@ -83,16 +91,18 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def create_model(
     arch: str = DEFAULT_ARCH, num_classes: int = 1000, pretrained: bool = True, weights: str | None = None,
+    **kwargs: Any,
 ) -> tuple[nn.Module, ModelMeta]:
     """A classifier for `num_classes` and its meta.
 
     Weights, in order of precedence: a `weights` file or URL; the embedded ImageNet weights of the
     default arch; timm's pretrained download (falls back to random init with a warning when offline).
+    kwargs go to the model's constructor (timm's and ours alike): `drop_rate`, `in_chans`...
     """
     from ..errors import UserError
 
     if arch in _OWN:
-        model = _OWN[arch](num_classes=num_classes)
+        model = _OWN[arch](num_classes=num_classes, **kwargs)
         meta = ModelMeta(arch, pretrained="none")
     else:
         timm_name = EMBEDDED[arch][0] if arch in EMBEDDED else arch
@@ -102,14 +112,14 @@ def create_model(
             raise UserError(f"--arch {arch}: unknown architecture{hint} (see `imgclf models`)")
         embedded = pretrained and weights is None and arch in EMBEDDED
         if embedded:  # the embedded file holds an ImageNet head: load it whole, then replace the head
-            model = timm.create_model(timm_name, pretrained=False)
+            model = timm.create_model(timm_name, pretrained=False, **kwargs)
             path = EMBEDDED[arch][1]()
             load_into(model, read_state_dict(path), source=str(path))
             if num_classes != model.num_classes:
                 model.reset_classifier(num_classes)
             got_weights = True
         else:
-            model, got_weights = _timm_model(timm_name, num_classes, pretrained and weights is None)
+            model, got_weights = _timm_model(timm_name, num_classes, pretrained and weights is None, **kwargs)
         cfg = model.pretrained_cfg
         meta = ModelMeta(
             arch, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
@@ -134,20 +144,20 @@ def _hub_reachable(host: str = "huggingface.co") -> bool:
         return False
 
 
-def _timm_model(name: str, num_classes: int, pretrained: bool) -> tuple[nn.Module, bool]:
+def _timm_model(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> tuple[nn.Module, bool]:
     """timm's model, with its published weights when they can be had; (model, whether they loaded)."""
     if pretrained:
         why = "no network"
         if _hub_reachable():
             try:
-                return timm.create_model(name, pretrained=True, num_classes=num_classes), True
+                return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs), True
             except Exception as e:  # no weights published for this arch, or the download failed
                 why = type(e).__name__
         warnings.warn(
             f"{name}: pretrained weights unavailable ({why}); training from random init. "
             "Pass --weights FILE (or URL) to start from other weights.", stacklevel=3,
         )
-    return timm.create_model(name, pretrained=False, num_classes=num_classes), False
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs), False
 
 
 def layer_groups(model: nn.Module, n_body: int = 2) -> list[list[nn.Parameter]]:

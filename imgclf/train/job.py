@@ -23,10 +23,14 @@ from ..data.targets import check_task
 from ..errors import UserError
 from ..models import recommended_size
 from ..models.init import summarize_lsuv
+from ..models.registry import own_models
 from ..rundir import new_run_dir, write_json
-from .callbacks import CSVLogger, EarlyStopping, SaveBestModel
+from .callbacks import Callback, CSVLogger, CutMix, EarlyStopping, MixUp, SaveBestModel
 from .recipes import RECIPES, auto_fit
+from .schedule import get_schedule
 from .vision import VisionLearner, vision_learner
+
+JOB_RECIPES = (*RECIPES, "scratch")
 
 
 @dataclass
@@ -86,23 +90,28 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     lr_auto = isinstance(tc.lr, str)
     if lr_auto and tc.lr != "auto":
         raise UserError(f"--lr {tc.lr}: give a number or 'auto'")
-    if tc.recipe not in RECIPES:
-        raise UserError(f"--recipe {tc.recipe}: choose {', '.join(RECIPES)}")
+    if tc.recipe not in JOB_RECIPES:
+        raise UserError(f"--recipe {tc.recipe}: choose {', '.join(JOB_RECIPES)}")
+    get_schedule(tc.schedule)  # a bad name fails before the data loads
+    if tc.mixup < 0 or tc.cutmix < 0:
+        raise UserError("--mixup and --cutmix take an alpha >= 0 (0: off)")
     seed_everything(cfg.data.seed)
     data = load_data(cfg, progress)
     out = new_run_dir(cfg.out or default_out(cfg))
     learner_kwargs = dict(
         pretrained=cfg.model.pretrained, weights=cfg.model.weights, label_smoothing=tc.label_smoothing,
-        seed=cfg.data.seed, loss=tc.loss, opt=tc.opt, lr=0.0 if lr_auto else tc.lr, wd=tc.wd, clip=tc.clip,
-        device=tc.device, precision=tc.precision, channels_last=tc.channels_last, progress=progress, init=tc.init,
+        seed=cfg.data.seed, loss=tc.loss, opt=tc.opt, lr=0.0 if lr_auto else tc.lr, wd=tc.wd, wd_mode=tc.wd_mode,
+        clip=tc.clip, drop_rate=cfg.model.drop_rate, device=tc.device, precision=tc.precision,
+        channels_last=tc.channels_last, progress=progress, init=tc.init,
     )
     t_fit = time.perf_counter()
-    if tc.recipe == "fine_tune" or data.task != "classify":
-        learn, resolved, finder = _fine_tune_recipe(cfg, data, out, learner_kwargs)
-        if tc.recipe != "fine_tune":  # the probe is a softmax classifier: tags and numbers take the fixed recipe
-            resolved["why"] = [f"--task {data.task}: the fine_tune recipe (the {tc.recipe} recipe's probe "
-                               "fits single-label classes only)"]
-            print(f"recipe: fine_tune — {resolved['why'][0]}")
+    recipe, why = _pick_recipe(cfg, data)
+    if recipe in ("fine_tune", "scratch"):
+        fit = _fine_tune_recipe if recipe == "fine_tune" else _scratch_recipe
+        learn, resolved, finder = fit(cfg, data, out, learner_kwargs)
+        if why:
+            resolved["why"] = [why]
+            print(f"recipe: {recipe} — {why}")
     else:
         res = auto_fit(
             data, cfg.model.arch, budget=tc.budget, recipe=tc.recipe, sizes=[cfg.data.size] if cfg.data.size else None,
@@ -146,17 +155,61 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     return TrainResult(out, metrics, learn)
 
 
+def _pick_recipe(cfg: RunConfig, data: ImageData) -> tuple[str, str | None]:
+    """The recipe to run and, when it is not the one asked for, why."""
+    tc, asked = cfg.train, cfg.train.recipe
+    if asked in ("fine_tune", "scratch"):
+        return asked, None
+    if not cfg.model.pretrained or cfg.model.arch in own_models():
+        return "scratch", (f"{cfg.model.arch} starts from random weights: the whole model trains from the first "
+                           f"step ({tc.epochs} epoch(s) of {tc.schedule}; from scratch wants ~10-30: --epochs)")
+    if data.task != "classify":  # the probe is a softmax classifier: tags and numbers take the fixed recipe
+        return "fine_tune", f"--task {data.task}: the {asked} recipe's probe fits single-label classes only"
+    if tc.mixup or tc.cutmix or tc.schedule != "one_cycle":
+        return "fine_tune", "--mixup/--cutmix/--schedule act on whole-model training: the fine_tune recipe"
+    return asked, None
+
+
+def _mix_cbs(cfg: RunConfig) -> list[Callback]:
+    tc = cfg.train
+    return ([MixUp(tc.mixup, seed=cfg.data.seed)] if tc.mixup else []) + (
+        [CutMix(tc.cutmix, seed=cfg.data.seed)] if tc.cutmix else [])
+
+
+def _learner_and_lr(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any], cached: bool):
+    """The learner of a fixed recipe, its peak rate (lr_find's valley for `--lr auto`) and the finder."""
+    learn = vision_learner(data, cfg.model.arch, cbs=[CSVLogger(out / "history.csv")], **learner_kwargs)
+    finder, lr = None, cfg.train.lr
+    if isinstance(lr, str):
+        finder = learn.lr_find(cached=cached)
+        lr = finder.valley
+        print(f"lr_find: valley {lr:.2e} (minimum/10 {finder.minimum:.2e}, steep {finder.steep:.2e})")
+    return learn, float(lr), finder
+
+
+def _fit_cbs(cfg: RunConfig, learn: VisionLearner) -> tuple[SaveBestModel, list[Callback]]:
+    best = SaveBestModel("valid_loss", model=learn.model, across_fits=True)
+    stop = [EarlyStopping("valid_loss", patience=cfg.train.patience)] if cfg.train.patience else []
+    return best, [best, *stop, *_mix_cbs(cfg)]
+
+
 def _fine_tune_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any]):
     """The foundation's fixed recipe: head on cached features, then the whole model, best epoch kept."""
     tc = cfg.train
-    learn = vision_learner(data, cfg.model.arch, cbs=[CSVLogger(out / "history.csv")], **learner_kwargs)
-    finder, lr = None, tc.lr
-    if isinstance(lr, str):
-        finder = learn.lr_find()
-        lr = finder.valley
-        print(f"lr_find: valley {lr:.2e} (minimum/10 {finder.minimum:.2e}, steep {finder.steep:.2e})")
-    best = SaveBestModel("valid_loss", model=learn.model, across_fits=True)
-    fit_cbs = [best] + ([EarlyStopping("valid_loss", patience=tc.patience)] if tc.patience else [])
-    learn.fine_tune(tc.epochs, tc.freeze_epochs, base_lr=float(lr), cbs=fit_cbs)
+    learn, lr, finder = _learner_and_lr(cfg, data, out, learner_kwargs, cached=True)
+    best, fit_cbs = _fit_cbs(cfg, learn)
+    learn.fine_tune(tc.epochs, tc.freeze_epochs, base_lr=lr, cbs=fit_cbs, schedule=tc.schedule)
     resolved = {"recipe": "fine_tune", "lr": lr, "kept": f"epoch {best.best_epoch} ({best.best_phase})"}
+    return learn, resolved, finder
+
+
+def _scratch_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any]):
+    """Random weights: the whole model from the first step, `--epochs` of `--schedule`, best epoch kept.
+    No frozen phase (a random body's features are not worth a head) and one rate for every layer group."""
+    tc = cfg.train
+    learn, lr, finder = _learner_and_lr(cfg, data, out, learner_kwargs, cached=False)
+    best, fit_cbs = _fit_cbs(cfg, learn)
+    learn.phase = "scratch"
+    learn.fit_schedule(max(1, tc.epochs), lr, tc.schedule, cbs=fit_cbs)
+    resolved = {"recipe": "scratch", "lr": lr, "kept": f"epoch {best.best_epoch} ({best.best_phase})"}
     return learn, resolved, finder

@@ -20,7 +20,7 @@ from ..data.loaders import TensorLoader
 from ..errors import UserError
 from ..models import ModelMeta, create_model, layer_groups, lsuv_init
 from ..rundir import save_model
-from .callbacks import Callback, CSVLogger
+from .callbacks import Callback, CSVLogger, CutMix, MixUp
 from .features import FeatureCache, extract_features
 from .learner import Learner, pick_device
 from .metrics import METRICS, TASK_METRICS, accuracy_multi, best_threshold, fbeta_multi, scaled
@@ -76,7 +76,7 @@ class VisionLearner(Learner):
             head, TensorLoader(torch.cat([x1, x2]), torch.cat([y1, y2]), bs, shuffle=True, seed=self.seed),
             TensorLoader(xv, yv, 1024), loss_func=self.loss_func, valid_loss_func=self.valid_loss_func,
             metrics=[fn for _, fn in self.metrics],
-            opt=self.opt_name, lr=self.lr, wd=self.wd, device=self.device, precision="fp32",
+            opt=self.opt_name, lr=self.lr, wd=self.wd, wd_mode=self.wd_mode, device=self.device, precision="fp32",
             channels_last=False, clip=self.clip, progress=self.progress and log,
             recorder=self.recorder if log else None, cbs=logs,
         )
@@ -84,7 +84,9 @@ class VisionLearner(Learner):
         return learn
 
     def fit_head(self, n_epoch: int, lr: float | None = None, cbs: Sequence[Callback] = ()) -> None:
-        """One-cycle on the head alone, on cached features: the frozen phase in seconds."""
+        """One-cycle on the head alone, on cached features: the frozen phase in seconds. Batch mixing (MixUp,
+        CutMix) is left to the phases that see images: blending pooled features is another method."""
+        cbs = [cb for cb in cbs if not isinstance(cb, (MixUp, CutMix))]
         self.head_learner().fit_one_cycle(n_epoch, self.lr if lr is None else lr, cbs=cbs)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, cached: bool = True):
@@ -95,8 +97,10 @@ class VisionLearner(Learner):
 
     # ------------------------------------------------------------------ recipes
     def fine_tune(self, epochs: int, freeze_epochs: int = 1, base_lr: float | None = None,
-                  lr_mult: float | None = None, cached: bool = True, cbs: Sequence[Callback] = ()) -> None:
-        """Head first (body frozen), then everything with rates spread from base_lr/2/lr_mult to base_lr/2.
+                  lr_mult: float | None = None, cached: bool = True, cbs: Sequence[Callback] = (),
+                  schedule: str = "one_cycle") -> None:
+        """Head first (body frozen), then everything with rates spread from base_lr/2/lr_mult to base_lr/2,
+        following `schedule` (one-cycle by default; see `schedule.SCHEDULES`).
 
         `lr_mult` defaults to 100 for pretrained weights (early layers change least) and to 1 for a
         randomly initialised body, which has nothing to preserve and everything to learn.
@@ -115,7 +119,7 @@ class VisionLearner(Learner):
             self.unfreeze()
             self.phase = "unfrozen"
             base_lr /= 2
-            self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), cbs=cbs)
+            self.fit_schedule(epochs, slice(base_lr / lr_mult, base_lr), schedule, cbs=cbs)
 
     def choose_threshold(self, beta: float = 1.0) -> dict[str, float]:
         """Multi-label: set `threshold` to the one maximising F-beta on validation; returns the validation
@@ -176,19 +180,21 @@ def task_metrics(data: ImageData) -> list[str | Callable]:
 def vision_learner(
     data: ImageData, arch: str = "efficientnet_lite0", metrics: Sequence[str | Callable] | None = None,
     pretrained: bool = True, weights: str | None = None, label_smoothing: float = 0.1, seed: int = 42,
-    init: str = "default", loss: str = "auto", **kwargs: Any,
+    init: str = "default", loss: str = "auto", drop_rate: float | None = None, **kwargs: Any,
 ) -> VisionLearner:
     """A backbone (embedded ImageNet weights by default) with a new head for `data.classes`.
 
     The loss and metrics follow `data.task` (see `task_losses`, `task_metrics`) unless given.
     `init="lsuv"` re-initialises a from-scratch model with LSUV on the first training batch (the
     statistics land in `learn.init_report`); on pretrained weights it warns and leaves them alone.
-    kwargs go to `Learner`: opt, lr, wd, clip, cbs, device, precision, channels_last, progress.
+    `drop_rate`: dropout before the classifier (None keeps the arch's default).
+    kwargs go to `Learner`: opt, lr, wd, wd_mode, clip, cbs, device, precision, channels_last, progress.
     """
     if init not in ("default", "lsuv"):
         raise UserError(f"--init {init}: choose default or lsuv")
     torch.manual_seed(seed)
-    model, meta = create_model(arch, len(data.classes), pretrained=pretrained, weights=weights)
+    model_kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
+    model, meta = create_model(arch, len(data.classes), pretrained=pretrained, weights=weights, **model_kwargs)
     train_loss, valid_loss = task_losses(data, label_smoothing, loss)
     learn = VisionLearner(data, model, meta, seed=seed, metrics=metrics or task_metrics(data), loss_func=train_loss,
                           valid_loss_func=valid_loss, **kwargs)
