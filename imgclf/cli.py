@@ -87,7 +87,7 @@ def _add_train(sub) -> None:
                    "for the data, 60 s + 0.25 s per training image)")
     g.add_argument("--max-epochs", type=int, default=T.max_epochs, help="auto recipe: most fine-tune epochs")
     g.add_argument("--epochs", type=int, default=T.epochs,
-                   help="fine_tune recipe: epochs with the whole model unfrozen")
+                   help="epochs of whole-model training (default: fine_tune 1 after the head, scratch 16)")
     g.add_argument("--freeze-epochs", type=int, default=T.freeze_epochs,
                    help="fine_tune recipe: head-only epochs first (on cached features: well under a second each)")
     g.add_argument("--lr", type=_lr, default=T.lr, help="peak learning rate, or 'auto' (lr_find's valley)")

@@ -36,7 +36,7 @@ class TrainConfig:
     recipe: str = "auto"  # auto | probe | fine_tune | scratch (see train/recipes.py and train/job.py)
     budget: float | None = None  # seconds for the auto recipe; None = sized for the data
     max_epochs: int = 3  # the auto recipe's cap on fine-tune epochs (early stopping may end it sooner)
-    epochs: int = 1  # fine_tune recipe: unfrozen epochs
+    epochs: int | None = None  # None = the recipe's: fine_tune 1 unfrozen epoch, scratch 16 (see job.EPOCHS)
     freeze_epochs: int = 8  # fine_tune recipe: head-only epochs (on cached features: well under a second each)
     lr: float | str = 2e-3  # a number or "auto" (lr_find's valley suggestion)
     schedule: str = "one_cycle"  # one_cycle | cosine (warmup + cosine) | step | constant: train/schedule.py

@@ -145,6 +145,15 @@ def test_fashion_mnist_from_idx(fashion):
     assert "Fashion-MNIST" in data.labeller
 
 
+def fashion_subset(fashion: Path, sub: Path, n_train: int, n_valid: int) -> Path:
+    """The first `n_train` / `n_valid` Fashion-MNIST records as a folder of their own (the name says fashion)."""
+    sub.mkdir()
+    for name, n in (("train", n_train), ("t10k", n_valid)):
+        write_idx(sub / f"{name}-images-idx3-ubyte.gz", read_idx(fashion / f"{name}-images-idx3-ubyte.gz", n))
+        write_idx(sub / f"{name}-labels-idx1-ubyte.gz", read_idx(fashion / f"{name}-labels-idx1-ubyte.gz", n))
+    return sub
+
+
 def test_load_data_routes_idx_folders(tmp_path):
     root = tiny_idx_folder(tmp_path / "some-idx")
     data = load_data(RunConfig(data=DataConfig(path=str(root), size=16)), progress=False)
@@ -153,11 +162,7 @@ def test_load_data_routes_idx_folders(tmp_path):
 
 def test_train_cli_probe_on_a_fashion_mnist_subset(tmp_path, fashion, capsys):
     """`imgclf train DIR` on IDX files: routed, official names, and a probe at 32 px beats chance clearly."""
-    sub = tmp_path / "fashion-mnist-small"
-    sub.mkdir()
-    for name, n in (("train", 300), ("t10k", 150)):
-        write_idx(sub / f"{name}-images-idx3-ubyte.gz", read_idx(fashion / f"{name}-images-idx3-ubyte.gz", n))
-        write_idx(sub / f"{name}-labels-idx1-ubyte.gz", read_idx(fashion / f"{name}-labels-idx1-ubyte.gz", n))
+    sub = fashion_subset(fashion, tmp_path / "fashion-mnist-small", 300, 150)
     out = tmp_path / "run"
     assert main(["train", str(sub), "--size", "32", "--recipe", "probe", "--out", str(out), "--quiet"]) == 0
     assert "accuracy" in capsys.readouterr().out
@@ -179,11 +184,7 @@ def test_inspect_summary_of_idx_data_reads_the_arrays(fashion):
 def test_from_scratch_cli_on_fashion_mnist_and_evaluate_idx(tmp_path, fashion, capsys):
     """Our small-image ResNet from scratch (the scratch recipe, chosen for a random-init arch) at 28 px with the
     whole image as the validation view; then `imgclf evaluate RUN IDX-DIR --tta` scores the t10k files."""
-    sub = tmp_path / "fashion-mnist-small"
-    sub.mkdir()
-    for name, n in (("train", 1200), ("t10k", 300)):
-        write_idx(sub / f"{name}-images-idx3-ubyte.gz", read_idx(fashion / f"{name}-images-idx3-ubyte.gz", n))
-        write_idx(sub / f"{name}-labels-idx1-ubyte.gz", read_idx(fashion / f"{name}-labels-idx1-ubyte.gz", n))
+    sub = fashion_subset(fashion, tmp_path / "fashion-mnist-small", 1200, 300)
     out = tmp_path / "run"
     assert main(["train", str(sub), "--arch", "xresnet_tiny", "--size", "28", "--crop-pct", "1", "--epochs", "3",
                  "--lr", "8e-3", "--augment", "light,pad=2", "--out", str(out), "--quiet"]) == 0

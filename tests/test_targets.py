@@ -16,6 +16,8 @@ from imgclf.config import DataConfig, RunConfig, TrainConfig
 from imgclf.data.sources import Items, merge_by_content
 from imgclf.data.targets import encode_targets
 from imgclf.errors import UserError
+from imgclf.evaluate.interpret import interpret_run
+from imgclf.evaluate.report import write_report
 from imgclf.infer import evaluate, load_model
 from imgclf.train.job import train
 from imgclf.train.metrics import accuracy_multi, best_threshold, fbeta_multi, mae, rmse
@@ -178,5 +180,6 @@ def test_regression_run_beats_the_mean(tmp_path, capsys):
     ev = evaluate(res.run_dir, csv_path, label_col="age", progress=False)
     assert ev["n"] == 40 and ev["mae"] < baseline
     with pytest.raises(UserError, match="interpret covers single-label"):
-        from imgclf.evaluate.interpret import interpret_run
         interpret_run(res.run_dir, progress=False)
+    html = write_report(res.run_dir, progress=False).read_text()  # no confusion matrix: the run's own figures
+    assert "mae" in html and "rmse" in html and "regression" in html

@@ -52,8 +52,12 @@ class BatchLoader:
         n = len(self.images)
         return n // self.bs if self.drop_last else -(-n // self.bs)
 
+    def _on_device(self, t: torch.Tensor) -> bool:
+        """`t` already sits on the loader's device ("cuda" means the current CUDA device, cuda:0 here)."""
+        return t.device.type == self.device.type and self.device.index in (None, t.device.index)
+
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if t.device == self.device:
+        if self._on_device(t):
             return t
         if self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
@@ -63,7 +67,7 @@ class BatchLoader:
         """Where batches are indexed from: the uint8 images moved to the GPU once when they take under a
         quarter of its free memory (Fashion-MNIST's 60k at 28 px: 141 MB), so a batch is one gather there
         and no copy; else host memory, each batch pinned and copied."""
-        if self.device.type == "cuda" and isinstance(self.images, torch.Tensor) and self.images.device != self.device:
+        if self.device.type == "cuda" and isinstance(self.images, torch.Tensor) and not self._on_device(self.images):
             free, _ = torch.cuda.mem_get_info(self.device)
             if self.images.numel() * self.images.element_size() < free // 4:
                 self.images, self.targets = self.images.to(self.device), self.targets.to(self.device)

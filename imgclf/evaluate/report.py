@@ -54,7 +54,9 @@ def write_report(run: str | Path, out: str | Path | None = None, force: bool = F
     if path.exists() and not force:
         raise UserError(f"{path}: already exists (force=True replaces it)")
     _check_run(run)
-    if not (interpret_dir(run) / "interpret.json").is_file():
+    single_label = (_json(run / META_FILE) or {}).get("task", "classify") == "classify"
+    if single_label and not (interpret_dir(run) / "interpret.json").is_file():
+        # tags and numbers have no confusion matrix: their report shows the run's own figures and curves
         interpret_run(run, data=data, device=device, progress=progress)
     html = render_report(report_context(run))
     path.parent.mkdir(parents=True, exist_ok=True)

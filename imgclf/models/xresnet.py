@@ -46,7 +46,21 @@ class ResBlock(nn.Module):
         return self.act(self.convs(x) + self.shortcut(x))
 
 
-class XResNet(ClassifierModel):
+class PooledClassifier(ClassifierModel):
+    """Global average pool -> dropout -> Linear on `forward_features`: the head both XResNets share."""
+
+    global_pool: nn.Module
+    drop: nn.Module
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        return x if pre_logits else self.fc(self.drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class XResNet(PooledClassifier):
     """stem (3 convs + max-pool) -> 4 stages of residual blocks -> global pool -> dropout -> Linear."""
 
     def __init__(self, layers: Sequence[int], expansion: int = 1, num_classes: int = 1000, in_chans: int = 3,
@@ -76,13 +90,6 @@ class XResNet(ClassifierModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        return x if pre_logits else self.fc(self.drop(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 @register_model
 def xresnet18(num_classes: int = 1000, **kwargs) -> XResNet:
@@ -102,7 +109,7 @@ def xresnet50(num_classes: int = 1000, **kwargs) -> XResNet:
     return XResNet([3, 4, 6, 3], 4, num_classes=num_classes, **kwargs)
 
 
-class SmallXResNet(ClassifierModel):
+class SmallXResNet(PooledClassifier):
     """For small images (28-64 px) trained from scratch: one conv at full resolution, then stages that each
     halve the map and double the width, global pool, dropout, Linear (the fastai course's Fashion-MNIST
     ResNet, with XResNet's blocks). At 28 px `xresnet_tiny` costs 13 MMACs, about 1/3 of xresnet18's
@@ -126,13 +133,6 @@ class SmallXResNet(ClassifierModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x)
-        return x if pre_logits else self.fc(self.drop(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model

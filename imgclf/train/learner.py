@@ -130,6 +130,9 @@ class Learner:
         all_cbs = sorted([*self.cbs, sched, *cbs], key=lambda c: c.order)
         self.n_epoch, self.iter = n_epoch, 0
         self._n_iter = max(1, n_epoch * len(self.train_dl))
+        # CPU: flush denormal floats to zero while training. Tiny gradients late in training turn denormal
+        # and x86 computes on them ~100x slower: Fashion-MNIST epochs took 27 s with this, 35 s without.
+        flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
         try:
             self._event("before_fit", all_cbs)
             for self.epoch in range(n_epoch):
@@ -145,6 +148,8 @@ class Learner:
             pass
         finally:
             self._event("after_fit", all_cbs)
+            if flush:  # a process-wide switch: off again, as torch leaves it, for whatever runs next
+                torch.set_flush_denormal(False)
 
     def _train_epoch(self, cbs: Sequence[Callback]) -> None:
         self.training = True
