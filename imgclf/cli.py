@@ -46,10 +46,11 @@ def _add_data_flags(g) -> None:
     g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the split, init and augmentation")
     g.add_argument("--size", type=int, default=D.size,
-                   help="image size in pixels (default: the backbone's recommended size, 256 for the default)")
+                   help="image size in pixels (default: the backbone's recommended size, 256 for the default; from "
+                        "scratch, small images' own size)")
     g.add_argument("--crop-pct", type=float, default=D.crop_pct,
-                   help="validation view: the center fraction of the presized image (1: the whole image, for "
-                        "small images whose borders matter)")
+                   help="validation view: the center fraction of the presized image (default 0.875, ImageNet's; "
+                        "1, the whole image, when a from-scratch model trains at small images' own size)")
     g.add_argument("--bs", type=int, default=D.bs, help="batch size")
     g.add_argument("--augment", default=D.augment,
                    help="training augmentation: a preset (none, light, default, strong) and/or name=strength "
@@ -90,7 +91,8 @@ def _add_train(sub) -> None:
                    help="epochs of whole-model training (default: fine_tune 1 after the head, scratch 16)")
     g.add_argument("--freeze-epochs", type=int, default=T.freeze_epochs,
                    help="fine_tune recipe: head-only epochs first (on cached features: well under a second each)")
-    g.add_argument("--lr", type=_lr, default=T.lr, help="peak learning rate, or 'auto' (lr_find's valley)")
+    g.add_argument("--lr", type=_lr, default=T.lr,
+                   help="peak learning rate, or 'auto' (lr_find's valley); default 2e-3 fine-tuning, 8e-3 from scratch")
     g.add_argument("--schedule", default=T.schedule, choices=["one_cycle", "cosine", "step", "constant"],
                    help="learning-rate schedule of whole-model training: one-cycle, warmup + cosine decay, step "
                         "decay (x0.1 at 50%% and 75%%), or flat")

@@ -16,8 +16,11 @@ class DataConfig:
     csv: str | None = None  # CSV with file,label[,is_valid]
     label_col: str | None = None  # the CSV's label column (default: label/class/target/... or the second)
     task: str = "classify"  # classify | multi_label (space-separated tags, or an image in several folders) | regression
-    size: int | None = None  # None = the backbone's recommended size (256 for the default: see models.recommended_size)
-    crop_pct: float = 0.875  # validation view: the center crop_pct of the presized square (1 = whole image)
+    # None = the backbone's recommended size (256 for the default: see models.recommended_size); from scratch,
+    # the images' own size when smaller (upsampling gains a random net nothing)
+    size: int | None = None
+    crop_pct: float | None = None  # validation view: the center crop_pct of the presized square (1 = whole image);
+    # None = 0.875 (ImageNet's), or 1 when a from-scratch model trains at the images' own size (job.resolve_size)
     bs: int = 64
     augment: str = "default"  # a preset (none, light, default, strong) and/or name=strength overrides: data/augment.py
     workers: int = 0  # decoding threads; 0 = one per CPU core
@@ -38,7 +41,7 @@ class TrainConfig:
     max_epochs: int = 3  # the auto recipe's cap on fine-tune epochs (early stopping may end it sooner)
     epochs: int | None = None  # None = the recipe's: fine_tune 1 unfrozen epoch, scratch 16 (see job.EPOCHS)
     freeze_epochs: int = 8  # fine_tune recipe: head-only epochs (on cached features: well under a second each)
-    lr: float | str = 2e-3  # a number or "auto" (lr_find's valley suggestion)
+    lr: float | str | None = None  # a number, "auto" (lr_find's valley), or None: the recipe's (job.LRS)
     schedule: str = "one_cycle"  # one_cycle | cosine (warmup + cosine) | step | constant: train/schedule.py
     opt: str = "adamw"
     wd: float = 0.01

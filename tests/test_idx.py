@@ -186,11 +186,14 @@ def test_from_scratch_cli_on_fashion_mnist_and_evaluate_idx(tmp_path, fashion, c
     whole image as the validation view; then `imgclf evaluate RUN IDX-DIR --tta` scores the t10k files."""
     sub = fashion_subset(fashion, tmp_path / "fashion-mnist-small", 1200, 300)
     out = tmp_path / "run"
-    assert main(["train", str(sub), "--arch", "xresnet_tiny", "--size", "28", "--crop-pct", "1", "--epochs", "3",
-                 "--lr", "8e-3", "--augment", "light,pad=2", "--out", str(out), "--quiet"]) == 0
+    assert main(["train", str(sub), "--arch", "xresnet_tiny", "--epochs", "3", "--lr", "8e-3",
+                 "--augment", "light,pad=2", "--out", str(out), "--quiet"]) == 0
     assert "recipe: scratch" in capsys.readouterr().out
     conf = json.loads((out / "config.json").read_text())
-    assert conf["resolved"]["recipe"] == "scratch" and conf["resolved"]["presize"] == 28
+    assert conf["resolved"]["recipe"] == "scratch"
+    # from scratch the images' own 28 px (not xresnet_tiny's 32), whole: size = presize, crop 1
+    assert (conf["resolved"]["size"], conf["resolved"]["presize"], conf["resolved"]["crop_pct"]) == (28, 28, 1.0)
+    assert conf["data"]["size"] is None and conf["data"]["crop_pct"] is None  # what the user gave: nothing
     assert conf["resolved"]["augment"] == ["flip", "rotate(5)", "zoom(1.1)", "pad(2)", "lighting(0.1)"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["accuracy"] > 0.6, m  # chance is 0.1

@@ -18,7 +18,7 @@ from imgclf.models.init import lsuv_layers
 from imgclf.models.registry import IMAGENET_MEAN, IMAGENET_STD, default_norm
 from imgclf.models.xresnet import ResBlock
 from imgclf.train import vision_learner
-from imgclf.train.job import train
+from imgclf.train.job import is_scratch, resolve_size, train
 
 OWN = ["simple_cnn", "xresnet18", "xresnet34", "xresnet50", "xresnet_tiny", "xresnet_small"]
 
@@ -206,3 +206,21 @@ def test_training_flags_reach_the_run(image_folder, tmp_path):
     rows = (res.run_dir / "history.csv").read_text().splitlines()
     assert len(rows) == 3 and all(",scratch," in r for r in rows[1:])
     assert all(math.isfinite(float(v)) for v in rows[1].split(",")[2:])
+
+
+def test_sizes_from_scratch_follow_the_images(image_folder):
+    """Pretrained: the backbone's size and ImageNet's crop. From scratch: small images at their own size,
+    whole; images larger than the arch's size keep its size and the crop. Given values are kept."""
+    small = image_folder({"a": 3, "b": 3}, size=(40, 30))
+    big = image_folder({"a": 3, "b": 3}, size=(300, 260))
+
+    def resolved(path, arch, pretrained=True, **data):
+        cfg = RunConfig(data=DataConfig(path=str(path), **data), model=ModelConfig(arch=arch, pretrained=pretrained))
+        return resolve_size(cfg, is_scratch(cfg))
+
+    assert resolved(small, "efficientnet_lite0") == (256, 0.875)
+    assert resolved(small, "simple_cnn") == (30, 1.0)  # our archs have no weights: from scratch
+    assert resolved(small, "efficientnet_lite0", pretrained=False) == (30, 1.0)
+    assert resolved(big, "xresnet18") == (224, 0.875)
+    assert resolved(small, "simple_cnn", size=64) == (64, 1.0)  # asked to upsample: still the whole image
+    assert resolved(small, "simple_cnn", crop_pct=0.9) == (30, 0.9)

@@ -146,7 +146,7 @@ class Interpretation:
             # figures from `imgclf evaluate` (per-tag F1; MAE/RMSE)
             raise UserError(f"{run}: interpret covers single-label classification; this run's task is "
                             f"{predictor.task}: use `imgclf evaluate {run} DATA` for its figures")
-        data = _run_data(run, data, predictor.size, progress)
+        data = _run_data(run, data, predictor.size, float(predictor.meta.get("crop_pct", 0.875)), progress)
         if data.presize != predictor.presize:
             raise UserError(f"{data.source}: images prepared for size {data.size}, the model sees "
                             f"{predictor.size}: build the data with size={predictor.size}")
@@ -307,10 +307,11 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
         w.writerows([[round(v, 6) if isinstance(v, float) else v for v in r] for r in rows])
 
 
-def _run_data(run: str | Path, data: ImageData | str | Path | None, size: int, progress: bool) -> ImageData:
+def _run_data(run: str | Path, data: ImageData | str | Path | None, size: int, crop_pct: float,
+              progress: bool) -> ImageData:
     """The data to interpret on: given, or rebuilt by the training job's own `load_data` from the run's config.
 
-    Rebuilt at the model's own `size` (from `model.json`): the config may leave the size to the recipe.
+    Rebuilt at the model's own `size` and `crop_pct` (from `model.json`): the config may leave them to the recipe.
     """
     from ..config import RunConfig
     from ..data.core import ImageData
@@ -323,7 +324,7 @@ def _run_data(run: str | Path, data: ImageData | str | Path | None, size: int, p
     if not conf.is_file():
         raise UserError(f"{run}: no config.json to rebuild the validation data from; pass the data")
     cfg = RunConfig.from_dict(read_json(conf))
-    cfg.data = replace(cfg.data, size=size)
+    cfg.data = replace(cfg.data, size=size, crop_pct=crop_pct)
     if data is not None:
         cfg.data = replace(cfg.data, path=str(data), csv=None)
     elif not Path(cfg.data.csv or cfg.data.path).exists():
