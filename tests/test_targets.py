@@ -61,6 +61,8 @@ def test_encode_errors_name_the_problem(tmp_path):
         encode_targets(Items(paths, ["3", "old", "5"], [False, False, True]), "regression", "src")
     with pytest.raises(UserError, match="multi_label"):
         encode_targets(Items(paths, ["a b"] * 3, [False, False, True]), "classify", "src")
+    with pytest.raises(UserError, match=r"1\.png: empty label"):
+        encode_targets(Items(paths, ["a", "", "b"], [False, False, True]), "classify", "src")
     with pytest.raises(UserError, match="--task"):
         encode_targets(Items(paths, ["a"] * 3, [False, False, True]), "tags", "src")
 

@@ -60,6 +60,9 @@ def encode_targets(items: Items, task: str, where: str, names: Sequence[str] | N
     if require_split:
         _check_split(items, where)
     if task == "classify":
+        empty = next((p for p, label in zip(items.paths, items.labels, strict=True) if not label), None)
+        if empty is not None:
+            raise UserError(f"{empty}: empty label (an image with no tag? use --task multi_label)")
         found = sorted(set(items.labels))
         if len(found) < 2 and names is None:
             what = f"one class ({found[0]!r})" if found else "no classes"

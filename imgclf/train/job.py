@@ -142,8 +142,7 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     if tc.mixup < 0 or tc.cutmix < 0:
         raise UserError("--mixup and --cutmix take an alpha >= 0 (0: off)")
     seed_everything(cfg.data.seed)
-    scratch = is_scratch(cfg)
-    size, crop = resolve_size(cfg, scratch) if scratch else (cfg.data.size, cfg.data.crop_pct)
+    size, crop = resolve_size(cfg, is_scratch(cfg))
     data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
     out = new_run_dir(cfg.out or default_out(cfg))
     recipe, why = _pick_recipe(cfg, data)
