@@ -149,6 +149,8 @@ def test_multi_label_run_learns_and_saves_its_threshold(multi_run, capsys):
 
     ev = evaluate(res.run_dir, csv_path, progress=False)
     assert ev["n"] == 48 and ev["f1_multi"] >= 0.9 and set(ev["per_class_f1"]) == {"blue", "red"}
+    html = write_report(res.run_dir, progress=False).read_text()
+    assert "F1 (tags)" in html and "accuracy (tags)" in html and "f1 multi" in html  # headline, history
 
 
 def test_regression_run_beats_the_mean(tmp_path, capsys):
@@ -184,4 +186,4 @@ def test_regression_run_beats_the_mean(tmp_path, capsys):
     with pytest.raises(UserError, match="interpret covers single-label"):
         interpret_run(res.run_dir, progress=False)
     html = write_report(res.run_dir, progress=False).read_text()  # no confusion matrix: the run's own figures
-    assert "mae" in html and "rmse" in html and "regression" in html
+    assert "MAE (age)" in html and "RMSE" in html and "regression" in html

@@ -174,8 +174,16 @@ def fmt(value: Any) -> str:
 def _headline(metrics: dict, meta: dict, config: dict, accuracy: float | None) -> list[tuple[str, str]]:
     """The figures under the title: accuracy, loss, recipe, architecture, size, images, time."""
     resolved = config.get("resolved", {})
+    task = meta.get("task", "classify")
+    if task == "multi_label":  # tags: F1 and per-decision accuracy at the saved threshold
+        figures = [("F1 (tags)", fmt(metrics.get("f1_multi"))), ("accuracy (tags)", fmt(metrics.get("accuracy_multi"))),
+                   ("threshold", fmt(metrics.get("threshold")))]
+    elif task == "regression":  # numbers: errors in the target's own units
+        figures = [(f"MAE ({meta['classes'][0]})", fmt(metrics.get("mae"))), ("RMSE", fmt(metrics.get("rmse")))]
+    else:
+        figures = [("accuracy", "–" if accuracy is None else f"{100 * accuracy:.2f}%")]
     items = [
-        ("accuracy", "–" if accuracy is None else f"{100 * accuracy:.2f}%"),
+        *figures,
         ("valid loss", fmt(metrics.get("valid_loss"))),
         ("recipe", fmt(resolved.get("recipe") or metrics.get("kept"))),
         ("architecture", fmt(meta.get("arch") or config.get("model", {}).get("arch"))),
