@@ -65,7 +65,8 @@ def _add_train(sub) -> None:
         description="Train a classifier on DATA from a pretrained backbone: class folders (with train/ + "
                     "valid|val/ or a random split), a regex on file names (--label-re), or a CSV (--csv). By "
                     "default the recipe is chosen from the data (a probe on cached features, a fine-tune where "
-                    "it pays) and explained. Writes a run directory with the model, its config, history, "
+                    "it pays) and explained; random weights (--no-pretrained, our own archs) train from "
+                    "scratch. Writes a run directory with the model, its config, history, "
                     "metrics and plots.",
         formatter_class=_Help,
     )

@@ -70,7 +70,7 @@ def _idx_outputs(predictor: Predictor, folder: str | Path, bs: int, names: tuple
     """Outputs (V, N, C) and targets of an IDX folder's test split, presized as training presized it."""
     if predictor.task != "classify":
         raise UserError(f"{folder}: IDX files hold one class per image; this run's task is {predictor.task}")
-    s = load_idx(folder, classes=predictor.classes if len(predictor.classes) else None)
+    s = load_idx(folder, classes=predictor.classes)
     images = presize_arrays(s.valid_images, predictor.presize, progress=progress, desc="presize test")
     out = torch.cat([predictor.view_probs(images[b : b + bs], names) for b in range(0, len(images), bs)], 1)
     return out, s.valid_labels, []
