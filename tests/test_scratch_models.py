@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from imgclf.cli import _config, parser
+from imgclf.cli import config as _config
+from imgclf.cli import parser
 from imgclf.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from imgclf.data.core import ImageData
 from imgclf.infer import load_model

@@ -1,0 +1,61 @@
+"""The `imgclf` command: thin over the Python API. User mistakes print one line and exit 2.
+
+One module per command, each with `add(subparsers)` and `run(args)`; `COMMANDS` lists them in the order
+`imgclf --help` shows them. Flags that several commands share live in `common.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ..errors import UserError
+from . import evaluate, inspect, interpret, models, predict, report, train
+from .train import config
+
+COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "interpret": interpret, "inspect": inspect,
+            "report": report, "models": models}
+
+__all__ = ["COMMANDS", "config", "main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imgclf", description="Turn a folder of images into an accurate image classifier.",
+        epilog="examples:\n  imgclf train photos/\n  imgclf predict runs/photos new/ --csv preds.csv\n"
+               "  imgclf evaluate runs/photos photos/val",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from .. import __version__
+
+    p.add_argument("--version", action="version", version=f"imgclf {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS.values():
+        module.add(sub)
+    return p
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"imgclf: warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning  # the documented hook for how warnings print
+    try:
+        COMMANDS[args.command].run(args)
+    except UserError as e:
+        print(f"imgclf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgclf: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `imgclf predict ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

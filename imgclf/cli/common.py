@@ -1,0 +1,69 @@
+"""What the commands share: the help formatter, the data flags, and checks on the user's paths."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+from pathlib import Path
+
+from ..config import DataConfig, ModelConfig, TrainConfig
+from ..errors import UserError
+
+D, M, T = DataConfig(), ModelConfig(), TrainConfig()
+
+
+class Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one worth showing (not None, not an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def add_data_flags(g) -> None:
+    """The flags that say how DATA is read: the same for every command that loads a data set."""
+    g.add_argument("--csv", help="CSV of file,label[,is_valid] with files relative to DATA")
+    g.add_argument("--task", default=D.task, choices=["classify", "multi_label", "regression"],
+                   help="what to predict: one class; several tags (space-separated in the CSV's label, or the same "
+                        "image in several class folders); or a number (a CSV column, see --label-col)")
+    g.add_argument("--label-col", help="the CSV column holding the labels or the regression target")
+    g.add_argument("--label-re", help=r"regex on the file name; group 1 is the label, e.g. '^(.+)_\d+\.jpg$'")
+    g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
+    g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
+    g.add_argument("--seed", type=int, default=D.seed, help="seed for the split, init and augmentation")
+    g.add_argument("--size", type=int, default=D.size,
+                   help="image size in pixels (default: the backbone's recommended size, 256 for the default; from "
+                        "scratch, small images' own size)")
+    g.add_argument("--crop-pct", type=float, default=D.crop_pct,
+                   help="validation view: the center fraction of the presized image (default 0.875, ImageNet's; "
+                        "1, the whole image, when a from-scratch model trains at small images' own size)")
+    g.add_argument("--bs", type=int, default=D.bs, help="batch size")
+    g.add_argument("--augment", default=D.augment,
+                   help="training augmentation: a preset (none, light, default, strong) and/or name=strength "
+                        "overrides, e.g. 'strong', 'default,noise=0.05,erase=0.25', 'flip=0,rotate=20'; names: "
+                        "flip rotate zoom warp translate shear pad lighting saturation hue noise salt_pepper erase")
+    g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
+
+
+def expand_images(args: list[str]) -> list[Path]:
+    """Files, folders (recursively) and globs to a sorted list of image paths."""
+    from ..data.sources import find_images
+
+    out: list[Path] = []
+    for a in args:
+        if Path(a).exists():
+            out += find_images(a)
+        elif any(ch in a for ch in "*?["):
+            matches = sorted(glob.glob(a, recursive=True))
+            out += [p for m in matches for p in find_images(m)]
+        else:
+            raise UserError(f"{a}: no such file or directory")
+    if not out:
+        raise UserError(f"{' '.join(args)}: no images found")
+    return list(dict.fromkeys(out))
+
+
+def check_writable(path: str, force: bool) -> None:
+    if Path(path).exists() and not force:
+        raise UserError(f"{path}: already exists (pass --force to overwrite)")

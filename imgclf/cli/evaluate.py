@@ -1,0 +1,48 @@
+"""Score a run on labelled images: `imgclf evaluate RUN DATA`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import check_writable
+
+
+def add(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a trained run on labelled images",
+                       description="The figures of RUN's task on DATA: class folders, a data set root whose "
+                                   "valid/val split is used, or a CSV as the run trained from (every row is "
+                                   "scored). Classes: accuracy, loss, per-class accuracy; tags: accuracy_multi "
+                                   "and f1_multi at the run's threshold, per-tag F1; numbers: mae, rmse.")
+    p.add_argument("run")
+    p.add_argument("data")
+    p.add_argument("--label-re", help="regex on file names for the labels (default: folder names)")
+    p.add_argument("--label-col", help="a CSV DATA's label column (as the run trained from)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--tta", action="store_true", help="also score test-time augmentation (center view + mirror), "
+                                                      "beside the plain figures")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(a: argparse.Namespace) -> None:
+    from ..infer import evaluate, load_model
+    from ..rundir import write_json
+
+    if a.json:
+        check_writable(a.json, a.force)
+    res = evaluate(load_model(a.run, device=a.device), a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet,
+                   tta=a.tta, label_col=a.label_col)
+    plain = [k for k, v in res.items() if isinstance(v, float) and not k.startswith("tta_")]
+    print("  ".join(f"{k} {res[k]:.4f}" for k in plain) + f"  n {res['n']}")
+    if a.tta:
+        print("  ".join(f"tta {k} {res['tta_' + k]:.4f}" for k in plain if "tta_" + k in res)
+              + f"  ({' + '.join(res['tta_views'])})")
+    per_class = next((k for k in res if k.startswith("per_class_")), None)
+    if per_class:
+        print(f"{per_class.removeprefix('per_class_')} per {'tag' if 'f1' in per_class else 'class'}:")
+        for c, v in res[per_class].items():
+            print(f"  {c}: {v:.4f}")
+    if a.json:
+        write_json(a.json, res)

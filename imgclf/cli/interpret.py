@@ -1,0 +1,38 @@
+"""Why a run errs: `imgclf interpret RUN`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import Help
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "interpret", help="why does a trained run err? confusion matrix, top losses, features",
+        description="Interpret RUN on its validation images (rebuilt from its config.json, the same seeded "
+                    "split): confusion matrices, most confused pairs, per-class precision/recall/F1, top "
+                    "losses, misclassified images, PCA and t-SNE of the pooled features, a model summary. "
+                    "Prints the figures and writes them to RUN/interpret/ (replacing an earlier interpret).",
+        formatter_class=Help,
+    )
+    p.add_argument("run", help="run directory written by `imgclf train`")
+    p.add_argument("--data", help="other labelled images (class folders or a CSV, labelled as the run was); "
+                                  "their validation split is used (default: the run's own data)")
+    p.add_argument("--out", help="output folder (default RUN/interpret)")
+    p.add_argument("--k", type=int, default=9, help="images in the top-losses grid")
+    p.add_argument("--min-val", type=int, default=1, help="least count of a most-confused pair")
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(a: argparse.Namespace) -> None:
+    from ..evaluate.interpret import FILES, format_summary, interpret_dir, interpret_run
+    from ..rundir import read_json
+
+    replacing = (interpret_dir(a.run, a.out) / "interpret.json").exists()
+    out = interpret_run(a.run, data=a.data, out=a.out, k=a.k, min_val=a.min_val, bs=a.bs, device=a.device,
+                        progress=not a.quiet)
+    print(format_summary(read_json(out / "interpret.json")))
+    print(f"\n{len(FILES)} files -> {out}" + (" (replacing the earlier interpret)" if replacing else ""))

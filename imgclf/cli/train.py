@@ -1,0 +1,105 @@
+"""Train a classifier: `imgclf train DATA`."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .common import Help, M, T, add_data_flags
+
+
+def _lr(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
+def add(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a classifier on a folder of images",
+        description="Train a classifier on DATA from a pretrained backbone: class folders (with train/ + "
+                    "valid|val/ or a random split), a regex on file names (--label-re), or a CSV (--csv). By "
+                    "default the recipe is chosen from the data (a probe on cached features, a fine-tune where "
+                    "it pays) and explained; random weights (--no-pretrained, our own archs) train from "
+                    "scratch. Writes a run directory with the model, its config, history, "
+                    "metrics and plots.",
+        formatter_class=Help,
+    )
+    p.add_argument("data", help="image folder (or a CSV of file,label[,is_valid])")
+    p.add_argument("--out", help="run directory (default runs/<data-name>; never overwritten: -2, -3...)")
+    add_data_flags(p.add_argument_group("data"))
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default=M.arch, help="architecture: the embedded default, ours (simple_cnn, "
+                   "xresnet18/34/50: from scratch) or any timm name")
+    g.add_argument("--weights", help="weights file (.safetensors/.pth) or URL to start from")
+    g.add_argument("--no-pretrained", action="store_true", help="start from random weights")
+    g.add_argument("--drop-rate", type=float, default=M.drop_rate,
+                   help="dropout before the classifier (default: the arch's own)")
+    g = p.add_argument_group("training")
+    g.add_argument("--recipe", default=T.recipe, choices=["auto", "probe", "fine_tune", "scratch"],
+                   help="auto: probe on cached features, fine-tune only where it pays; probe: the probe only; "
+                        "fine_tune: head then whole model, fixed epochs; scratch: the whole model from random weights "
+                        "for --epochs (the default for --no-pretrained and our own archs)")
+    g.add_argument("--budget", type=float, default=T.budget, help="seconds for the auto recipe (default: sized "
+                   "for the data, 60 s + 0.25 s per training image)")
+    g.add_argument("--max-epochs", type=int, default=T.max_epochs, help="auto recipe: most fine-tune epochs")
+    g.add_argument("--epochs", type=int, default=T.epochs,
+                   help="epochs of whole-model training (default: fine_tune 1 after the head, scratch 16)")
+    g.add_argument("--freeze-epochs", type=int, default=T.freeze_epochs,
+                   help="fine_tune recipe: head-only epochs first (on cached features: well under a second each)")
+    g.add_argument("--lr", type=_lr, default=T.lr,
+                   help="peak learning rate, or 'auto' (lr_find's valley); default 2e-3 fine-tuning, 8e-3 from scratch")
+    g.add_argument("--schedule", default=T.schedule, choices=["one_cycle", "cosine", "step", "constant"],
+                   help="learning-rate schedule of whole-model training: one-cycle, warmup + cosine decay, step "
+                        "decay (x0.1 at 50%% and 75%%), or flat")
+    g.add_argument("--opt", default=T.opt, choices=["adamw", "adam", "sgd", "rmsprop", "adagrad"])
+    g.add_argument("--wd", type=float, default=T.wd, help="weight decay")
+    g.add_argument("--wd-mode", default=T.wd_mode, choices=["decoupled", "l2"],
+                   help="decoupled (AdamW's: weights shrink apart from the gradient step) or l2 (added to the "
+                        "gradient, so Adam rescales it); default: adamw decoupled, the other optimizers l2")
+    g.add_argument("--mixup", type=float, default=T.mixup, help="MixUp alpha (0: off; 0.2-0.4 typical)")
+    g.add_argument("--cutmix", type=float, default=T.cutmix, help="CutMix alpha (0: off; 1.0 typical)")
+    g.add_argument("--label-smoothing", type=float, default=T.label_smoothing, help="classification only")
+    g.add_argument("--loss", default=T.loss, choices=["auto", "mse", "l1"],
+                   help="regression loss (auto: mse); classes and tags use (binary) cross-entropy")
+    g.add_argument("--clip", type=float, default=T.clip, help="gradient-norm clipping (0: off)")
+    g.add_argument("--patience", type=int, default=T.patience, help="early-stopping patience on valid_loss")
+    g.add_argument("--device", default=T.device, help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument("--precision", default=T.precision, choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--init", default=T.init, choices=["default", "lsuv"],
+                   help="weight init of a from-scratch model: the arch's own, or LSUV on the first batch "
+                        "(unit output std per layer; skipped with a warning on pretrained weights)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def config(a: argparse.Namespace) -> RunConfig:
+    def pick(kind, **over):
+        vals = {f.name: getattr(a, f.name) for f in fields(kind) if hasattr(a, f.name)}
+        return kind(**{**vals, **over})
+
+    return RunConfig(
+        data=pick(DataConfig, path=a.data),
+        model=pick(ModelConfig, pretrained=not a.no_pretrained),
+        train=pick(TrainConfig, clip=a.clip or None),
+        out=a.out,
+    )
+
+
+def run(a: argparse.Namespace) -> None:
+    from ..train.job import train
+
+    res = train(config(a), progress=not a.quiet)
+    m = res.metrics
+    kept = f"  (kept {m['kept']})" if m.get("kept") else ""
+    print(f"{_figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "
+          f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s{kept}  -> {res.run_dir}")
+
+
+def _figures(m: dict, metrics) -> str:
+    """The task's metrics of a result, in order: accuracy, or accuracy_multi/f1_multi (threshold), or mae/rmse."""
+    names = [n for n, _ in metrics] + (["threshold"] if "threshold" in m else [])
+    return "  ".join(f"{n} {m[n]:.4f}" for n in names if n in m)
