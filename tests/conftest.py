@@ -152,3 +152,19 @@ def hymenoptera() -> Path:
     if not (HYMENOPTERA / "train").is_dir():
         pytest.fail(f"real data set missing: {HYMENOPTERA} (expected train/ and val/ with ants/ and bees/)")
     return HYMENOPTERA
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished run directory, trained once per test session and shared read-only by the tests that need a
+    model (export, serve, predict, distill): three colour classes, 12 train + 6 valid 48x40 JPEGs each, the
+    default pretrained backbone probed at 64 px (seconds). Its data folder sits beside it as `data/`.
+    Tests must not write into it: copy it first (`shutil.copytree`) when they do."""
+    from imgclf.config import DataConfig, RunConfig, TrainConfig
+    from imgclf.train.job import train
+
+    root = tmp_path_factory.mktemp("trained_run")
+    data = make_folder(root / "data", {"cats": 12, "dogs": 12, "frogs": 12}, size=(48, 40), split=True, n_valid=6)
+    cfg = RunConfig(data=DataConfig(path=str(data), size=64, bs=16),
+                    train=TrainConfig(recipe="probe"), out=str(root / "run"))
+    return train(cfg, progress=False).run_dir
