@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,14 @@ from .errors import UserError
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
 
 
+CONFIG_FILE, CHECKPOINT_FILE = "config.json", "checkpoint.safetensors"
+
+
 def new_run_dir(path: str | Path) -> Path:
-    """`path` if it is free, else `path-2`, `path-3`...: a run never overwrites an earlier one."""
+    """`path` if it is free, else `path-2`, `path-3`...: a run never overwrites an earlier one.
+
+    Call it once the job can start (data loaded, settings checked): a user error before that leaves nothing
+    behind, so the numbering does not drift."""
     base = Path(path)
     candidate, k = base, 1
     while candidate.exists():
@@ -29,6 +38,41 @@ def new_run_dir(path: str | Path) -> Path:
         candidate = base.with_name(f"{base.name}-{k}")
     candidate.mkdir(parents=True)
     return candidate
+
+
+def _file_mode() -> int:
+    """What `open()` gives a new file under the process umask (0644 usually); safetensors writes 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def publish(tmp: Path, dest: Path) -> None:
+    """Make a finished temporary file `dest` atomically: fsync, the usual permissions, rename, fsync the
+    folder. A kill at any moment leaves the old file or the new one, never half of one."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, _file_mode())
+    os.replace(tmp, dest)
+    try:
+        fd = os.open(dest.parent, os.O_RDONLY)
+    except OSError:  # a platform without directory fds (Windows): the rename is what matters
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_version(found: str | None, what: str | Path) -> None:
+    """A run directory or checkpoint written by a newer imgclf may hold what this one cannot read."""
+    from . import __version__
+
+    def parts(v: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in v.split(".")[:3] if p.isdigit())
+
+    if found and parts(str(found)) > parts(__version__):
+        raise UserError(f"{what}: written by imgclf {found}, newer than this one ({__version__}); upgrade imgclf")
 
 
 def _clean(obj: Any) -> Any:
@@ -50,11 +94,43 @@ def write_json(path: str | Path, obj: Any) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file of ours; a truncated or corrupt one is a `UserError` that names it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: corrupt or truncated JSON ({e})") from None
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file; a truncated or corrupt one is a `UserError` that names it (not a Rust traceback)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises SafetensorError, OSError or a bare Exception by case
+        raise UserError(f"{path}: corrupt or truncated weights file ({str(e).splitlines()[0][:120]})") from None
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """`model.load_state_dict(state)`, with weights of another architecture a `UserError` naming `source`."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"{source}: these weights do not fit the model ({first}); "
+                        "were they written for another --arch?") from None
+
+
+def update_config(run: str | Path, **fields: Any) -> None:
+    """Change top-level fields of RUN/config.json (the run's status, as it goes)."""
+    path = Path(run) / CONFIG_FILE
+    cfg = read_json(path) if path.exists() else {}
+    write_json(path, {**cfg, **fields})
 
 
 def save_model(run: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -67,7 +143,7 @@ def save_model(run: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = run / (MODEL_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, run / MODEL_FILE)
+    publish(tmp, run / MODEL_FILE)
     write_json(run / META_FILE, {**meta, "imgclf_version": __version__})
 
 
@@ -78,6 +154,37 @@ def read_run(run: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise UserError(f"{run}: no such run directory")
     if not (run / MODEL_FILE).is_file() or not (run / META_FILE).is_file():
         raise UserError(f"{run}: not a run directory (needs {MODEL_FILE} and {META_FILE}); train one first")
-    from safetensors.torch import load_file
+    meta = read_json(run / META_FILE)
+    if not isinstance(meta, dict) or "arch" not in meta or "classes" not in meta:
+        raise UserError(f"{run / META_FILE}: not a model description (needs arch and classes)")
+    check_version(meta.get("imgclf_version"), run / META_FILE)
+    return load_tensors(run / MODEL_FILE), meta
 
-    return load_file(str(run / MODEL_FILE)), read_json(run / META_FILE)
+
+class _Tee:
+    """A text stream writing to a console stream and a log file (flushed each line: a killed run keeps it)."""
+
+    def __init__(self, console, log):
+        self.console, self.log = console, log
+
+    def write(self, s: str) -> int:
+        self.console.write(s)
+        self.log.write(s)
+        self.log.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        self.console.flush()
+
+    def isatty(self) -> bool:
+        return self.console.isatty()
+
+    def fileno(self) -> int:
+        return self.console.fileno()
+
+
+@contextmanager
+def log_to(path: Path, console=None) -> Iterator[None]:
+    """Print to the console and to RUN/train.log: the recipe chosen, epochs, checkpoints, resume hints."""
+    with open(path, "a") as f, redirect_stdout(_Tee(console or sys.stdout, f)):
+        yield

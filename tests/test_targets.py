@@ -178,6 +178,7 @@ def test_regression_run_beats_the_mean(tmp_path, capsys):
     img = write_image(tmp_path / "new.png", size=(40, 40), colour=(100,) * 3, seed=77)  # age 50
     pred = model.predict(img)
     assert pred.value is not None and abs(pred.value - 50) < baseline
+    capsys.readouterr()  # what training printed
     assert main(["predict", str(res.run_dir), str(img)]) == 0
     out = list(csv.reader(capsys.readouterr().out.splitlines()))
     assert out[0] == ["path", "age"] and abs(float(out[1][1]) - pred.value) < 1e-3

@@ -11,11 +11,12 @@ import sys
 import warnings
 
 from ..errors import UserError
-from . import evaluate, inspect, interpret, models, predict, report, train
+from . import datasets, distill, evaluate, export, inspect, interpret, models, predict, prune, report, serve, train
 from .train import config
 
 COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "interpret": interpret, "inspect": inspect,
-            "report": report, "models": models}
+            "report": report, "export": export, "serve": serve, "distill": distill, "prune": prune, "models": models,
+            "datasets": datasets}
 
 __all__ = ["COMMANDS", "config", "main", "parser"]
 
@@ -43,6 +44,8 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning  # the documented hook for how warnings print
+    # PIL's own warning for a very large image names no file; data.decode warns again, naming it
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         COMMANDS[args.command].run(args)
     except UserError as e:

@@ -47,18 +47,28 @@ def add_data_flags(g) -> None:
 
 
 def expand_images(args: list[str]) -> list[Path]:
-    """Files, folders (recursively) and globs to a sorted list of image paths."""
-    from ..data.sources import find_images
+    """Files, folders (recursively) and globs to a sorted list of image paths; what they hold that is not an
+    image (notes.txt, a dangling symlink...) is counted by kind in one warning line."""
+    from ..data.sources import Unused, entry_kind, scan_images
 
     out: list[Path] = []
+    unused = Unused()
     for a in args:
         if Path(a).exists():
-            out += find_images(a)
+            matches = [a]
         elif any(ch in a for ch in "*?["):
             matches = sorted(glob.glob(a, recursive=True))
-            out += [p for m in matches for p in find_images(m)]
         else:
             raise UserError(f"{a}: no such file or directory")
+        for m in matches:
+            kind = entry_kind(m) if m != a else "image"  # a path named outright: scan_images says what is wrong
+            if kind in ("dir", "image"):
+                found, left_out = scan_images(m)
+                out += found
+                unused.update(left_out)
+            else:
+                unused.add(kind, Path(m))
+    unused.warn(" ".join(args))
     if not out:
         raise UserError(f"{' '.join(args)}: no images found")
     return list(dict.fromkeys(out))

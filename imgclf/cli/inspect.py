@@ -27,6 +27,7 @@ def add(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> None:
+    from ..data.datasets import resolve_config
     from ..data.show import plot_counts
     from ..models.registry import default_norm
     from ..rundir import new_run_dir, write_json
@@ -36,10 +37,11 @@ def run(a: argparse.Namespace) -> None:
         raise UserError(f"--show {a.show}: give at least 1 image")
     cfg = RunConfig(data=DataConfig(path=a.data, **{f.name: getattr(a, f.name) for f in fields(DataConfig)
                                                     if hasattr(a, f.name)}), out=a.out)
+    cfg = resolve_config(cfg, progress=not a.quiet)  # a known data set's name -> its cached folder, as train does
     data = load_data(cfg, progress=not a.quiet)  # the one way `train` loads data
     mean, std = default_norm(cfg.model.arch)
     summary = data.summary(mean, std, progress=not a.quiet)
-    out = new_run_dir(a.out or f"{default_out(cfg)}-inspect")
+    out = new_run_dir(a.out or f"{cfg.out or default_out(cfg)}-inspect")
     write_json(out / "inspect.json", summary.to_dict())
     data.show_batch(a.show, mean, std, seed=cfg.data.seed).savefig(out / "show_batch.png", dpi=110)
     plot_counts(summary.counts).savefig(out / "counts.png", dpi=110)

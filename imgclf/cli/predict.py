@@ -6,6 +6,7 @@ import argparse
 import csv
 import sys
 
+from ..errors import UserError
 from .common import check_writable, expand_images
 
 
@@ -16,12 +17,20 @@ def add(sub) -> None:
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     p.add_argument("--csv", help="write path,label,confidence rows to this CSV")
     p.add_argument("--probs", action="store_true", help="add one probability column per class")
+    p.add_argument("--topk", type=int, metavar="K",
+                   help="add the K best classes per image: columns label_1, prob_1, ... label_K, prob_K (multi-label: "
+                        "the K likeliest tags, each its own probability)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw each image beside a bar chart of its top-k (--topk, default 5), up to 16 images")
     p.add_argument("--submission", help="write the homework's Id,Category CSV here (Id: the file name without "
                                         "extension; rows sorted by Id, numerically when all Ids are numbers)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the center view and its mirror")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --csv or --submission file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --csv, --submission or --plot file")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="eager", choices=["eager", "onnx", "int8", "torchscript"],
+                   help="eager: the run's weights in torch; onnx / int8 / torchscript: the file `imgclf export` wrote "
+                        "into RUN (model.onnx, model.int8.onnx, model.ts)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -29,13 +38,16 @@ def run(a: argparse.Namespace) -> None:
     from ..infer import load_model
     from ..infer.predictor import check_submission_ids, submission_rows
 
-    for out in (a.csv, a.submission):
+    for out in (a.csv, a.submission, a.plot):
         if out:
             check_writable(out, a.force)
+    if a.topk is not None and a.topk < 1:
+        raise UserError(f"--topk {a.topk}: must be at least 1")
     paths = expand_images(a.images)
     if a.submission:
         check_submission_ids(paths)
-    model = load_model(a.run, device=a.device)
+    model = load_model(a.run, device=a.device, backend=a.backend)
+    k = _check_topk(a, model.task, model.classes)
     preds, skipped = model.predict_files(paths, bs=a.bs, progress=not a.quiet, tta=a.tta)
     if a.submission:
         with open(a.submission, "w", newline="") as f:
@@ -49,6 +61,10 @@ def run(a: argparse.Namespace) -> None:
         header += model.classes if a.probs else []
         rows = [[p.path, p.label, f"{p.confidence:.6f}"] + ([f"{p.probs[c]:.6f}" for c in model.classes]
                                                              if a.probs else []) for p in preds]
+        if a.topk:  # after the usual columns, which keep their places
+            header += [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")]
+            rows = [row + [x for c, q in p.topk(k) for x in (c, f"{q:.6f}")]
+                    for row, p in zip(rows, preds, strict=True)]
     if a.csv:
         with open(a.csv, "w", newline="") as f:
             csv.writer(f).writerows([header, *rows])
@@ -56,3 +72,19 @@ def run(a: argparse.Namespace) -> None:
     elif not a.submission:
         w = csv.writer(sys.stdout)
         w.writerows([header, *rows])
+    if a.plot and preds:
+        from ..infer.plot import MAX_PLOTTED, plot_topk
+
+        plot_topk(preds, k).savefig(a.plot, dpi=110)
+        more = f" (the first {MAX_PLOTTED} of {len(preds)} predicted)" if len(preds) > MAX_PLOTTED else ""
+        print(f"top-{k} of {min(len(preds), MAX_PLOTTED)} image(s) -> {a.plot}{more}", file=sys.stderr)
+
+
+def _check_topk(a: argparse.Namespace, task: str, classes: list[str]) -> int:
+    """The k of --topk / --plot (5 or the number of classes, when fewer), or a UserError when it means nothing."""
+    if task == "regression" and (a.topk or a.plot):
+        raise UserError(f"{'--topk' if a.topk else '--plot'}: a regression run predicts one number; there are no "
+                        "classes to rank")
+    if a.topk and a.topk > len(classes):
+        raise UserError(f"--topk {a.topk}: the model has only {len(classes)} classes")
+    return a.topk or min(5, len(classes))

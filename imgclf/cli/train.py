@@ -6,6 +6,7 @@ import argparse
 from dataclasses import fields
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ..errors import UserError
 from .common import Help, M, T, add_data_flags
 
 
@@ -29,7 +30,11 @@ def add(sub) -> None:
                     "metrics and plots.",
         formatter_class=Help,
     )
-    p.add_argument("data", help="image folder (or a CSV of file,label[,is_valid])")
+    p.add_argument("data", nargs="?", help="image folder (or a CSV of file,label[,is_valid])")
+    p.add_argument("--resume", metavar="RUN", help="go on from RUN's last checkpoint, with RUN's own settings "
+                   "(config.json): give no DATA and no other training flag")
+    p.add_argument("--ckpt-every", type=int, metavar="N", help="a checkpoint every N training steps, besides each "
+                   "epoch's end (default: every 5 minutes of training; 0: epoch ends only)")
     p.add_argument("--out", help="run directory (default runs/<data-name>; never overwritten: -2, -3...)")
     add_data_flags(p.add_argument_group("data"))
     g = p.add_argument_group("model")
@@ -74,6 +79,11 @@ def add(sub) -> None:
                    help="weight init of a from-scratch model: the arch's own, or LSUV on the first batch "
                         "(unit output std per layer; skipped with a warning on pretrained weights)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _DEFAULTS.update(vars(p.parse_args([])))
+
+
+_DEFAULTS: dict = {}  # every flag's default: a resume refuses flags that differ from them
+_RESUME_KEEPS = {"resume", "quiet", "command", "func"}
 
 
 def config(a: argparse.Namespace) -> RunConfig:
@@ -92,7 +102,16 @@ def config(a: argparse.Namespace) -> RunConfig:
 def run(a: argparse.Namespace) -> None:
     from ..train.job import train
 
-    res = train(config(a), progress=not a.quiet)
+    if a.resume:
+        given = [k for k, v in vars(a).items() if k not in _RESUME_KEEPS and k in _DEFAULTS and v != _DEFAULTS[k]]
+        if given:
+            names = ", ".join("DATA" if k == "data" else "--" + k.replace("_", "-") for k in given)
+            raise UserError(f"--resume {a.resume} trains with the run's own settings (its config.json): drop {names}")
+        res = train(progress=not a.quiet, resume=a.resume)
+    else:
+        if not a.data:
+            raise UserError("give DATA (an image folder or a CSV), or --resume RUN")
+        res = train(config(a), progress=not a.quiet, ckpt_every=a.ckpt_every)
     m = res.metrics
     kept = f"  (kept {m['kept']})" if m.get("kept") else ""
     print(f"{_figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "

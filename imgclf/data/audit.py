@@ -1,8 +1,9 @@
 """Audit a data set before training: what `imgclf inspect` prints and writes to `inspect.json`.
 
 Counts per class and split, class imbalance, image sizes and modes (from file headers), files skipped
-and why, a trace of a few items through the pipeline (file -> label -> decoded -> presized -> tensor,
-fastai's `DataBlock.summary`), the batch the learner will see, and duplicates:
+and why, entries not used as images (by kind: hidden, other extensions, dangling symlinks...), a trace
+of a few items through the pipeline (file -> label -> decoded -> presized -> tensor, fastai's
+`DataBlock.summary`), the batch the learner will see, and duplicates:
 
 - exact: the same bytes (blake2b of the file);
 - near: the same picture re-saved, resized, brightened, recoloured a little or mirrored (training
@@ -277,6 +278,7 @@ class DataSummary:
     near_threshold: float = NEAR
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    unused: dict[str, Any] = field(default_factory=dict)  # entries not used as images: `Unused.to_dict()`
 
     @property
     def imbalance(self) -> float:
@@ -298,6 +300,7 @@ class DataSummary:
             "largest_class": max(train, key=train.get), "smallest_class": min(train, key=train.get),
             "image_sizes": self.image_sizes, "modes": self.modes, "formats": self.formats,
             "skipped_files": [{"path": str(p), "reason": r} for p, r in self.skipped],
+            "unused_entries": self.unused or {"total": 0, "counts": {}, "examples": {}},
             "trace": self.trace, "batch": self.batch,
             "duplicates": {
                 "exact_method": "blake2b of the file bytes",
@@ -346,6 +349,7 @@ def summarize(
         formats=dict(Counter(i.format for i in good).most_common()),
         skipped=sorted(skipped), trace=trace_items(data, infos, mean, std, n_samples),
         batch=batch_figures(data, mean, std), exact=exact, near=near, near_threshold=threshold,
+        unused=data.unused.to_dict(),
     )
     s.notes = advice(s, good)
     s.seconds = time.perf_counter() - t0
@@ -392,6 +396,10 @@ def batch_figures(data: ImageData, mean: Sequence[float], std: Sequence[float]) 
     }
 
 
+# unused kinds that are most likely a mistake (the others, hidden files and notes.txt, are ordinary)
+_BROKEN = ("dangling_symlink", "symlink_loop", "directory_named_like_image", "unreadable", "not_a_file")
+
+
 def advice(s: DataSummary, good: Sequence[FileInfo]) -> list[str]:
     """What to do about what the audit found: one line each, most serious first."""
     notes = []
@@ -404,6 +412,10 @@ def advice(s: DataSummary, good: Sequence[FileInfo]) -> list[str]:
         notes.append(f"{len(conflicts)} duplicate group(s) with different labels: at least one label in each is wrong")
     if s.skipped:
         notes.append(f"{len(s.skipped)} file(s) skipped (listed above): fix or delete them")
+    broken = {k: n for k, n in s.unused.get("counts", {}).items() if k in _BROKEN}
+    if broken:
+        notes.append(f"{sum(broken.values())} broken or misleading entr(ies) not used ("
+                     + ", ".join(f"{n} {k}" for k, n in broken.items()) + ", listed above): fix or delete them")
     if s.imbalance >= 3:
         train = s.counts["train"]
         notes.append(f"classes are imbalanced ({s.imbalance:.1f}x, {min(train, key=train.get)!r} smallest): "
@@ -484,6 +496,12 @@ def format_summary(s: DataSummary, max_classes: int = 50, max_groups: int = 10) 
     lines += [f"  {_rel(p, root)}: {why}" for p, why in s.skipped[:20]]
     if len(s.skipped) > 20:
         lines.append(f"  ... {len(s.skipped) - 20} more in inspect.json")
+    counts = s.unused.get("counts", {})
+    lines.append(f"not used: {sum(counts.values())} entr(ies)" + (":" if counts else ""))
+    for kind, n in counts.items():
+        shown = [_rel(Path(p), root) for p in s.unused["examples"].get(kind, [])]
+        more = f" and {n - len(shown)} more" if n > len(shown) else ""
+        lines.append(f"  {kind} {n}: {', '.join(shown)}{more}")
     lines += ["", "trace: file -> label -> decoded -> presized -> tensor"]
     for t in s.trace:
         f, d = t["file"], t["decoded"]

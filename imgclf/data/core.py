@@ -77,6 +77,8 @@ class ImageData:
         self.presize = presize_for(size, crop_pct)
         self.augment = augment or Augment()
         self.skipped: list[tuple[Path, str]] = []
+        self.unused = items.unused  # entries under the folder that are not images (by kind): one warning line
+        self.unused.warn(source)
         splits = {}
         self.in_memory = fits_in_memory(len(items.paths), self.presize) if in_memory is None else in_memory
         if arrays is not None and not self.in_memory:  # arrays have no file to decode later from
@@ -201,7 +203,7 @@ class ImageData:
                         source=self.source, progress=self.progress, labeller=self.labeller,
                         classes=self.classes if self.arrays is not None or self.task != "classify" else None,
                         arrays=self.arrays, task=self.task, stats=self.target_stats, crop_pct=self.crop_pct)
-        out.skipped = list(self.skipped)
+        out.skipped, out.unused = list(self.skipped), self.unused
         return out
 
     # --- loaders ---

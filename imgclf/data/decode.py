@@ -8,7 +8,9 @@ faster than at full size.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import statistics
 import warnings
 from collections.abc import Sequence
@@ -23,6 +25,10 @@ from tqdm.auto import tqdm
 
 class BadImage(Exception):
     """A file that is not a decodable image; the message says why."""
+
+
+class TooLarge(BadImage):
+    """An image with more pixels than allowed (a decompression bomb, or over a server's stricter limit)."""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -49,12 +55,60 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
-    """An RGB image upright per its EXIF orientation; JPEGs decode reduced to >= `min_size` on each side."""
+def _reason(e: Exception) -> str:
+    """Why PIL could not read a file, in a few words (its exception types vary by format)."""
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image PIL can read"
+    if isinstance(e, Image.DecompressionBombError):  # > 2x MAX_IMAGE_PIXELS: refused before decoding
+        n = [int(d) for d in re.findall(r"\d+", str(e))] + [0, 0]
+        return (f"too large ({n[0] / 1e6:.0f} Mpx, over PIL's decompression-bomb limit of {n[1] / 1e6:.0f} Mpx; "
+                "raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine)")
+    if isinstance(e, FileNotFoundError):
+        return "file not found"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return f"cannot decode ({e or type(e).__name__})"
+
+
+def _warn_if_huge(path: str | Path, img: Image.Image) -> None:
+    """Between 1x and 2x PIL's pixel limit (89-179 Mpx) PIL decodes with an anonymous warning; name the file."""
+    limit = Image.MAX_IMAGE_PIXELS
+    w, h = img.size
+    if limit and w * h > limit:
+        warnings.warn(f"{path}: {w}x{h} px ({w * h / 1e6:.0f} Mpx, over PIL's {limit / 1e6:.0f} Mpx "
+                      f"decompression-bomb warning limit); decoded anyway, ~{w * h * 3 >> 20} MiB", stacklevel=3)
+
+
+def check_header(path: str | Path) -> None:
+    """Raise `BadImage` for what the header alone shows (empty, not an image, too large); nothing decoded."""
     try:
         if os.path.getsize(path) == 0:
             raise BadImage("empty file (0 bytes)")
         with Image.open(path) as img:
+            _warn_if_huge(path, img)
+    except BadImage:
+        raise
+    except Exception as e:  # PIL raises many types for broken files; each becomes one named skip
+        raise BadImage(_reason(e)) from None
+
+
+def open_image(source: str | Path | bytes, min_size: int | None = None, max_pixels: int | None = None
+               ) -> Image.Image:
+    """An RGB image upright per its EXIF orientation; JPEGs decode reduced to >= `min_size` on each side.
+
+    `source` is a path or a file's bytes (an upload: the server decodes exactly as `predict` does).
+    Any failure is a `BadImage` whose message says why (empty, not an image, truncated, too large): the
+    caller skips the file and names it. The first frame of an animation is the image. `max_pixels` refuses
+    larger images from the header (`TooLarge`), before decoding: PIL itself only warns up to twice its limit,
+    and a 20 MB PNG can hold gigapixels of zeros."""
+    try:
+        if (len(source) if isinstance(source, bytes) else os.path.getsize(source)) == 0:
+            raise BadImage("empty file (0 bytes)")
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            w, h = img.size
+            if max_pixels and w * h > max_pixels:
+                raise TooLarge(f"{w}x{h} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
+            _warn_if_huge("upload" if isinstance(source, bytes) else source, img)
             if min_size and img.format == "JPEG":
                 img.draft("RGB", (min_size, min_size))
             img.load()
@@ -62,22 +116,27 @@ def open_image(path: str | Path, min_size: int | None = None) -> Image.Image:
             return _to_rgb(img)
     except BadImage:
         raise
-    except UnidentifiedImageError:
-        raise BadImage("not an image PIL can read") from None
     except Image.DecompressionBombError as e:
-        raise BadImage(f"too large ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadImage(f"cannot decode ({e})") from None
+        raise TooLarge(_reason(e)) from None
+    except Exception as e:  # PIL raises many types for broken files (OSError, SyntaxError, struct.error...)
+        raise BadImage(_reason(e)) from None
+
+
+def presize_image(img: Image.Image, size: int) -> Image.Image:
+    """The center square of `img` resampled to `size` x `size`, in any PIL mode: presizing's one geometry.
+
+    The square is cut from the source before resampling (`resize(box=...)`), so an image of extreme shape
+    (4000x3) costs what its square does: resizing it whole first would make a 341,333x256 image."""
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side),
+                      reducing_gap=3.0 if size / side < 0.5 else None)
 
 
 def presize(img: Image.Image, size: int) -> torch.Tensor:
     """Resize the short side to `size` and center-crop a square: a (3, size, size) uint8 tensor."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0 if scale < 0.5 else None)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    img = presize_image(img, size)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .decode import default_workers, presize
+from .decode import default_workers, presize, presize_image
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
@@ -169,13 +169,7 @@ def load_idx(folder: str | Path, n_train: int | None = None, n_valid: int | None
 
 def _presize_grey(a: np.ndarray, size: int) -> np.ndarray:
     """`decode.presize`'s geometry on one grey band (a third of the work of resizing RGB; identical values)."""
-    img = Image.fromarray(a)
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=3.0 if scale < 0.5 else None)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)))
+    return np.asarray(presize_image(Image.fromarray(a), size))
 
 
 def presize_arrays(images: torch.Tensor | np.ndarray, size: int, workers: int = 0, desc: str = "presize",

@@ -7,6 +7,7 @@ op, and augmentation runs as batch maths on the training device.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -47,6 +48,7 @@ class BatchLoader:
         self.generator = torch.Generator().manual_seed(seed)
         # a last batch of one breaks batch-norm in training: drop it there
         self.drop_last = shuffle and len(images) > 1 and len(images) % bs == 1
+        self.position = _Position(self.generator)
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -85,12 +87,24 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, targets = self._source()
         n = len(images)
+        start = self.position.begin()
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        start = self.position.seek(start)
         order = order.to(images.device) if isinstance(images, torch.Tensor) else order
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             idx = order[b * self.bs : (b + 1) * self.bs]
             xb = self._to_device(images[idx])
-            yield self.transform(xb), self._to_device(targets[idx])
+            batch = self.transform(xb), self._to_device(targets[idx])
+            self.position.batches = b + 1
+            yield batch
+        self.position.end()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: its generator, and within an epoch the batches given (see `_Position`)."""
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position.load_state_dict(state)
 
 
 class TensorLoader:
@@ -100,6 +114,7 @@ class TensorLoader:
         self.x, self.y, self.bs, self.shuffle = x, y, bs, shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.drop_last = shuffle and len(x) > 1 and len(x) % bs == 1
+        self.position = _Position(self.generator)
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -107,7 +122,63 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
+        start = self.position.begin()
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for b in range(len(self)):
+        start = self.position.seek(start)
+        for b in range(start, len(self)):
             idx = order[b * self.bs : (b + 1) * self.bs].to(self.x.device)
+            self.position.batches = b + 1
             yield self.x[idx], self.y[idx]
+        self.position.end()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position.load_state_dict(state)
+
+
+class _Position:
+    """A loader's place for an exact resume: its generator's state now, and, within an epoch, the state it had
+    when the epoch began (which replays the epoch's permutation) and how many batches it has given.
+
+    A loader draws the permutation at the start of an epoch, then each batch's augmentation from the same
+    generator; so a resumed epoch redraws the permutation from the epoch's start state, jumps the generator
+    to the saved state, and goes on from the saved batch: the rest of the epoch is what it would have been.
+    """
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+        self.epoch_state: torch.Tensor | None = None
+        self.batches = 0
+        self._pending: dict[str, Any] | None = None
+
+    def begin(self) -> int:
+        """Called as an epoch starts: the batch to start from (0 unless a loaded state says otherwise)."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending["epoch_state"] is None:
+            if pending is not None:
+                self.generator.set_state(pending["state"])
+            self.epoch_state, self.batches = self.generator.get_state(), 0
+            return 0
+        self.generator.set_state(pending["epoch_state"])
+        self.epoch_state, self.batches = pending["epoch_state"], pending["batches"]
+        self._resume_state = pending["state"]
+        return pending["batches"]
+
+    def seek(self, start: int) -> int:
+        """After the permutation is drawn: jump to the saved generator state when resuming mid-epoch."""
+        if start:
+            self.generator.set_state(self._resume_state)
+        return start
+
+    def end(self) -> None:
+        self.epoch_state, self.batches = None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        mid = self.epoch_state is not None and self.batches > 0
+        return {"state": self.generator.get_state(), "epoch_state": self.epoch_state if mid else None,
+                "batches": self.batches if mid else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = state

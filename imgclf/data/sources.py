@@ -2,23 +2,97 @@
 
 Every source returns the same thing, an `Items` record (paths, labels, is_valid), so splitting,
 decoding and loading have one path whatever the labels came from.
+
+Listing a folder accounts for every entry it does not use (`Unused`, by kind): hidden files and folders,
+other extensions, folders named like images, dangling symlinks, symlink loops, unreadable entries and
+entries beside the train/ and valid/ folders. Symlinks to images and folders that exist are followed.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import os
 import random
 import re
+import stat
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 from ..errors import UserError
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 VALID_NAMES = ("valid", "val", "validation")
 TRAIN_NAMES = ("train", "training")
+
+
+# why an entry under DATA is not used, in the order they are reported
+UNUSED_KINDS = ("not_image_ext", "hidden", "directory_named_like_image", "dangling_symlink", "symlink_loop",
+                "unreadable", "not_a_file", "outside_split")
+
+
+@dataclass
+class Unused:
+    """Entries under a data folder that are not used as images: a count per kind and a few example paths.
+
+    Kinds: `not_image_ext` (notes.txt, x.jpg.bak), `hidden` (.DS_Store, .ipynb_checkpoints/: not looked
+    into), `directory_named_like_image` (a folder `x.jpg/`; what it holds is still listed), `dangling_symlink`,
+    `symlink_loop` (a link to itself or to a folder above it), `unreadable` (no permission), `not_a_file`
+    (a FIFO, socket or device) and `outside_split` (beside train/ and valid/, e.g. a test/ folder)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[Path]] = field(default_factory=dict)
+    max_examples: ClassVar[int] = 5
+
+    def add(self, kind: str, path: Path) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        shown = self.examples.setdefault(kind, [])
+        if len(shown) < self.max_examples:
+            shown.append(path)
+
+    def update(self, other: Unused) -> None:
+        for kind, n in other.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + n
+            shown = self.examples.setdefault(kind, [])
+            shown += other.examples.get(kind, [])[: self.max_examples - len(shown)]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """For metrics.json and inspect.json: {"total", "counts": {kind: n}, "examples": {kind: [path]}}."""
+        kinds = sorted(self.counts, key=_kind_order)
+        return {"total": self.total, "counts": {k: self.counts[k] for k in kinds},
+                "examples": {k: [str(p) for p in self.examples.get(k, [])] for k in kinds}}
+
+    def describe(self, root: str | Path | None = None) -> str:
+        """One line: `3 not_image_ext (e.g. a/notes.txt), 1 dangling_symlink (e.g. b/gone.jpg)`."""
+        def rel(p: Path) -> str:
+            try:
+                return str(p.relative_to(root)) if root is not None else str(p)
+            except ValueError:
+                return str(p)
+
+        return ", ".join(f"{self.counts[k]} {k} (e.g. {rel(self.examples[k][0])})"
+                         for k in sorted(self.counts, key=_kind_order))
+
+    def warn(self, where: str | Path) -> None:
+        """One warning line naming the kinds, with an example of each; a no-op when nothing is unused."""
+        if self:
+            warnings.warn(f"{where}: {self.total} entr{'y' if self.total == 1 else 'ies'} not used as images: "
+                          f"{self.describe(where)}", stacklevel=3)
+
+
+def _kind_order(kind: str) -> int:
+    return UNUSED_KINDS.index(kind) if kind in UNUSED_KINDS else len(UNUSED_KINDS)
 
 
 @dataclass
@@ -29,6 +103,7 @@ class Items:
     labels: list[str]
     is_valid: list[bool]
     tags: list[list[str]] | None = None  # multi-label from folders: each item's folder names (may hold spaces)
+    unused: Unused = field(default_factory=Unused)  # entries under the folder(s) listed that are not images
 
     def item_tags(self) -> list[list[str]]:
         """Each item's tags: the folders it was found in, else its label split on spaces (a CSV's tags)."""
@@ -45,21 +120,83 @@ def is_image_file(path: Path) -> bool:
 
 def find_images(path: str | Path) -> list[Path]:
     """Image files under `path`, recursively, sorted; hidden files and folders are ignored."""
+    return scan_images(path)[0]
+
+
+def scan_images(path: str | Path) -> tuple[list[Path], Unused]:
+    """Image files under `path` (recursively, sorted) and the entries left out, by kind (see `Unused`).
+
+    Symlinks are followed, to files and to folders; a link back to a folder above it is a `symlink_loop`
+    and is not walked again. Hidden entries (a leading dot) are counted, not looked into."""
     root = Path(path)
     if not root.exists():
         raise UserError(f"{root}: no such file or directory")
     if root.is_file():
         if not is_image_file(root):
             raise UserError(f"{root}: not an image file (extensions: {', '.join(sorted(IMAGE_EXTS))})")
-        return [root]
-    found = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root).parts
-        if any(part.startswith(".") for part in rel):
+        return [root], Unused()
+    found: list[Path] = []
+    unused = Unused()
+    st = root.stat()
+    stack = [(root, frozenset({(st.st_dev, st.st_ino)}))]  # a folder and the folders above it (loop guard)
+    while stack:
+        folder, above = stack.pop()
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            unused.add("unreadable", folder)
             continue
-        if p.is_file() and is_image_file(p):
-            found.append(p)
-    return sorted(found)
+        for name in names:
+            p = folder / name
+            kind, st = _entry_kind(p)
+            if kind == "dir":
+                key = (st.st_dev, st.st_ino)
+                if key in above:
+                    unused.add("symlink_loop", p)
+                    continue
+                if p.suffix.lower() in IMAGE_EXTS:
+                    unused.add("directory_named_like_image", p)
+                stack.append((p, above | {key}))
+            elif kind == "image":
+                found.append(p)
+            else:
+                unused.add(kind, p)
+    return sorted(found), unused
+
+
+def entry_kind(path: str | Path) -> str:
+    """What one path is: "dir", "image", or the `Unused` kind that leaves it out (e.g. "dangling_symlink")."""
+    return _entry_kind(Path(path))[0]
+
+
+def _entry_kind(p: Path) -> tuple[str, os.stat_result | None]:
+    """What one directory entry is: "dir", "image", or the `Unused` kind that leaves it out; and its stat."""
+    if p.name.startswith("."):
+        return "hidden", None
+    try:
+        st = p.stat()  # follows symlinks
+    except OSError as e:
+        if p.is_symlink():
+            return ("symlink_loop" if e.errno == errno.ELOOP else "dangling_symlink"), None
+        return "unreadable", None
+    if stat.S_ISDIR(st.st_mode):
+        return "dir", st
+    if not stat.S_ISREG(st.st_mode):
+        return "not_a_file", st
+    if p.suffix.lower() not in IMAGE_EXTS:
+        return "not_image_ext", st
+    if not os.access(p, os.R_OK):
+        return "unreadable", st
+    return "image", st
+
+
+def _account_level(folder: Path, used: Sequence[Path], unused: Unused) -> None:
+    """Entries of one folder level that are not `used` (the split folders, or the one wrapping folder)."""
+    for p in sorted(folder.iterdir()):
+        if p in used:
+            continue
+        kind, _ = _entry_kind(p)
+        unused.add("outside_split" if kind in ("dir", "image") else kind, p)
 
 
 def _require_images(paths: Sequence[Path], where: Path) -> None:
@@ -98,19 +235,31 @@ def _find_split_dirs(root: Path, valid: str | None) -> tuple[Path, Path] | None:
 
 
 def label_from_re(pattern: str):
-    """A labeller taking the regex's first group (or whole match) on the file name."""
+    """A labeller taking the regex's first capture group on the file name (without a group, the whole match).
+
+    A pattern without a group that matches a whole file name (`^.+_\\d+\\.jpg$`) is refused: it made every
+    file its own class, and the error that followed listed file names as classes without training images."""
     try:
         rx = re.compile(pattern)
     except re.error as e:
-        raise UserError(f"--label-re {pattern!r}: invalid regex ({e})") from None
+        raise UserError(f"--label-re '{pattern}': invalid regex ({e})") from None
 
     def label(path: Path) -> str:
         m = rx.search(path.name)
         if m is None:
-            raise UserError(f"{path}: file name does not match --label-re {pattern!r}")
+            raise UserError(f"{path}: file name does not match --label-re '{pattern}'")
+        if not rx.groups and m.group(0) == path.name:
+            raise _no_group(pattern, f"it matches all of {path.name!r}")
+        if not m.group(1 if rx.groups else 0):
+            raise UserError(f"{path}: --label-re '{pattern}' matches but its label group is empty")
         return m.group(1) if rx.groups else m.group(0)
 
     return label
+
+
+def _no_group(pattern: str, why: str) -> UserError:
+    return UserError(f"--label-re '{pattern}' has no capture group and {why}, so every file would be its own "
+                     r"class: put the label part of the name in parentheses, e.g. '^(.+)_\d+\.jpg$'")
 
 
 def _check_folder_classes(split_root: Path, labels: Sequence[str]) -> None:
@@ -136,27 +285,35 @@ def items_from_folder(
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root}: no such directory")
-    root = _unwrap(root)
+    unused = Unused()
+    root = _unwrap(root, unused)
     dirs = _find_split_dirs(root, valid)
     if dirs is not None:
+        _account_level(root, dirs, unused)
         parts = []
         for d, is_valid in ((dirs[0], False), (dirs[1], True)):
-            paths = find_images(d)
+            paths, left_out = scan_images(d)
+            unused.update(left_out)
             _require_images(paths, d)
             parts.append((paths, _labels(paths, d, label_re), [is_valid] * len(paths)))
         items = Items(*(a + b for a, b in zip(*parts, strict=True)))
-        return merge_by_content(items) if multi_label else items
-    paths = find_images(root)
+        items = merge_by_content(items) if multi_label else items
+        items.unused = unused
+        return items
+    paths, left_out = scan_images(root)
+    unused.update(left_out)
     _require_images(paths, root)
     items = Items(paths, _labels(paths, root, label_re), [False] * len(paths))
     if multi_label:
         items = merge_by_content(items)
     items.is_valid = random_split(len(items.paths), valid_pct, seed)
+    items.unused = unused
     return items
 
 
-def _unwrap(root: Path) -> Path:
-    """Step into a lone wrapping folder (`data/hymenoptera_data/train/...`, as archives unpack)."""
+def _unwrap(root: Path, unused: Unused) -> Path:
+    """Step into a lone wrapping folder (`data/hymenoptera_data/train/...`, as archives unpack); what lies
+    beside a folder stepped into (a README, .DS_Store) goes into `unused`."""
     while True:
         entries = [p for p in root.iterdir() if not p.name.startswith(".")]
         subdirs = [p for p in entries if p.is_dir()]
@@ -167,6 +324,7 @@ def _unwrap(root: Path) -> Path:
         inner = [p for p in subdirs[0].iterdir() if p.is_dir() and not p.name.startswith(".")]
         if len(inner) < 2 and not any(n.name in TRAIN_NAMES for n in inner):
             return root  # a single class folder: let the one-class check say so
+        _account_level(root, subdirs, unused)
         root = subdirs[0]
 
 
@@ -174,7 +332,10 @@ def _labels(paths: Sequence[Path], split_root: Path, label_re: str | None) -> li
     """Labels by regex on names, or by the first folder under `split_root` (torchvision's ImageFolder)."""
     if label_re:
         labeller = label_from_re(label_re)
-        return [labeller(p) for p in paths]
+        labels = [labeller(p) for p in paths]
+        if re.compile(label_re).groups == 0 and len(paths) > 2 and len(set(labels)) == len(labels):
+            raise _no_group(label_re, f"its whole match differs for each of the {len(paths)} files")
+        return labels
     loose = next((p for p in paths if p.parent == split_root), None)
     if loose is not None:
         raise UserError(

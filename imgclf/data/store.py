@@ -7,16 +7,14 @@ finds zero-byte and non-image files up front.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from .decode import BadImage, default_workers, load_presized, warn_skipped
+from .decode import BadImage, check_header, default_workers, load_presized, warn_skipped
 
 
 def available_memory() -> int:
@@ -40,15 +38,10 @@ def screen(paths: Sequence[Path]) -> tuple[list[int], list[tuple[Path, str]]]:
     keep, bad = [], []
     for i, p in enumerate(paths):
         try:
-            if os.path.getsize(p) == 0:
-                raise BadImage("empty file (0 bytes)")
-            with Image.open(p):
-                pass
+            check_header(p)  # the same reasons decoding gives: empty, not an image, too large
             keep.append(i)
         except BadImage as e:
             bad.append((p, str(e)))
-        except Exception as e:  # PIL raises several types for files that are not images
-            bad.append((p, f"not an image PIL can read ({type(e).__name__})"))
     if bad:
         warn_skipped(bad)
     return keep, bad

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.idx import is_idx_folder, load_idx, presize_arrays
-from ..data.sources import Items, find_images, items_from_csv, items_from_folder, label_from_re
+from ..data.sources import Items, Unused, items_from_csv, items_from_folder, label_from_re, scan_images
 from ..data.targets import encode_targets
 from ..errors import UserError
 from ..train.metrics import accuracy_multi, fbeta_multi, mae, rmse
@@ -29,12 +29,12 @@ def labelled_items(path: str | Path, label_re: str | None = None, label_col: str
     if any((root / n).is_dir() for n in ("valid", "val", "validation")) and (root / "train").is_dir():
         items = items_from_folder(root, label_re=label_re)
         paths, labels = items.split(valid=True)
-        return Items(paths, labels, [True] * len(paths))
-    paths = find_images(root)
+        return Items(paths, labels, [True] * len(paths), unused=items.unused)
+    paths, unused = scan_images(root)
     if not paths:
         raise UserError(f"{root}: no images found")
     labeller = label_from_re(label_re) if label_re else (lambda p: p.parent.name)
-    return Items(paths, [labeller(p) for p in paths], [True] * len(paths))
+    return Items(paths, [labeller(p) for p in paths], [True] * len(paths), unused=unused)
 
 
 def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None = None, bs: int = 64,
@@ -46,20 +46,26 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     units. With `tta` the same figures prefixed `tta_` (center + flip views averaged), from the same pass."""
     predictor = run if isinstance(run, Predictor) else load_model(run)
     names = TTA_VIEWS if tta else ("center",)
+    unused = Unused()  # entries under `data` not used as images: one warning, and listed in the result
     if is_idx_folder(Path(data)):  # IDX files (Fashion-MNIST): the t10k test set, as arrays
         view_probs, targets, skipped = _idx_outputs(predictor, data, bs, names, progress)
     else:
         items = labelled_items(data, label_re, label_col)
+        unused = items.unused
+        unused.warn(data)
         targets_all = encode_targets(items, predictor.task, str(data), names=predictor.classes, stats=(0.0, 1.0),
                                      require_split=False).values
         view_probs, kept, skipped = predictor.probs_files(items.paths, bs=bs, progress=progress, names=names)
         row = {str(p): i for i, p in enumerate(items.paths)}
         targets = targets_all[[row[str(p)] for p in kept]]
+    if len(targets) == 0:  # every file was skipped (and named): there is nothing to score
+        raise UserError(f"{data}: none of the {len(skipped)} image file(s) could be decoded")
     task = predictor.task
     res = {**_scores(view_probs[0], targets, predictor), "n": len(targets)}
     if task != "regression":
         res[f"per_class_{_PER_CLASS[task]}"] = _per_class(view_probs[0], targets, predictor)
     res["skipped_files"] = [{"path": str(p), "reason": r} for p, r in skipped]
+    res["unused_entries"] = unused.to_dict()
     if tta:
         res.update({f"tta_{k}": v for k, v in _scores(combine(view_probs), targets, predictor).items()})
         res["tta_views"] = list(TTA_VIEWS)

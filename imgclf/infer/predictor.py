@@ -19,8 +19,7 @@ from ..data.augment import center_batch
 from ..data.decode import decode_all, presize
 from ..data.decode import open_image as _open
 from ..errors import UserError
-from ..models import create_model
-from ..rundir import read_run
+from ..models import model_from_run
 from ..train.learner import pick_device, resolve_precision
 from .tta import TTA_VIEWS, combine, views
 
@@ -37,6 +36,16 @@ class Prediction:
     path: str | None = None
     tags: list[str] = field(default_factory=list)  # multi-label: every tag above the run's threshold
     value: float | None = None  # regression
+
+    def topk(self, k: int = 5) -> list[tuple[str, float]]:
+        """The `k` most probable classes with their probabilities, best first (fewer when the model has fewer
+        classes; ties keep the classes' order). Multi-label: the `k` likeliest tags, each probability its own
+        yes/no, so they need not sum to 1. A regression has no classes to rank: a UserError."""
+        if self.value is not None:
+            raise UserError("top-k needs classes; a regression run predicts one number")
+        if k < 1:
+            raise UserError(f"top-k: k must be at least 1, not {k}")
+        return sorted(self.probs.items(), key=lambda kv: kv[1], reverse=True)[:k]
 
 
 class Predictor:
@@ -103,6 +112,12 @@ class Predictor:
         out = self.view_probs(presize(img, self.presize)[None], TTA_VIEWS if tta else ("center",))
         return self._prediction(combine(out)[0], path)
 
+    def predict_batch(self, images: torch.Tensor, tta: bool = False) -> list[Prediction]:
+        """Predictions for a uint8 (B, 3, presize, presize) batch of presized images, one forward pass (what
+        `serve` runs on the images of requests that arrive together)."""
+        out = self.view_probs(images, TTA_VIEWS if tta else ("center",))
+        return [self._prediction(p, None) for p in combine(out)]
+
     def predict_files(self, paths: Sequence[str | Path], bs: int = 64, progress: bool = True, tta: bool = False
                       ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
         """Predictions for files, decoded in chunks; files that cannot be decoded are skipped and returned.
@@ -151,9 +166,14 @@ def submission_rows(preds: Sequence[Prediction]) -> list[tuple[str, str]]:
     return sorted(rows)
 
 
-def load_model(run: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
-    """The model of a run directory (`model.safetensors` + `model.json`); never unpickles."""
-    state, meta = read_run(run)
-    model, _ = create_model(meta["arch"], len(meta["classes"]), pretrained=False)
-    model.load_state_dict(state)
+def load_model(run: str | Path, device: str = "auto", precision: str = "auto", backend: str = "eager") -> Predictor:
+    """The model of a run directory (`model.safetensors` + `model.json`); never unpickles.
+
+    `backend` "onnx", "int8" or "torchscript": the file `imgclf export` wrote into the run (`infer.runtime`),
+    behind the same `Predictor` interface."""
+    if backend != "eager":
+        from .runtime import load_exported
+
+        return load_exported(run, backend, device=device)
+    model, meta = model_from_run(run)
     return Predictor(model, meta, device=device, precision=precision)

@@ -8,11 +8,12 @@ from .registry import (
     create_model,
     layer_groups,
     list_models,
+    model_from_run,
     recommended_size,
     register_model,
 )
 
 __all__ = [
-    "DEFAULT_ARCH", "ModelMeta", "create_model", "layer_groups", "list_models", "recommended_size",
+    "DEFAULT_ARCH", "ModelMeta", "create_model", "layer_groups", "list_models", "model_from_run", "recommended_size",
     "register_model", "lsuv_init",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import socket
-import warnings
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import timm
 from torch import nn
 
+from ..errors import UserError
 from .weights import embedded_lite0_path, load_into, read_state_dict, resolve
 
 DEFAULT_ARCH = "efficientnet_lite0"
@@ -96,20 +97,15 @@ def create_model(
     """A classifier for `num_classes` and its meta.
 
     Weights, in order of precedence: a `weights` file or URL; the embedded ImageNet weights of the
-    default arch; timm's pretrained download (falls back to random init with a warning when offline).
+    default arch; timm's pretrained weights (cached or downloaded; a `UserError` naming --weights and
+    --no-pretrained when they cannot be had: `check_pretrained`).
     kwargs go to the model's constructor (timm's and ours alike): `drop_rate`, `in_chans`...
     """
-    from ..errors import UserError
-
     if arch in _OWN:
         model = _OWN[arch](num_classes=num_classes, **kwargs)
         meta = ModelMeta(arch, pretrained="none")
     else:
-        timm_name = EMBEDDED[arch][0] if arch in EMBEDDED else arch
-        if not timm.is_model(timm_name):
-            close = timm.list_models(f"*{arch}*")[:5]
-            hint = f"; similar: {', '.join(close)}" if close else ""
-            raise UserError(f"--arch {arch}: unknown architecture{hint} (see `imgclf models`)")
+        timm_name = _timm_name(arch)
         embedded = pretrained and weights is None and arch in EMBEDDED
         if embedded:  # the embedded file holds an ImageNet head: load it whole, then replace the head
             model = timm.create_model(timm_name, pretrained=False, **kwargs)
@@ -119,7 +115,7 @@ def create_model(
                 model.reset_classifier(num_classes)
             got_weights = True
         else:
-            model, got_weights = _timm_model(timm_name, num_classes, pretrained and weights is None, **kwargs)
+            model, got_weights = _timm_model(arch, timm_name, num_classes, pretrained and weights is None, **kwargs)
         cfg = model.pretrained_cfg
         meta = ModelMeta(
             arch, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
@@ -135,7 +131,7 @@ def create_model(
 
 def _hub_reachable(host: str = "huggingface.co") -> bool:
     """A quick DNS look-up, so an offline machine does not sit through the hub client's retries (~45 s)."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
     try:
         socket.getaddrinfo(host, 443)
@@ -144,19 +140,70 @@ def _hub_reachable(host: str = "huggingface.co") -> bool:
         return False
 
 
-def _timm_model(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> tuple[nn.Module, bool]:
-    """timm's model, with its published weights when they can be had; (model, whether they loaded)."""
+def _cached_weights(timm_name: str) -> bool:
+    """Whether timm's pretrained weights for `timm_name` are already on disk (Hugging Face or torch hub cache)."""
+    cfg = timm.get_pretrained_cfg(timm_name)
+    if cfg is None:
+        return False
+    if cfg.file and os.path.isfile(cfg.file):
+        return True
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(repo, n, revision=revision or None), str) for n in names):
+            return True
+    if cfg.url:
+        import torch.hub
+
+        name = os.path.basename(urllib.parse.urlparse(cfg.url).path)
+        return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", name))
+    return False
+
+
+def _no_weights(arch: str, why: str) -> UserError:
+    return UserError(f"--arch {arch}: pretrained weights unavailable ({why}); pass --weights FILE to start from a "
+                     "weights file (or URL), or --no-pretrained to train from scratch")
+
+
+def check_pretrained(arch: str, pretrained: bool = True, weights: str | None = None) -> None:
+    """Fail fast, before any data is decoded, when `create_model(arch, pretrained=...)` could not get weights:
+    an unknown arch, a timm arch with no published weights, or weights neither cached nor downloadable
+    (offline, or `HF_HUB_OFFLINE=1`). Ours and the embedded default never need the network."""
+    if weights is not None and not str(weights).startswith(("http://", "https://")) and not os.path.isfile(weights):
+        raise UserError(f"{weights}: weights file not found")
+    if arch in _OWN:
+        return
+    timm_name = _timm_name(arch)
+    if not pretrained or weights is not None or arch in EMBEDDED:
+        return
+    cfg = timm.get_pretrained_cfg(timm_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise _no_weights(arch, "timm publishes none for it")
+    if not _cached_weights(timm_name) and not _hub_reachable():
+        raise _no_weights(arch, "not in the cache, and the Hugging Face hub cannot be reached")
+
+
+def _timm_name(arch: str) -> str:
+    """timm's name for `arch`, or a `UserError` naming similar ones when there is none."""
+    timm_name = EMBEDDED[arch][0] if arch in EMBEDDED else arch
+    if not timm.is_model(timm_name):
+        close = timm.list_models(f"*{arch}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise UserError(f"--arch {arch}: unknown architecture{hint} (see `imgclf models`)")
+    return timm_name
+
+
+def _timm_model(arch: str, name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> tuple[nn.Module, bool]:
+    """timm's model, with its published weights when `pretrained`; (model, whether they loaded). Weights that
+    cannot be had are an error, not a silent from-scratch run: the user asked for a pretrained start."""
     if pretrained:
-        why = "no network"
-        if _hub_reachable():
-            try:
-                return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs), True
-            except Exception as e:  # no weights published for this arch, or the download failed
-                why = type(e).__name__
-        warnings.warn(
-            f"{name}: pretrained weights unavailable ({why}); training from random init. "
-            "Pass --weights FILE (or URL) to start from other weights.", stacklevel=3,
-        )
+        check_pretrained(arch)
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs), True
+        except Exception as e:  # the download failed, or the cache holds a broken file
+            raise _no_weights(arch, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs), False
 
 
@@ -176,3 +223,15 @@ def layer_groups(model: nn.Module, n_body: int = 2) -> list[list[nn.Parameter]]:
         groups[min(n_body - 1, seen * n_body // max(total, 1))].append(p)
         seen += p.numel()
     return [g for g in groups if g] + [head]
+
+
+def model_from_run(run: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """(model with the run's weights, its meta) from a run directory: the one way prediction, export,
+    distillation and pruning rebuild a trained model. Never unpickles; weights of another architecture and
+    broken files are one-line `UserError`s (rundir)."""
+    from ..rundir import MODEL_FILE, load_weights, read_run
+
+    state, meta = read_run(run)
+    model, _ = create_model(meta["arch"], len(meta["classes"]), pretrained=False)
+    load_weights(model, state, os.path.join(run, MODEL_FILE))
+    return model, meta

@@ -1,12 +1,19 @@
 """`train(config)`: the whole job behind `imgclf train`, from a folder to a run directory.
 
 Data -> learner -> (lr_find) -> fine_tune -> export, writing into a fresh run directory:
-model.safetensors, model.json, config.json, history.csv, metrics.json, loss.png, lr_find.png.
+model.safetensors, model.json, config.json, history.csv, metrics.json, loss.png, lr_find.png, train.log.
+
+A run's life: the directory is made once the data loaded (a user error before that leaves nothing), with
+config.json saying `"status": "running"`; checkpoints follow (train/checkpoint.py); the end sets "done", and a
+stop sets "interrupted" (Ctrl-C) or "failed: <why>", keeping the best weights so far. `train(resume=RUN)`
+goes on from RUN's last checkpoint with RUN's own config.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,9 +32,19 @@ from ..data.targets import check_task
 from ..errors import UserError
 from ..models import recommended_size
 from ..models.init import summarize_lsuv
-from ..models.registry import own_models
-from ..rundir import new_run_dir, write_json
-from .callbacks import Callback, CSVLogger, CutMix, EarlyStopping, MixUp, SaveBestModel
+from ..models.registry import check_pretrained, own_models
+from ..rundir import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    check_version,
+    log_to,
+    new_run_dir,
+    read_json,
+    update_config,
+    write_json,
+)
+from .callbacks import Callback, CSVLogger, CutMix, EarlyStopping, MixUp, NonFiniteLoss, SaveBestModel
+from .checkpoint import Checkpointer, TrainingInterrupted
 from .recipes import RECIPES, auto_fit
 from .schedule import get_schedule
 from .vision import VisionLearner, vision_learner
@@ -126,9 +143,19 @@ def _save_fig(fig, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
-    """Run the configured training and write its run directory; returns where, and the figures."""
+def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Path | None = None,
+          ckpt_every: int | None = None) -> TrainResult:
+    """Run the configured training and write its run directory; returns where, and the figures.
+
+    `ckpt_every`: a checkpoint every N training steps besides each epoch's end (None: every 5 minutes of
+    training; 0: epoch ends only). `resume`: a run directory to go on from, with its own config (give no
+    `cfg`, or the same one)."""
     t_start = time.perf_counter()
+    out: Path | None = None
+    if resume is not None:
+        cfg, out, ckpt_every = resume_config(resume, cfg)
+    if cfg is None:
+        raise UserError("train: give a RunConfig, or a run directory to resume")
     tc = cfg.train
     if not cfg.data.path:
         raise UserError("no data path given")
@@ -139,12 +166,56 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     if tc.recipe not in JOB_RECIPES:
         raise UserError(f"--recipe {tc.recipe}: choose {', '.join(JOB_RECIPES)}")
     get_schedule(tc.schedule)  # a bad name fails before the data loads
+    check_pretrained(cfg.model.arch, cfg.model.pretrained, cfg.model.weights)  # so do weights that cannot be had
     if tc.mixup < 0 or tc.cutmix < 0:
         raise UserError("--mixup and --cutmix take an alpha >= 0 (0: off)")
+    from ..data.datasets import resolve_config  # a known data set's name -> its cached folder (downloaded first)
+
+    cfg = resolve_config(cfg, progress)
     seed_everything(cfg.data.seed)
     size, crop = resolve_size(cfg, is_scratch(cfg))
     data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
-    out = new_run_dir(cfg.out or default_out(cfg))
+    fresh = out is None
+    out = out or new_run_dir(cfg.out or default_out(cfg))
+    ck = Checkpointer(out, ckpt_every)
+    if fresh:
+        write_json(out / CONFIG_FILE, {**saved_config(cfg, out, ckpt_every), "status": "running"})
+    else:
+        update_config(out, status="running")
+        if not ck.load():  # killed before its first checkpoint: the run starts over, in its own directory
+            (out / "history.csv").unlink(missing_ok=True)
+    try:
+        with ck.catch_interrupts(), log_to(out / "train.log"):
+            print(f"{'resuming' if not fresh else 'training'} {out}: checkpoints at each epoch's end"
+                  + (f" and every {ckpt_every} steps" if ckpt_every else " and every 5 minutes" if ckpt_every is None
+                     else "") + f"; Ctrl-C stops cleanly, `imgclf train --resume {out}` goes on")
+            if ck.last:
+                print(f"resuming from the checkpoint at {ck.last}")
+            return _run(cfg, data, out, ck, progress, t_start)
+    except TrainingInterrupted:
+        _stopped(out, ck, "interrupted", keep_best=True)
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: out at once
+        _stopped(out, ck, "interrupted", keep_best=False)
+        raise
+    except NonFiniteLoss as e:
+        _stopped(out, ck, f"failed: {e}", keep_best=True)
+        raise
+    except UserError as e:
+        if fresh and ck.n_written == 0:  # a user error before training began: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            _stopped(out, ck, f"failed: {e}", keep_best=False)
+        raise
+    except Exception as e:
+        _stopped(out, ck, f"failed: {type(e).__name__}: {e}", keep_best=False)
+        raise
+
+
+def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress: bool, t_start: float
+         ) -> TrainResult:
+    """The recipe, then the run directory's files: the part of `train` that a resume replays."""
+    tc = cfg.train
     recipe, why = _pick_recipe(cfg, data)
     lr = recipe_lr(cfg, recipe)
     lr_auto = lr == "auto"
@@ -157,7 +228,7 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     t_fit = time.perf_counter()
     if recipe in ("fine_tune", "scratch"):
         fit = _fine_tune_recipe if recipe == "fine_tune" else _scratch_recipe
-        learn, resolved, finder = fit(cfg, data, out, learner_kwargs)
+        learn, resolved, finder = fit(cfg, data, out, learner_kwargs, ck)
         if why:
             resolved["why"] = [why]
             print(f"recipe: {recipe} — {why}")
@@ -165,9 +236,11 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
         res = auto_fit(
             data, cfg.model.arch, budget=tc.budget, recipe=tc.recipe, sizes=[cfg.data.size] if cfg.data.size else None,
             max_epochs=tc.max_epochs, base_lr=None if lr_auto else float(lr), log_csv=out / "history.csv",
+            checkpointer=ck,
             **{k: v for k, v in learner_kwargs.items() if k != "seed"}, seed=cfg.data.seed,
         )
         learn, finder = res.learner, res.lr_find
+        ck.learner = learn
         write_json(out / "recipe.json", res.report)
         resolved = {"recipe": res.report["chosen"], "why": res.report["why"], "lr": res.report.get("lr")}
         print(f"recipe: {res.report['chosen']} — " + "; ".join(res.report["why"]))
@@ -186,22 +259,77 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
         resolved["target_mean"], resolved["target_std"] = data.target_stats
     final = learn.choose_threshold() if data.task == "multi_label" else learn.validate()
     learn.export(out)
-    saved = cfg.to_dict()  # paths made absolute, so interpret/report find the data from anywhere
-    saved["data"]["path"] = str(Path(cfg.data.path).resolve())
-    if cfg.data.csv:
-        saved["data"]["csv"] = str(Path(cfg.data.csv).resolve())
-    write_json(out / "config.json", {**saved, "out": str(out), "resolved": resolved})
+    write_json(out / CONFIG_FILE, {**saved_config(cfg, out, ck.every), "status": "done", "resolved": resolved})
     metrics = {
         **final, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start,
         "n_train": data.n_train, "n_valid": data.n_valid, "n_classes": len(data.classes),
         "counts": data.counts(),  # images per class and split, as trained: the report reads them here
         "kept": resolved.get("kept") or resolved.get("recipe"),
         "skipped_files": [{"path": str(p), "reason": r} for p, r in data.skipped],
+        "unused_entries": data.unused.to_dict(),  # entries under DATA not used as images, by kind
     }
     write_json(out / "metrics.json", metrics)
     if learn.recorder.history:
         _save_fig(learn.recorder.plot_loss(), out / "loss.png")
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # a done run is not resumed: its weights are the model's
+    print(f"checkpoints: {ck.n_written} written in {ck.seconds:.1f}s (removed: the run is done)")
     return TrainResult(out, metrics, learn)
+
+
+def saved_config(cfg: RunConfig, out: Path, ckpt_every: int | None) -> dict[str, Any]:
+    """config.json's settings: the config with paths made absolute (interpret/report and a resume find the data
+    from anywhere), where the run is, its checkpoint interval and the imgclf that wrote it."""
+    from .. import __version__
+
+    saved = cfg.to_dict()
+    saved["data"]["path"] = str(Path(cfg.data.path).resolve())
+    if cfg.data.csv:
+        saved["data"]["csv"] = str(Path(cfg.data.csv).resolve())
+    return {**saved, "out": str(out), "checkpoint": {"every": ckpt_every}, "imgclf_version": __version__}
+
+
+def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunConfig, Path, int | None]:
+    """(config, run directory, checkpoint interval) of a run to resume, from its config.json. A resume takes the
+    whole config from there: a `cfg` given as well must train the same way (data paths aside)."""
+    run = Path(run)
+    path = run / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{run}: no {CONFIG_FILE}: not a run directory of `imgclf train`")
+    saved = read_json(path)
+    check_version(saved.get("imgclf_version"), path)
+    if "distill" in saved:
+        raise UserError(f"{run}: a distillation run; --resume continues runs of `imgclf train`")
+    status = saved.get("status", "done")  # runs from before statuses were written are finished ones
+    if status == "done":
+        raise UserError(f"{run}: this run is done, nothing to resume (its model: {run / 'model.safetensors'})")
+    resumed = RunConfig.from_dict(saved)
+    resumed.out = str(run)
+    if cfg is not None:
+        diff = [f"{part}.{k}" for part in ("model", "train") for k, v in vars(getattr(cfg, part)).items()
+                if getattr(getattr(resumed, part), k) != v]
+        if diff:
+            raise UserError(f"{run}: a resume trains as the run began; these settings differ: {', '.join(diff)}")
+    return resumed, run, (saved.get("checkpoint") or {}).get("every")
+
+
+def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool) -> None:
+    """A run that stops before its end: the best weights so far into the run directory (when an epoch
+    finished and `keep_best`), the status into config.json, and how to go on."""
+    learn = ck.learner
+    lines = []
+    if keep_best and learn is not None and learn.recorder.history and hasattr(learn, "export"):
+        learn.export(out)  # the fit's end gave the model its best epoch's weights back (SaveBestModel)
+        lines.append(f"kept the best epoch so far in {out / 'model.safetensors'}")
+    update_config(out, status=status, last_checkpoint=ck.last)
+    if status == "interrupted":
+        where = f"the checkpoint at {ck.last}" if ck.last else "the start (no checkpoint was written yet)"
+        lines.append(f"interrupted; `imgclf train --resume {out}` goes on from {where}")
+    if status.startswith("failed"):  # the console has it from the CLI's error line
+        with open(out / "train.log", "a") as log:
+            log.write(status + "\n")
+    with log_to(out / "train.log", sys.stderr):
+        for line in lines:
+            print(line)
 
 
 def is_scratch(cfg: RunConfig) -> bool:
@@ -233,10 +361,12 @@ def _mix_cbs(cfg: RunConfig) -> list[Callback]:
         [CutMix(tc.cutmix, seed=cfg.data.seed)] if tc.cutmix else [])
 
 
-def _learner_and_lr(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any], recipe: str):
+def _learner_and_lr(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any], recipe: str,
+                    ck: Checkpointer):
     """The learner of a fixed recipe, its peak rate (lr_find's valley for `--lr auto`: the head's sweep on cached
     features when fine-tuning, the whole model's from scratch) and the finder."""
     learn = vision_learner(data, cfg.model.arch, cbs=[CSVLogger(out / "history.csv")], **learner_kwargs)
+    ck.attach(learn)
     finder, lr = None, recipe_lr(cfg, recipe)
     if isinstance(lr, str):
         finder = learn.lr_find(cached=recipe == "fine_tune")
@@ -251,23 +381,27 @@ def _fit_cbs(cfg: RunConfig, learn: VisionLearner) -> tuple[SaveBestModel, list[
     return best, [best, *stop, *_mix_cbs(cfg)]
 
 
-def _fine_tune_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any]):
+def _fine_tune_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any], ck: Checkpointer):
     """The foundation's fixed recipe: head on cached features, then the whole model, best epoch kept."""
     tc = cfg.train
-    learn, lr, finder = _learner_and_lr(cfg, data, out, learner_kwargs, "fine_tune")
+    learn, lr, finder = _learner_and_lr(cfg, data, out, learner_kwargs, "fine_tune", ck)
     best, fit_cbs = _fit_cbs(cfg, learn)
+    print(f"fine_tune: {tc.freeze_epochs} head epoch(s) on cached features, then {recipe_epochs(cfg, 'fine_tune')} "
+          f"epoch(s) of the whole model x {len(learn.train_dl)} steps, peak lr {lr:.3g}")
     learn.fine_tune(recipe_epochs(cfg, "fine_tune"), tc.freeze_epochs, base_lr=lr, cbs=fit_cbs, schedule=tc.schedule)
     resolved = {"recipe": "fine_tune", "lr": lr, "kept": f"epoch {best.best_epoch} ({best.best_phase})"}
     return learn, resolved, finder
 
 
-def _scratch_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any]):
+def _scratch_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any], ck: Checkpointer):
     """Random weights: the whole model from the first step, `--epochs` of `--schedule`, best epoch kept.
     No frozen phase (a random body's features are not worth a head) and one rate for every layer group."""
     tc = cfg.train
-    learn, lr, finder = _learner_and_lr(cfg, data, out, learner_kwargs, "scratch")
+    learn, lr, finder = _learner_and_lr(cfg, data, out, learner_kwargs, "scratch", ck)
     best, fit_cbs = _fit_cbs(cfg, learn)
     learn.phase = "scratch"
-    learn.fit_schedule(max(1, recipe_epochs(cfg, "scratch")), lr, tc.schedule, cbs=fit_cbs)
+    epochs = max(1, recipe_epochs(cfg, "scratch"))
+    print(f"scratch: {epochs} epoch(s) x {len(learn.train_dl)} steps of {tc.schedule}, peak lr {lr:.3g}")
+    learn.fit_schedule(epochs, lr, tc.schedule, cbs=fit_cbs)
     resolved = {"recipe": "scratch", "lr": lr, "kept": f"epoch {best.best_epoch} ({best.best_phase})"}
     return learn, resolved, finder

@@ -10,6 +10,7 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +27,9 @@ from .callbacks import (
     ProgressCallback,
     Recorder,
 )
+from .callbacks.nonfinite import TerminateOnNaN
 from .callbacks.precision import best_dtype
+from .checkpoint import Checkpointer
 from .metrics import get_metric
 from .optim import apply_decoupled_wd, make_optimizer
 from .schedule import constant, get_schedule, one_cycle_lr, one_cycle_mom
@@ -101,7 +104,7 @@ class Learner:
         self.grad_scaler: torch.amp.GradScaler | None = None
         self.dtype = resolve_precision(precision, self.device)
         self.recorder = recorder or Recorder()
-        self.cbs: list[Callback] = [self.recorder]
+        self.cbs: list[Callback] = [self.recorder, TerminateOnNaN()]
         if self.dtype is not None:
             self.cbs.append(MixedPrecision(self.dtype))
         if progress:
@@ -110,6 +113,7 @@ class Learner:
         self.phase = "train"
         self.epoch, self.n_epoch, self.iter, self.pct_train, self.training = 0, 0, 0, 0.0, False
         self.last_validation: dict[str, float] = {}
+        self.checkpointer: Checkpointer | None = None  # checkpoints and resume: see `save_checkpoints`
 
     # ------------------------------------------------------------------ events
     def _event(self, name: str, cbs: Sequence[Callback]) -> None:
@@ -120,10 +124,33 @@ class Learner:
         self.cbs.append(cb)
 
     # ------------------------------------------------------------------ the loop
+    def save_checkpoints(self, run_dir: str | Path, every: int | None = None) -> Checkpointer:
+        """Checkpoint every fit from now on into `run_dir/checkpoint.safetensors`: at each epoch's end, every
+        `every` steps (None: every few minutes; 0: epoch ends only) and on Ctrl-C (see `train/checkpoint.py`)."""
+        self.checkpointer = Checkpointer(run_dir, every, model=self.model)
+        return self.checkpointer
+
+    def resume_from(self, run_dir: str | Path, every: int | None = None) -> Checkpointer:
+        """Go on from `run_dir`'s checkpoint: call the same fits as the interrupted run, in the same order
+        (`fit(..., resume=run_dir)` does this); those the checkpoint finished are skipped, the one it stopped
+        in goes on from its step, the rest run. Checkpoints keep being written there."""
+        ck = self.save_checkpoints(run_dir, every)
+        if not ck.load():
+            raise UserError(f"{ck.path}: no checkpoint to resume from")
+        return ck
+
     def fit(self, n_epoch: int, lr: LR | None = None, cbs: Sequence[Callback] = (),
-            lr_sched: Callable[[float], float] = constant, mom_sched: Callable[[float], float] | None = None
-            ) -> None:
-        """Train `n_epoch` epochs; the rate of each layer group follows `lr_sched(progress)`."""
+            lr_sched: Callable[[float], float] = constant, mom_sched: Callable[[float], float] | None = None,
+            resume: str | Path | None = None) -> None:
+        """Train `n_epoch` epochs; the rate of each layer group follows `lr_sched(progress)`.
+
+        `resume`: a run directory whose checkpoint this fit goes on from (see `resume_from`)."""
+        if resume is not None:
+            self.resume_from(resume)
+        ck = self.checkpointer
+        mode = ck.begin_fit() if ck else "run"
+        if mode == "skip":  # a resumed job: the checkpoint is past this fit
+            return
         if self.opt is None:
             self.opt = make_optimizer(self.opt_name, self.groups, self.lr, self.wd, self.wd_mode)
         sched = ParamScheduler(self.group_lrs(self.lr if lr is None else lr), lr_sched, mom_sched)
@@ -135,7 +162,10 @@ class Learner:
         flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
         try:
             self._event("before_fit", all_cbs)
-            for self.epoch in range(n_epoch):
+            start = ck.restore(self, all_cbs) if mode == "restore" else 0
+            if ck:
+                ck.in_fit = True
+            for self.epoch in range(start, n_epoch):
                 try:
                     self._event("before_epoch", all_cbs)
                     self._train_epoch(all_cbs)
@@ -144,12 +174,18 @@ class Learner:
                     self._event("after_epoch", all_cbs)
                 except CancelEpochException:
                     pass
+                if ck:
+                    ck.after_epoch(self, all_cbs)
         except CancelFitException:
             pass
         finally:
+            if ck:
+                ck.in_fit = False
             self._event("after_fit", all_cbs)
             if flush:  # a process-wide switch: off again, as torch leaves it, for whatever runs next
                 torch.set_flush_denormal(False)
+        if ck:
+            ck.after_fit(self, all_cbs)
 
     def _train_epoch(self, cbs: Sequence[Callback]) -> None:
         self.training = True
@@ -169,6 +205,8 @@ class Learner:
                 pass
             self._event("after_batch", cbs)
             self.iter += 1
+            if self.checkpointer:
+                self.checkpointer.after_step(self, cbs)
         self._event("after_train", cbs)
         self.training = False
 
@@ -269,18 +307,19 @@ class Learner:
 
     # ------------------------------------------------------------------ recipes
     def fit_one_cycle(self, n_epoch: int, lr_max: LR | None = None, cbs: Sequence[Callback] = (),
-                      div: float = 25.0, div_final: float = 1e5, pct_start: float = 0.25) -> None:
+                      div: float = 25.0, div_final: float = 1e5, pct_start: float = 0.25,
+                      resume: str | Path | None = None) -> None:
         """Smith's one-cycle: warm up to `lr_max`, anneal to nearly zero; momentum the other way."""
         self.fit(n_epoch, lr_max, cbs,
                  lr_sched=lambda p: one_cycle_lr(p, pct_start, div, div_final),
-                 mom_sched=lambda p: one_cycle_mom(p, pct_start))
+                 mom_sched=lambda p: one_cycle_mom(p, pct_start), resume=resume)
 
     def fit_schedule(self, n_epoch: int, lr_max: LR | None = None, schedule: str = "one_cycle",
-                     cbs: Sequence[Callback] = ()) -> None:
+                     cbs: Sequence[Callback] = (), resume: str | Path | None = None) -> None:
         """Train with a named schedule (`one_cycle`, `cosine`, `step`, `constant`; see `schedule.SCHEDULES`)
         peaking at `lr_max`; `one_cycle` here is `fit_one_cycle` with its defaults."""
         lr_sched, mom_sched = get_schedule(schedule)
-        self.fit(n_epoch, lr_max, cbs, lr_sched=lr_sched, mom_sched=mom_sched)
+        self.fit(n_epoch, lr_max, cbs, lr_sched=lr_sched, mom_sched=mom_sched, resume=resume)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100):
         """Sweep the rate exponentially for `num_it` batches; the model and optimizer are restored after.
@@ -293,12 +332,14 @@ class Learner:
         opt_state = copy.deepcopy(self.opt.state_dict()) if self.opt is not None else None
         finder = LRFinder(start_lr, end_lr, num_it)
         # the sweep is not training: no history, no logs, no validation; precision stays as it is
-        saved_cbs, saved_valid = self.cbs, self.valid_dl
+        # the sweep is not checkpointed either: a resumed job sweeps again (seconds; same seed, same result)
+        saved_cbs, saved_valid, saved_ck = self.cbs, self.valid_dl, self.checkpointer
         self.cbs, self.valid_dl = [cb for cb in self.cbs if isinstance(cb, MixedPrecision)], None
+        self.checkpointer = None
         try:
             self.fit(math.ceil(num_it / max(1, len(self.train_dl))), start_lr, cbs=[finder])
         finally:
-            self.cbs, self.valid_dl = saved_cbs, saved_valid
+            self.cbs, self.valid_dl, self.checkpointer = saved_cbs, saved_valid, saved_ck
             self.model.load_state_dict(state)
             if opt_state is not None:
                 self.opt.load_state_dict(opt_state)

@@ -11,6 +11,9 @@ beats a full fine-tune in a tenth of the time. So the default:
    left to fix) and the time budget allows an epoch, with early stopping;
 4. keeps the fine-tuned weights only if validation loss improves and accuracy does not drop;
 5. writes every candidate, its figures and seconds, the choice and why into `recipe.json`.
+
+With a `Checkpointer`, the probe's result (its size, weights, report and the plan for a fine-tune) is saved
+as soon as it is known, so a resumed job goes straight to the fine-tune, itself checkpointed per epoch/steps.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from ..data.core import ImageData
 from ..models import recommended_size
 from .callbacks import CSVLogger, EarlyStopping, SaveBestModel
+from .checkpoint import Checkpointer
 from .lr_finder import LRFind
 from .probe import best_fit, fit_linear_probe, load_head
 from .vision import VisionLearner, vision_learner
@@ -145,16 +149,34 @@ def auto_fit(
     seed: int = 42,
     progress: bool = True,
     log_csv: str | Path | None = None,
+    checkpointer: Checkpointer | None = None,
     **learner_kwargs: Any,
 ) -> AutoFit:
     """Train with the recipe chosen from the data: the learner holding the kept weights and the report
     that `recipe.json` records. `data` gives the items; other sizes are decoded from them.
 
     `recipe="probe"` stops after the probes; `"auto"` may go on to a fine-tune, at `base_lr` (None: the
-    valley of `lr_find` on the chosen probe's cached features). kwargs go to `vision_learner`.
+    valley of `lr_find` on the chosen probe's cached features). `checkpointer`: save the probe's result and
+    the fine-tune's progress there; one that holds a checkpoint (`Checkpointer.load`) resumes from it.
+    kwargs go to `vision_learner`.
     """
     if recipe not in ("auto", "probe"):
         raise ValueError(f"auto_fit runs the auto or probe recipe, not {recipe!r}")
+    cbs = [CSVLogger(log_csv)] if log_csv else []
+    ck = checkpointer
+    if ck is not None and "auto" in ck.extra:  # a resumed job: the probe is done
+        saved = ck.extra["auto"]
+        d = data if saved["size"] == data.size else data.resized(saved["size"])
+        learn = vision_learner(d, arch, seed=seed, progress=progress, cbs=cbs, **learner_kwargs)
+        ck.attach(learn)
+        if ck.loaded and ck.loaded["reason"] == "between fits":
+            ck.restore_between_fits(learn)
+        learn.model.load_state_dict(saved["probe_state"])  # a checkpoint within the fine-tune overrides it
+        learn.phase = "probe"
+        finder = LRFind(saved["lr_find"][0], saved["lr_find"][1]) if saved.get("lr_find") else None
+        print(f"resumed after the probe at {saved['size']}px ({'fine-tune next' if saved['epochs'] else 'kept'})")
+        return _finish_auto(learn, saved["report"], Candidate(**saved["probe"]), saved["why"], saved["epochs"],
+                            saved["base_lr"], finder, saved["t_elapsed"])
     t0 = time.perf_counter()
     budget = default_budget(data.n_train) if budget is None else float(budget)
     short = data.native_short_side()
@@ -162,7 +184,6 @@ def auto_fit(
     sizes = list(sizes) if sizes else candidate_sizes(short, rec)
     report: dict[str, Any] = {"recipe": recipe, "budget_seconds": budget, "median_short_side": short,
                               "recommended_size": rec, "sizes": sizes, "candidates": []}
-    cbs = [CSVLogger(log_csv)] if log_csv else []
 
     # smallest size first: it is the cheapest, and its measured speed prices the larger ones
     best: tuple[Candidate, VisionLearner, float] | None = None
@@ -193,8 +214,8 @@ def auto_fit(
         cb.write_row(learn.recorder.history[-1])
     why = [f"probe at {probe.size}px ({probe.detail['head']} head, weight decay {probe.detail['wd']:g}) had the "
            f"lowest validation loss ({probe.valid_loss:.4f}) of sizes {sizes}"]
-    chosen = probe.name
     finder: LRFind | None = None
+    epochs = 0  # of fine-tune: 0 keeps the probe
 
     if recipe == "auto":
         n_train, n_valid = learn.data.n_train, learn.data.n_valid
@@ -208,16 +229,34 @@ def auto_fit(
                 base_lr = finder.valley
                 report["lr_find"] = finder.suggestions
             report["lr"] = base_lr
-            tuned = _fine_tune(learn, probe, min(max_epochs, max(1, math.floor(remaining / epoch_seconds))),
-                               base_lr)
-            probe_state = tuned.detail.pop("probe_state")
-            report["candidates"].append(asdict(tuned))
-            keep, reason = keep_fine_tune(probe, tuned)
-            why.append(reason)
-            if keep:
-                chosen = tuned.name
-            else:
-                learn.model.load_state_dict(probe_state)
+            epochs = min(max_epochs, max(1, math.floor(remaining / epoch_seconds)))
+    if ck is not None:
+        ck.attach(learn)
+        ck.extra["auto"] = {
+            "size": probe.size, "probe": asdict(probe), "probe_state": copy.deepcopy(learn.model.state_dict()),
+            "report": copy.deepcopy(report), "why": list(why), "epochs": epochs, "base_lr": base_lr,
+            "t_elapsed": time.perf_counter() - t0,
+            "lr_find": [finder.lrs, finder.raw_losses] if finder else None,
+        }
+        ck.save_between_fits(learn, f"after the probe at {probe.size}px")
+    return _finish_auto(learn, report, probe, why, epochs, base_lr, finder, time.perf_counter() - t0)
+
+
+def _finish_auto(learn: VisionLearner, report: dict[str, Any], probe: Candidate, why: list[str], epochs: int,
+                 base_lr: float | None, finder: LRFind | None, t_elapsed: float) -> AutoFit:
+    """After the probe: the planned fine-tune (`epochs` > 0), kept only if it beats the probe."""
+    t0 = time.perf_counter() - t_elapsed
+    chosen = probe.name
+    if epochs:
+        tuned = _fine_tune(learn, probe, epochs, base_lr)
+        probe_state = tuned.detail.pop("probe_state")
+        report["candidates"].append(asdict(tuned))
+        keep, reason = keep_fine_tune(probe, tuned)
+        why.append(reason)
+        if keep:
+            chosen = tuned.name
+        else:
+            learn.model.load_state_dict(probe_state)
     report.update(chosen=chosen, why=why, seconds=time.perf_counter() - t0)
     return AutoFit(learn, report, finder)
 
@@ -234,6 +273,7 @@ def _fine_tune(learn: VisionLearner, probe: Candidate, epochs: int, base_lr: flo
     lr = base_lr / 2
     learn.fit_one_cycle(epochs, slice(lr / 100, lr), cbs=[keep_best, EarlyStopping("valid_loss", patience=1)])
     rows = learn.recorder.history[n_before:]
+    rows = [r for r in rows if r["phase"] == "unfrozen"]  # a resumed fit brings the probe's row back too
     top = min(rows, key=lambda r: r["valid_loss"]) if rows else None
     return Candidate(
         f"fine_tune@{learn.data.size}", "fine_tune", learn.data.size,

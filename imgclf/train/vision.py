@@ -81,12 +81,15 @@ class VisionLearner(Learner):
             recorder=self.recorder if log else None, cbs=logs,
         )
         learn.phase = "frozen"
+        learn.checkpointer = self.checkpointer if log else None  # its fits are the job's: checkpointed alike
         return learn
 
     def fit_head(self, n_epoch: int, lr: float | None = None, cbs: Sequence[Callback] = ()) -> None:
         """One-cycle on the head alone, on cached features: the frozen phase in seconds. Batch mixing (MixUp,
         CutMix) is left to the phases that see images: blending pooled features is another method."""
         cbs = [cb for cb in cbs if not isinstance(cb, (MixUp, CutMix))]
+        if self.checkpointer and self.checkpointer.skip_done_fit():
+            return  # a resumed job past this fit: no features to compute
         self.head_learner().fit_one_cycle(n_epoch, self.lr if lr is None else lr, cbs=cbs)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, cached: bool = True):
@@ -98,13 +101,16 @@ class VisionLearner(Learner):
     # ------------------------------------------------------------------ recipes
     def fine_tune(self, epochs: int, freeze_epochs: int = 1, base_lr: float | None = None,
                   lr_mult: float | None = None, cached: bool = True, cbs: Sequence[Callback] = (),
-                  schedule: str = "one_cycle") -> None:
+                  schedule: str = "one_cycle", resume: str | Path | None = None) -> None:
         """Head first (body frozen), then everything with rates spread from base_lr/2/lr_mult to base_lr/2,
         following `schedule` (one-cycle by default; see `schedule.SCHEDULES`).
 
         `lr_mult` defaults to 100 for pretrained weights (early layers change least) and to 1 for a
         randomly initialised body, which has nothing to preserve and everything to learn.
+        `resume`: a run directory whose checkpoint the same call goes on from (see `Learner.resume_from`).
         """
+        if resume is not None:
+            self.resume_from(resume)
         base_lr = self.lr if base_lr is None else base_lr
         if lr_mult is None:
             lr_mult = 1.0 if self.meta.pretrained == "none" else 100.0

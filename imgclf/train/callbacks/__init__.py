@@ -4,6 +4,7 @@ from .core import Callback, CancelBatchException, CancelEpochException, CancelFi
 from .csv_logger import CSVLogger
 from .early_stopping import EarlyStopping
 from .mixup import CutMix, MixUp
+from .nonfinite import NonFiniteLoss, TerminateOnNaN
 from .precision import MixedPrecision
 from .progress import ProgressCallback
 from .recorder import Recorder
@@ -12,5 +13,6 @@ from .schedule import ParamScheduler
 
 __all__ = [
     "CSVLogger", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CutMix",
-    "EarlyStopping", "MixUp", "MixedPrecision", "ParamScheduler", "ProgressCallback", "Recorder", "SaveBestModel",
+    "EarlyStopping", "MixUp", "MixedPrecision", "NonFiniteLoss", "ParamScheduler", "ProgressCallback", "Recorder",
+    "SaveBestModel", "TerminateOnNaN",
 ]

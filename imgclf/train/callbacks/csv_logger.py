@@ -14,6 +14,7 @@ class CSVLogger(Callback):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.fields: list[str] | None = None
+        self.rows = 0  # rows this logger wrote: a resumed run cuts the file back to the checkpoint's count
 
     def after_epoch(self, learn) -> None:
         self.write_row(learn.recorder.history[-1])
@@ -31,3 +32,15 @@ class CSVLogger(Callback):
             if new:
                 w.writeheader()
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.rows += 1
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Drop rows written after the checkpoint (the resumed run writes them again)."""
+        self.rows = state.get("rows", 0)
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        self.path.write_text("".join(lines[: 1 + self.rows]) if self.rows else "")

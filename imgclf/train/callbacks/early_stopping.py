@@ -9,6 +9,8 @@ from .tracker import TrackerCallback
 
 
 class EarlyStopping(TrackerCallback):
+    order = 75  # after save-best (61) and the CSV log (70): the epoch that ends the fit is still logged
+
     def __init__(self, monitor: str = "valid_loss", min_delta: float = 0.0, patience: int = 3,
                  mode: str = "auto", restore_best_weights: bool = False):
         super().__init__(monitor, min_delta, mode)
@@ -29,6 +31,12 @@ class EarlyStopping(TrackerCallback):
             self.stopped_epoch = learn.epoch
             print(f"early stopping: no improvement in {self.monitor} for {self.patience} epoch(s)")
             raise CancelFitException()
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.wait, self.best_state = state.get("best"), state.get("wait", 0), state.get("best_state")
 
     def after_fit(self, learn) -> None:
         if self.restore_best_weights and self.best_state is not None:

@@ -18,6 +18,9 @@ class Recorder(Callback):
         self.losses: list[float] = []  # smoothed training loss per batch, across fits
         self.lrs: list[float] = []
         self._epoch_base = 0
+        self._smooth, self._count = 0.0, 0
+        self._sum, self._n = 0.0, 0
+        self._resumed_sums: tuple[float, int] | None = None  # a resumed epoch's sums so far (load_state_dict)
 
     def before_fit(self, learn) -> None:
         self._epoch_base = len(self.history)
@@ -25,7 +28,8 @@ class Recorder(Callback):
 
     def before_epoch(self, learn) -> None:
         self._t0 = time.perf_counter()
-        self._sum, self._n = 0.0, 0
+        self._sum, self._n = self._resumed_sums or (0.0, 0)
+        self._resumed_sums = None
 
     def after_batch(self, learn) -> None:
         if not learn.training:
@@ -43,6 +47,7 @@ class Recorder(Callback):
         row.update(learn.last_validation)
         row["seconds"] = time.perf_counter() - self._t0
         self.history.append(row)
+        self._sum, self._n = 0.0, 0
 
     def plot_loss(self):
         """Train and valid loss per epoch, and the smoothed per-batch train loss: a matplotlib Figure."""
@@ -64,7 +69,14 @@ class Recorder(Callback):
         return fig
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        """History and per-batch curves, and the running sums of an epoch in progress (a mid-epoch resume
+        then reports the same train_loss as an uninterrupted run)."""
+        return {"history": self.history, "losses": self.losses, "lrs": self.lrs, "epoch_base": self._epoch_base,
+                "smooth": self._smooth, "count": self._count, "sum": self._sum, "n": self._n}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = list(state.get("history", []))
+        self.history = [dict(r) for r in state.get("history", [])]
+        self.losses, self.lrs = list(state.get("losses", [])), list(state.get("lrs", []))
+        self._epoch_base = state.get("epoch_base", len(self.history))
+        self._smooth, self._count = state.get("smooth", 0.0), state.get("count", 0)
+        self._resumed_sums = (state.get("sum", 0.0), state.get("n", 0))

@@ -48,6 +48,15 @@ class SaveBestModel(TrackerCallback):
                 save_file({k: v.contiguous() for k, v in self.best_state.items()}, str(tmp))
                 tmp.replace(self.path)
 
+    def state_dict(self) -> dict:
+        """The best figure, where it was, and its weights (tensors: a checkpoint stores them beside the model)."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_phase": self.best_phase,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_state = state.get("best"), state.get("best_state")
+        self.best_epoch, self.best_phase = state.get("best_epoch"), state.get("best_phase")
+
     def after_fit(self, learn) -> None:
         if self.best_state is not None:
             self._model(learn).load_state_dict(self.best_state)

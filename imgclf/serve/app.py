@@ -1,0 +1,229 @@
+"""`imgclf serve RUN`: a run's model behind a JSON API and a page, on 127.0.0.1 unless told otherwise.
+
+Routes: `POST /predict` (multipart image files -> label, confidence and top-k per image), `GET /health`,
+`GET /model` (classes, task, sizes, the run's metrics, the limits) and the page at `/` with its script and
+style under `/static/` (nothing from a CDN). FastAPI on uvicorn: the stack the style guide names, with
+multipart parsing (python-multipart) and an event loop that keeps taking requests while a `Batcher`
+thread runs the model. Uploads decode in threads off the event loop (`uploads.decode_upload`, the steps
+of `imgclf predict`), then join other requests' images in one forward pass.
+
+Every refusal is a 4xx with a one-line JSON body `{"error": "..."}` and the server goes on: 400 for a
+file that is not a decodable image (empty, truncated, not an image) or a request without files, 413
+(Content Too Large) for a file over `max_mb`, an image over PIL's pixel limit, and more than `max_files`
+files in one request: the content is more than the server takes, and the client may send it again in
+smaller requests (the page does so), which is what 413 tells it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from ..errors import UserError
+from ..infer.predictor import Prediction, Predictor
+from ..rundir import read_json
+from .batcher import Batcher
+from .settings import ServeSettings
+from .uploads import UploadError, check_size, decode_upload, megabytes
+
+HERE = Path(__file__).parent
+MULTIPART_OVERHEAD = 64 * 1024  # per file: part headers and boundaries, generously
+
+
+def model_info(run: str | Path, predictor: Predictor, settings: ServeSettings) -> dict[str, Any]:
+    """What `GET /model` answers: the run's name, classes, task, sizes, scalar metrics and the limits."""
+    run = Path(run)
+    metrics_file = run / "metrics.json"
+    metrics = read_json(metrics_file) if metrics_file.is_file() else {}
+    info = {
+        "run": run.name, "arch": predictor.meta.get("arch"), "task": predictor.task, "classes": predictor.classes,
+        "size": predictor.size, "presize": predictor.presize, "device": str(predictor.device),
+        "backend": getattr(predictor, "backend", "eager"),
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "limits": {**asdict(settings), "max_bytes": settings.max_bytes},
+    }
+    if predictor.task == "multi_label":
+        info["threshold"] = predictor.threshold
+    return info
+
+
+def prediction_json(p: Prediction, k: int, task: str) -> dict[str, Any]:
+    """One image's answer; JSON has no NaN, so a regression's confidence is null."""
+    out: dict[str, Any] = {"file": p.path, "label": p.label,
+                           "confidence": None if math.isnan(p.confidence) else p.confidence}
+    if task == "regression":
+        out["value"] = p.value
+    else:
+        out["topk"] = [{"label": c, "prob": q} for c, q in p.topk(k)]
+    if task == "multi_label":
+        out["tags"] = p.tags
+    return out
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)  # always one line
+
+
+def create_app(run: str | Path, predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
+    """The ASGI app serving `predictor` (the model of `run`); run it with uvicorn or `serve()`."""
+    import jinja2
+
+    s = settings or ServeSettings()
+    batcher = Batcher(predictor, s.max_batch, s.max_wait_ms)
+    info = model_info(run, predictor, s)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    page = env.get_template("index.html").render(run=info["run"], settings=s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title=f"imgclf: {info['run']}", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.exception_handler(UploadError)
+    async def upload_error(request: Request, e: UploadError) -> JSONResponse:
+        return _error(e.status, e.message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        return _error(e.status_code, e.detail)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception) -> JSONResponse:
+        return _error(500, f"{type(e).__name__}: {e}")
+
+    @app.middleware("http")
+    async def log_request(request: Request, call_next):
+        """One line per request: time, client, method, path, status, images, milliseconds."""
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        n = getattr(request.state, "n_images", None)
+        client = request.client.host if request.client else "-"
+        print(f"{time.strftime('%H:%M:%S')} {client} {request.method} {request.url.path} {response.status_code}"
+              + (f" {n} image(s)" if n is not None else "") + f" {1000 * (time.perf_counter() - t0):.1f} ms",
+              flush=True)
+        return response
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", **batcher.stats}
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        return info
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        k = _topk(request, s.topk, len(predictor.classes))
+        with batcher.coming():
+            files = await _read_files(request, s)
+            request.state.n_images = len(files)
+            images = await asyncio.gather(*(asyncio.to_thread(decode_upload, data, predictor.presize, name)
+                                            for name, data in files))
+        preds = await batcher.predict(torch.stack(images))
+        return {"predictions": [prediction_json(replace(p, path=name), k, predictor.task)
+                                for p, (name, _) in zip(preds, files, strict=True)]}
+
+    return app
+
+
+def _topk(request: Request, default: int, n_classes: int) -> int:
+    raw = request.query_params.get("topk")
+    if raw is None:
+        return min(default, n_classes)
+    if not raw.isdigit() or int(raw) < 1:
+        raise UploadError(400, f"topk={raw}: must be a whole number >= 1")
+    return min(int(raw), n_classes)
+
+
+async def _read_files(request: Request, s: ServeSettings) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each uploaded file, refused early when the request or a file is too large."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UploadError(400, "send the images as multipart/form-data file fields (e.g. curl -F files=@a.jpg)")
+    length = request.headers.get("content-length")
+    if length is None:
+        raise UploadError(411, "a Content-Length header is required")
+    if not length.isdigit():
+        raise UploadError(400, f"Content-Length {length!r} is not a number")
+    limit = s.max_files * (s.max_bytes + MULTIPART_OVERHEAD)
+    if int(length) > limit:
+        raise UploadError(413, f"request of {megabytes(int(length))} is over the limit of {s.max_files} files "
+                               f"of {megabytes(s.max_bytes)}")
+    try:
+        form = await request.form(max_files=s.max_files, max_fields=s.max_files + 8)
+    except HTTPException as e:  # starlette's words for a part count over max_files
+        if str(e.detail).startswith("Too many files"):
+            raise UploadError(413, f"too many files: at most {s.max_files} per request (--max-files)") from None
+        raise
+    try:
+        uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not uploads:
+            raise UploadError(400, "no image files in the request (multipart/form-data file fields)")
+        files = []
+        for i, up in enumerate(uploads):
+            name = up.filename or f"file {i + 1}"
+            check_size(name, up.size, s.max_bytes)
+            files.append((name, await up.read()))
+        return files
+    finally:
+        await form.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (port 0: a free one), or a UserError saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror} (pick another --port or --host)") from None
+    return sock
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          settings: ServeSettings | None = None, **load_kwargs: Any) -> None:
+    """Serve the model of `run` until Ctrl+C (or SIGTERM); prints its address, then one line per request."""
+    import uvicorn
+
+    from ..infer import load_model
+
+    sock = bind(host, port)  # first: a taken port fails before the model loads
+    try:
+        predictor = load_model(run, device=device, **load_kwargs)
+        predictor.predict_batch(torch.zeros(1, 3, predictor.presize, predictor.presize, dtype=torch.uint8))  # warm
+        app = create_app(run, predictor, settings)
+        bound_host, bound_port = sock.getsockname()[:2]
+        url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"imgclf serve: {Path(run)} ({predictor.meta.get('arch')}, {len(predictor.classes)} classes, "
+              f"{predictor.task}) on {predictor.device}", flush=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"imgclf serve: listening on {host}: reachable from other machines", flush=True)
+        print(f"imgclf serve: http://{url_host}:{bound_port}/ (Ctrl+C to stop)", flush=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
