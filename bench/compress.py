@@ -20,7 +20,10 @@ Usage: python bench/compress.py [DATA] [--seeds 3] [--epochs 16] [--arch xresnet
        [--alpha 0.9] [--sparsity 0 0.5 0.8] [--prune-epochs 1] [--skip-teacher-prune]
        python bench/compress.py --case fashion [--n-train 500 2000] [--epochs 20] [--teacher-epochs 3]
        [--teacher RUN] [--seeds 3] [--arch xresnet_tiny]
-About 5 minutes on a quiet 2-core CPU with the defaults; the fashion case about 10 (see bench/README.md).
+About 5 minutes on a quiet 2-core CPU with the defaults. The fashion case, measured on a shared 2-core CPU (3 seeds,
+20 epochs): teacher 0.912; 500 images 0.820 with vs 0.789 alone (+0.031 +- 0.004 s.e.), 2000 images 0.887 vs 0.869
+(+0.018 +- 0.003): it pays, every seed. Students ~10 minutes; the teacher's 3 epochs took 23 minutes of wall time
+there (the last epoch alone ~13: 3-5 s a step against ~0.2 at first), so reuse one with `--teacher RUN`.
 """
 
 from __future__ import annotations
