@@ -22,26 +22,22 @@ from pathlib import Path
 
 import torch
 
+from imgclf.infer.export import images_per_second
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared/datasets/hymenoptera"
 
 
 def speed(predictor, images: torch.Tensor, bs: int, repeats: int) -> float:
-    """Images/s of `view_probs` on pre-decoded uint8 images: batch 64 best of `repeats`; batch 1 over 32 images."""
-    if bs == 1:
-        predictor.view_probs(images[:1])
-        t = time.perf_counter()
-        for i in range(32):
-            predictor.view_probs(images[i : i + 1])
-        return 32 / (time.perf_counter() - t)
-    x = images[:bs]
-    predictor.view_probs(x)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        predictor.view_probs(x)
-        best = min(best, time.perf_counter() - t)
-    return len(x) / best
+    """Images/s of `view_probs` on pre-decoded uint8 images: batch 64 best of `repeats` (export's own timing);
+    batch 1 over 32 images in turn."""
+    if bs != 1:
+        return images_per_second(predictor, images, bs, repeats)
+    predictor.view_probs(images[:1])
+    t = time.perf_counter()
+    for i in range(32):
+        predictor.view_probs(images[i : i + 1])
+    return 32 / (time.perf_counter() - t)
 
 
 def train_default(out: Path) -> Path:

@@ -19,9 +19,12 @@ to tests so that no test module has to import from conftest.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -168,3 +171,50 @@ def trained_run(tmp_path_factory) -> Path:
     cfg = RunConfig(data=DataConfig(path=str(data), size=64, bs=16),
                     train=TrainConfig(recipe="probe"), out=str(root / "run"))
     return train(cfg, progress=False).run_dir
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# as the machine's probe starts it: without the background-networking flags Chromium keeps dialling out
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@dataclass
+class BrowserPage:
+    """A Playwright page in headless Chromium and what it saw: console lines (`type: text`, page errors as
+    `pageerror: ...`), the URLs of failed requests and of every request."""
+
+    page: Any
+    console: list[str]
+    failed: list[str]
+    requests: list[str]
+
+    def problems(self) -> list[str]:
+        """Console errors and warnings, and uncaught page errors: a page a user opens should have none."""
+        return [m for m in self.console if m.startswith(("error", "warning", "pageerror"))]
+
+
+@pytest.fixture
+def browser_page():
+    """A `BrowserPage` (1280x900) in Debian's Chromium driven by Playwright (never Playwright's own download).
+    Skips, naming what is missing, only where Chromium or the playwright package is not installed (`.ci/run`
+    installs Chromium; the dev extra brings Playwright)."""
+    missing = [what for what, ok in (("/usr/bin/chromium (apt-get install chromium)", CHROMIUM.exists()),
+                                     ("the playwright package (pip install playwright)",
+                                      importlib.util.find_spec("playwright") is not None)) if not ok]
+    if missing:
+        pytest.skip("no browser: missing " + " and ".join(missing))
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            seen = BrowserPage(page, [], [], [])
+            page.on("console", lambda m: seen.console.append(f"{m.type}: {m.text}"))
+            page.on("pageerror", lambda e: seen.console.append(f"pageerror: {e}"))
+            page.on("requestfailed", lambda r: seen.failed.append(r.url))
+            page.on("request", lambda r: seen.requests.append(r.url))
+            yield seen
+        finally:
+            browser.close()

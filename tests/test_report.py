@@ -21,9 +21,6 @@ from imgclf.train.job import train
 # class folders whose names are HTML: escaped, they show as written; unescaped, "<x>" would become a tag
 CLASSES = {"a&b": 6, "<x>": 6, "plain": 6}
 SECTIONS = ("config", "history", "curves", "data", "confusion-matrix", "per-class", "most-confused", "top-losses")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def tiny_run(image_folder, tmp_path, **settings) -> Path:
@@ -177,53 +174,30 @@ def test_big_images_are_shrunk_before_embedding_and_small_ones_kept_as_they_are(
     assert data_uri(small) == "data:image/png;base64," + base64.b64encode(small.read_bytes()).decode()
 
 
-def test_report_in_headless_chromium(image_folder, tmp_path):
-    missing = [what for what, ok in (("/usr/bin/chromium (apt-get install chromium)", CHROMIUM.exists()),
-                                     ("the playwright package (pip install playwright)", _has_playwright()))
-               if not ok]
-    if missing:
-        pytest.skip("no browser to check the report in: missing " + " and ".join(missing))
-    from playwright.sync_api import sync_playwright
-
+def test_report_in_headless_chromium(image_folder, tmp_path, browser_page):
     # the fixed recipe with --lr auto: history by epoch and an lr_find plot (the auto recipe is checked above)
     run = tiny_run(image_folder, tmp_path, recipe="fine_tune", epochs=0, freeze_epochs=4, lr="auto")
     assert (run / "lr_find.png").is_file()
     assert main(["report", str(run), "--quiet"]) == 0
     report = run / "report.html"
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            console, failed, requests = [], [], []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            page.on("requestfailed", lambda r: failed.append(r.url))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(report.as_uri(), wait_until="load")
-            assert [m for m in console if m.startswith(("error", "warning", "pageerror"))] == []
-            assert failed == [] and all(u.startswith(("file:", "data:")) for u in requests), requests
-            for section in SECTIONS:
-                assert page.locator(f"section#{section} h2").is_visible(), section
-            assert page.locator("section#recipe").count() == 0  # no recipe.json in a fine_tune run
-            images = page.evaluate("Array.from(document.images, i => [i.alt, i.complete, i.naturalWidth])")
-            assert len(images) >= 6 and all(done and width > 0 for _, done, width in images), images
-            assert "learning-rate finder" in [alt for alt, _, _ in images]
-            text = page.inner_text("body")
-            assert "a&b" in text and "<x>" in text
-            assert page.locator("#per-class tbody tr").count() == len(CLASSES)
-            assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # no sideways scrolling
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    page = browser_page.page
+    page.goto(report.as_uri(), wait_until="load")
+    assert browser_page.problems() == []
+    assert browser_page.failed == [] and all(u.startswith(("file:", "data:")) for u in browser_page.requests)
+    for section in SECTIONS:
+        assert page.locator(f"section#{section} h2").is_visible(), section
+    assert page.locator("section#recipe").count() == 0  # no recipe.json in a fine_tune run
+    images = page.evaluate("Array.from(document.images, i => [i.alt, i.complete, i.naturalWidth])")
+    assert len(images) >= 6 and all(done and width > 0 for _, done, width in images), images
+    assert "learning-rate finder" in [alt for alt, _, _ in images]
+    text = page.inner_text("body")
+    assert "a&b" in text and "<x>" in text
+    assert page.locator("#per-class tbody tr").count() == len(CLASSES)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # no sideways scrolling
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
     with Image.open(shot) as im:
         assert im.format == "PNG" and im.size[0] == 1280 and im.size[1] > 2000
 
 
-def _has_playwright() -> bool:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -31,9 +31,6 @@ from imgclf.serve.app import create_app
 from imgclf.serve.batcher import Batcher
 from imgclf.serve.uploads import decode_upload
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_MB, MAX_FILES = 1, 4  # small limits, so refusing a large request costs the test nothing
 
 
@@ -271,58 +268,34 @@ def test_serve_cli_refuses_a_taken_port_and_a_missing_run(trained_run, tmp_path,
     assert "--max-files must be positive" in capsys.readouterr().err
 
 
-def test_page_in_headless_chromium_shows_the_label_of_a_dropped_image(server, trained_run, hymenoptera, tmp_path):
-    missing = [what for what, ok in (("/usr/bin/chromium (apt-get install chromium)", CHROMIUM.exists()),
-                                     ("the playwright package (pip install playwright)", _has_playwright()))
-               if not ok]
-    if missing:
-        pytest.skip("no browser to check the page in: missing " + " and ".join(missing))
-    from playwright.sync_api import sync_playwright
-
+def test_page_in_headless_chromium_shows_the_label_of_a_dropped_image(server, trained_run, hymenoptera, browser_page):
     photo = next((hymenoptera / "val" / "bees").glob("*.jpg"))
     classes = read_json(trained_run / "model.json")["classes"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            console, failed, requests = [], [], []
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            page.on("requestfailed", lambda r: failed.append(r.url))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(server.url + "/", wait_until="load")
-            page.wait_for_function("document.getElementById('model').textContent.includes('classes:')")
-            assert "classes: cats, dogs, frogs" in page.inner_text("#model")
-            page.set_input_files("#files", str(photo))
-            label = page.locator(".card .label")
-            page.wait_for_function("document.querySelector('.card .label')?.textContent.includes('%')")
-            assert label.inner_text().split(" (")[0] in classes
-            assert page.locator(".card .bar").count() == len(classes)  # top-5 of 3 classes: all 3 bars
-            assert "1 image(s) predicted" in page.inner_text("#status")
-            assert page.evaluate("document.querySelector('.card img').naturalWidth") > 0
-            # drag-and-drop: a drop event carrying an ant photo, as a browser makes it from a dragged file
-            ant = next((hymenoptera / "val" / "ants").glob("*.jpg"))
-            dropped = page.evaluate_handle(
-                """([b64, name]) => { const dt = new DataTransfer();
-                   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-                   dt.items.add(new File([bytes], name, {type: "image/jpeg"})); return dt; }""",
-                [base64.b64encode(ant.read_bytes()).decode(), ant.name])
-            page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
-            page.wait_for_function(f"document.querySelectorAll('.card .bar').length === {2 * len(classes)}")
-            assert page.locator(".card .name").all_inner_texts() == [ant.name, photo.name]  # newest on top
-            assert page.locator(".card .label").first.inner_text().split(" (")[0] in classes
-            shot = page.screenshot(full_page=True)
-        finally:
-            browser.close()
-    assert [m for m in console if m.startswith(("error", "warning", "pageerror"))] == []
-    assert failed == [] and all(u.startswith((server.url, "blob:", "data:")) for u in requests), requests
+    page = browser_page.page
+    page.goto(server.url + "/", wait_until="load")
+    page.wait_for_function("document.getElementById('model').textContent.includes('classes:')")
+    assert "classes: cats, dogs, frogs" in page.inner_text("#model")
+    page.set_input_files("#files", str(photo))
+    label = page.locator(".card .label")
+    page.wait_for_function("document.querySelector('.card .label')?.textContent.includes('%')")
+    assert label.inner_text().split(" (")[0] in classes
+    assert page.locator(".card .bar").count() == len(classes)  # top-5 of 3 classes: all 3 bars
+    assert "1 image(s) predicted" in page.inner_text("#status")
+    assert page.evaluate("document.querySelector('.card img').naturalWidth") > 0
+    # drag-and-drop: a drop event carrying an ant photo, as a browser makes it from a dragged file
+    ant = next((hymenoptera / "val" / "ants").glob("*.jpg"))
+    dropped = page.evaluate_handle(
+        """([b64, name]) => { const dt = new DataTransfer();
+           const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+           dt.items.add(new File([bytes], name, {type: "image/jpeg"})); return dt; }""",
+        [base64.b64encode(ant.read_bytes()).decode(), ant.name])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    page.wait_for_function(f"document.querySelectorAll('.card .bar').length === {2 * len(classes)}")
+    assert page.locator(".card .name").all_inner_texts() == [ant.name, photo.name]  # newest on top
+    assert page.locator(".card .label").first.inner_text().split(" (")[0] in classes
+    shot = page.screenshot(full_page=True)
+    assert browser_page.problems() == []
+    assert browser_page.failed == []
+    assert all(u.startswith((server.url, "blob:", "data:")) for u in browser_page.requests), browser_page.requests
     with Image.open(io.BytesIO(shot)) as im:
         assert im.size[0] == 1280
-
-
-def _has_playwright() -> bool:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -198,7 +198,7 @@ def _outputs(predictor, images, bs: int = 64) -> torch.Tensor:
     return torch.cat([predictor.view_probs(images[b : b + bs])[0] for b in range(0, len(images), bs)])
 
 
-def _speed(predictor, images: torch.Tensor, bs: int = 64, repeats: int = 3) -> float:
+def images_per_second(predictor, images: torch.Tensor, bs: int = 64, repeats: int = 3) -> float:
     """Images/s of the model on a pre-decoded uint8 batch (best of `repeats`, after one warm-up)."""
     x = images[:bs]
     predictor.view_probs(x)
@@ -299,10 +299,10 @@ def export_model(run: str | Path, format: str = "onnx", out: str | Path | None =
             eager = Predictor(module.model, meta, device="cpu", precision="fp32")
             entry["parity"] = parity(eager, exported, images, targets, exported.task)
             say(_log_line(f"eager fp32 vs {backend}", entry["parity"]))
-            entry["images_per_s"] = _speed(exported, images)
+            entry["images_per_s"] = images_per_second(exported, images)
             if int8:
                 ref = ExportedPredictor(fp32, "onnx")
-                entry["fp32"] = {"bytes": fp32.stat().st_size, "images_per_s": _speed(ref, images),
+                entry["fp32"] = {"bytes": fp32.stat().st_size, "images_per_s": images_per_second(ref, images),
                                  "parity": parity(eager, ref, images, targets, exported.task)}
                 entry["size_ratio"] = round(entry["fp32"]["bytes"] / entry["bytes"], 2)
                 acc = entry["fp32"]["parity"].get("accuracy"), entry["parity"].get("accuracy")
