@@ -77,3 +77,19 @@ def expand_images(args: list[str]) -> list[Path]:
 def check_writable(path: str, force: bool) -> None:
     if Path(path).exists() and not force:
         raise UserError(f"{path}: already exists (pass --force to overwrite)")
+
+
+def learning_rate(value: str) -> float | str:
+    """`--lr`: a number or "auto"."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
+def figures(m: dict, metrics) -> str:
+    """The task's metrics of a result, in order: accuracy, or accuracy_multi/f1_multi (threshold), or mae/rmse."""
+    names = [n for n, _ in metrics] + (["threshold"] if "threshold" in m else [])
+    return "  ".join(f"{n} {m[n]:.4f}" for n in names if n in m)

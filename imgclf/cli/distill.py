@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import ModelConfig
-from .common import Help, T, add_data_flags
-from .train import _figures, _lr, config
+from .common import Help, T, add_data_flags, figures, learning_rate
+from .train import config
 
 
 def add(sub) -> None:
@@ -40,7 +40,8 @@ def add(sub) -> None:
                    help="dropout before the classifier (default: the arch's own)")
     g.add_argument("--epochs", type=int, default=T.epochs,
                    help="epochs (default: 16 from scratch, 1 for a pretrained student)")
-    g.add_argument("--lr", type=_lr, default=T.lr, help="peak learning rate or 'auto' (default 8e-3 from scratch)")
+    g.add_argument("--lr", type=learning_rate, default=T.lr,
+                   help="peak learning rate or 'auto' (default 8e-3 from scratch)")
     g.add_argument("--schedule", default=T.schedule, choices=["one_cycle", "cosine", "step", "constant"])
     g.add_argument("--opt", default=T.opt, choices=["adamw", "adam", "sgd", "rmsprop", "adagrad"])
     g.add_argument("--wd", type=float, default=T.wd, help="weight decay")
@@ -60,7 +61,7 @@ def run(a: argparse.Namespace) -> None:
     res = distill(config(a), a.teacher, temperature=a.temperature, alpha=a.alpha, compare=not a.no_compare,
                   progress=not a.quiet)
     m = res.metrics
-    print(f"student {_figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "
+    print(f"student {figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "
           f"fit {m['fit_seconds']:.1f}s  -> {res.run_dir}")
     t = m["teacher"]
     line = f"teacher accuracy {t['valid_accuracy']:.4f}"

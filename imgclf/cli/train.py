@@ -7,16 +7,7 @@ from dataclasses import fields
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import UserError
-from .common import Help, M, T, add_data_flags
-
-
-def _lr(value: str) -> float | str:
-    if value == "auto":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+from .common import Help, M, T, add_data_flags, figures, learning_rate
 
 
 def add(sub) -> None:
@@ -30,7 +21,8 @@ def add(sub) -> None:
                     "metrics and plots.",
         formatter_class=Help,
     )
-    p.add_argument("data", nargs="?", help="image folder (or a CSV of file,label[,is_valid])")
+    p.add_argument("data", nargs="?", help="image folder, a CSV of file,label[,is_valid], or a known data set's "
+                                           "name (`imgclf datasets`)")
     p.add_argument("--resume", metavar="RUN", help="go on from RUN's last checkpoint, with RUN's own settings "
                    "(config.json): give no DATA and no other training flag")
     p.add_argument("--ckpt-every", type=int, metavar="N", help="a checkpoint every N training steps, besides each "
@@ -56,7 +48,7 @@ def add(sub) -> None:
                    help="epochs of whole-model training (default: fine_tune 1 after the head, scratch 16)")
     g.add_argument("--freeze-epochs", type=int, default=T.freeze_epochs,
                    help="fine_tune recipe: head-only epochs first (on cached features: well under a second each)")
-    g.add_argument("--lr", type=_lr, default=T.lr,
+    g.add_argument("--lr", type=learning_rate, default=T.lr,
                    help="peak learning rate, or 'auto' (lr_find's valley); default 2e-3 fine-tuning, 8e-3 from scratch")
     g.add_argument("--schedule", default=T.schedule, choices=["one_cycle", "cosine", "step", "constant"],
                    help="learning-rate schedule of whole-model training: one-cycle, warmup + cosine decay, step "
@@ -114,11 +106,7 @@ def run(a: argparse.Namespace) -> None:
         res = train(config(a), progress=not a.quiet, ckpt_every=a.ckpt_every)
     m = res.metrics
     kept = f"  (kept {m['kept']})" if m.get("kept") else ""
-    print(f"{_figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "
+    print(f"{figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "
           f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s{kept}  -> {res.run_dir}")
 
 
-def _figures(m: dict, metrics) -> str:
-    """The task's metrics of a result, in order: accuracy, or accuracy_multi/f1_multi (threshold), or mae/rmse."""
-    names = [n for n, _ in metrics] + (["threshold"] if "threshold" in m else [])
-    return "  ".join(f"{n} {m[n]:.4f}" for n in names if n in m)
