@@ -56,6 +56,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     init: str = "default"  # default (the arch's own) | lsuv (from-scratch models only: see models/init.py)
+    # a checkpoint every N training steps besides each epoch's end; None = every 5 minutes of training, 0 = epoch
+    # ends only (train/checkpoint.py)
+    ckpt_every: int | None = None
 
 
 @dataclass

@@ -139,7 +139,7 @@ def test_unknown_arch_leaves_no_run_dir(data_dir, tmp_path, capsys):
 
 def test_done_run_files_and_permissions(run_dir):
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["status"] == "done" and cfg["checkpoint"] == {"every": None}
+    assert cfg["status"] == "done" and cfg["train"]["ckpt_every"] is None
     assert not (run_dir / CHECKPOINT_FILE).exists()  # removed once done
     mode = os.stat(run_dir / "config.json").st_mode & 0o777
     assert os.stat(run_dir / "model.safetensors").st_mode & 0o777 == mode
@@ -214,7 +214,8 @@ def test_fine_tune_recipe_resumes_in_its_second_fit(data_dir, tmp_path):
     def cfg(out):
         return RunConfig(data=DataConfig(path=str(data_dir), size=32, bs=8, workers=1),
                          model=ModelConfig(arch="xresnet_tiny", pretrained=False),
-                         train=TrainConfig(recipe="fine_tune", epochs=1, freeze_epochs=1, precision="fp32"),
+                         train=TrainConfig(recipe="fine_tune", epochs=1, freeze_epochs=1, precision="fp32",
+                                           ckpt_every=2),
                          out=str(out))
 
     def ctrl_c_in_second_fit(run: Path) -> None:
@@ -229,10 +230,10 @@ def test_fine_tune_recipe_resumes_in_its_second_fit(data_dir, tmp_path):
                 pass
             time.sleep(0.005)
 
-    a = train(cfg(tmp_path / "a"), progress=False, ckpt_every=2)
+    a = train(cfg(tmp_path / "a"), progress=False)
     threading.Thread(target=ctrl_c_in_second_fit, args=(tmp_path / "b",), daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "b"), progress=False, ckpt_every=2)
+        train(cfg(tmp_path / "b"), progress=False)
     conf = json.loads((tmp_path / "b" / "config.json").read_text())
     assert conf["status"] == "interrupted" and conf["last_checkpoint"].startswith("unfrozen epoch 1 step")
     assert (tmp_path / "b" / "model.safetensors").exists()  # the head epoch, the best so far, kept

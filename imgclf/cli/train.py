@@ -103,7 +103,7 @@ def run(a: argparse.Namespace) -> None:
     else:
         if not a.data:
             raise UserError("give DATA (an image folder or a CSV), or --resume RUN")
-        res = train(config(a), progress=not a.quiet, ckpt_every=a.ckpt_every)
+        res = train(config(a), progress=not a.quiet)
     m = res.metrics
     kept = f"  (kept {m['kept']})" if m.get("kept") else ""
     print(f"{figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "

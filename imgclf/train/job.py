@@ -143,17 +143,15 @@ def _save_fig(fig, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Path | None = None,
-          ckpt_every: int | None = None) -> TrainResult:
+def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Path | None = None) -> TrainResult:
     """Run the configured training and write its run directory; returns where, and the figures.
 
-    `ckpt_every`: a checkpoint every N training steps besides each epoch's end (None: every 5 minutes of
-    training; 0: epoch ends only). `resume`: a run directory to go on from, with its own config (give no
-    `cfg`, or the same one)."""
+    Checkpoints come at each epoch's end and as `cfg.train.ckpt_every` says. `resume`: a run directory to go on
+    from, with its own config (give no `cfg`, or the same one)."""
     t_start = time.perf_counter()
     out: Path | None = None
     if resume is not None:
-        cfg, out, ckpt_every = resume_config(resume, cfg)
+        cfg, out = resume_config(resume, cfg)
     if cfg is None:
         raise UserError("train: give a RunConfig, or a run directory to resume")
     tc = cfg.train
@@ -177,9 +175,10 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
     data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
     fresh = out is None
     out = out or new_run_dir(cfg.out or default_out(cfg))
+    ckpt_every = cfg.train.ckpt_every
     ck = Checkpointer(out, ckpt_every)
     if fresh:
-        write_json(out / CONFIG_FILE, {**saved_config(cfg, out, ckpt_every), "status": "running"})
+        write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "running"})
     else:
         update_config(out, status="running")
         if not ck.load():  # killed before its first checkpoint: the run starts over, in its own directory
@@ -259,7 +258,7 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         resolved["target_mean"], resolved["target_std"] = data.target_stats
     final = learn.choose_threshold() if data.task == "multi_label" else learn.validate()
     learn.export(out)
-    write_json(out / CONFIG_FILE, {**saved_config(cfg, out, ck.every), "status": "done", "resolved": resolved})
+    write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "done", "resolved": resolved})
     metrics = {
         **final, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start,
         "n_train": data.n_train, "n_valid": data.n_valid, "n_classes": len(data.classes),
@@ -276,20 +275,20 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     return TrainResult(out, metrics, learn)
 
 
-def saved_config(cfg: RunConfig, out: Path, ckpt_every: int | None) -> dict[str, Any]:
+def saved_config(cfg: RunConfig, out: Path) -> dict[str, Any]:
     """config.json's settings: the config with paths made absolute (interpret/report and a resume find the data
-    from anywhere), where the run is, its checkpoint interval and the imgclf that wrote it."""
+    from anywhere), where the run is and the imgclf that wrote it."""
     from .. import __version__
 
     saved = cfg.to_dict()
     saved["data"]["path"] = str(Path(cfg.data.path).resolve())
     if cfg.data.csv:
         saved["data"]["csv"] = str(Path(cfg.data.csv).resolve())
-    return {**saved, "out": str(out), "checkpoint": {"every": ckpt_every}, "imgclf_version": __version__}
+    return {**saved, "out": str(out), "imgclf_version": __version__}
 
 
-def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunConfig, Path, int | None]:
-    """(config, run directory, checkpoint interval) of a run to resume, from its config.json. A resume takes the
+def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunConfig, Path]:
+    """(config, run directory) of a run to resume, from its config.json. A resume takes the
     whole config from there: a `cfg` given as well must train the same way (data paths aside)."""
     run = Path(run)
     path = run / CONFIG_FILE
@@ -309,7 +308,7 @@ def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunCon
                 if getattr(getattr(resumed, part), k) != v]
         if diff:
             raise UserError(f"{run}: a resume trains as the run began; these settings differ: {', '.join(diff)}")
-    return resumed, run, (saved.get("checkpoint") or {}).get("every")
+    return resumed, run
 
 
 def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool) -> None:
