@@ -57,8 +57,8 @@ def test_from_folder_split(tiny_split_folder):
 
 def test_from_folder_random_split(tiny_folder):
     a = load(tiny_folder, size=16, valid_pct=0.25, seed=1)
-    assert (a.n_train, a.n_valid) == (15, 5)
-    assert a.train_images.shape == (15, 3, presize_for(16), presize_for(16))
+    assert (a.n_train, a.n_valid) == (16, 4)  # stratified: round(0.25 * 10) = 2 (half to even) per class
+    assert a.train_images.shape == (16, 3, presize_for(16), presize_for(16))
     b = load(tiny_folder, size=16, valid_pct=0.25, seed=1)
     assert b.valid_paths == a.valid_paths and torch.equal(b.valid_images, a.valid_images)
     assert load(tiny_folder, size=16, valid_pct=0.25, seed=2).valid_paths != a.valid_paths

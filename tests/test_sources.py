@@ -136,7 +136,7 @@ def test_folder_random_split_same_seed_same_split(image_folder):
     c = items_from_folder(root, valid_pct=0.25, seed=8)
     assert a.is_valid == b.is_valid
     assert a.is_valid != c.is_valid
-    assert sum(a.is_valid) == sum(c.is_valid) == 5
+    assert sum(a.is_valid) == sum(c.is_valid) == 4  # stratified: round(0.25 * 10) = 2 (half to even) per class
 
 
 # --- labels from file names ---------------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_folder_with_label_re_allows_loose_files(tmp_path, write_image):
     items = items_from_folder(root, label_re=PETS_RE, seed=0)
     assert [p.name for p in items.paths] == sorted(names)
     assert items.labels == [n.rsplit("_", 1)[0] for n in sorted(names)]
-    assert sum(items.is_valid) == 1
+    assert sum(items.is_valid) == 2  # stratified: one of each class's three
 
 
 def test_food_regex_on_flat_folder(tmp_path, write_image):
@@ -189,7 +189,8 @@ def test_csv_file_label_random_split(tmp_path, write_image):
     items = items_from_csv(csv_path, seed=3)
     assert items.paths == [tmp_path / "imgs" / f"im{i}.png" for i in range(10)]
     assert items.labels == ["odd" if i % 2 else "even" for i in range(10)]
-    assert items.is_valid == random_split(10, 0.2, 3)
+    assert items.is_valid == random_split(10, 0.2, 3, labels=items.labels)  # stratified: one of each class
+    assert sorted(lab for lab, v in zip(items.labels, items.is_valid, strict=True) if v) == ["even", "odd"]
     assert items_from_csv(csv_path, seed=3).is_valid == items.is_valid
 
 
@@ -242,7 +243,8 @@ def test_files_and_labels(tmp_path):
     items = items_from_files([tmp_path / "a.jpg", str(tmp_path / "b.jpg"), "c.jpg"], ["x", 1, "x"], seed=0)
     assert items.paths == [tmp_path / "a.jpg", tmp_path / "b.jpg", Path("c.jpg")]
     assert items.labels == ["x", "1", "x"]
-    assert items.is_valid == random_split(3, 0.2, 0)
+    assert items.is_valid == random_split(3, 0.2, 0, labels=items.labels)  # stratified: class 1's one file trains
+    assert items.is_valid[1] is False and sum(items.is_valid) == 1
     with pytest.raises(UserError, match="2 files but 1 labels"):
         items_from_files(["a.jpg", "b.jpg"], ["x"])
 

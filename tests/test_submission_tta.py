@@ -149,8 +149,9 @@ def test_evaluate_tta_reports_both_figures(run, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     ev = json.loads(js.read_text())
     assert ev["n"] == 12 and ev["tta_views"] == ["center", "flip"]
-    assert lines[0] == f"accuracy {ev['accuracy']:.4f}  loss {ev['loss']:.4f}  n 12"
-    assert lines[1] == f"tta accuracy {ev['tta_accuracy']:.4f}  tta loss {ev['tta_loss']:.4f}  (center + flip)"
+    ci, tta_ci = (f"({ev[k + '_low']:.2f}-{ev[k + '_high']:.2f}, 12 images)" for k in ("accuracy", "tta_accuracy"))
+    assert lines[0] == f"accuracy {ev['accuracy']:.4f} {ci}  loss {ev['loss']:.4f}  n 12"
+    assert lines[1] == f"tta accuracy {ev['tta_accuracy']:.4f} {tta_ci}  tta loss {ev['tta_loss']:.4f}  (center + flip)"
     # the plain figures are those of evaluate without --tta; the TTA ones those of predict --tta by hand
     assert main(["evaluate", str(run), str(data), "--json", str(tmp_path / "plain.json"), "--quiet"]) == 0
     plain = json.loads((tmp_path / "plain.json").read_text())

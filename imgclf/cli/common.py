@@ -90,6 +90,10 @@ def learning_rate(value: str) -> float | str:
 
 
 def figures(m: dict, metrics) -> str:
-    """The task's metrics of a result, in order: accuracy, or accuracy_multi/f1_multi (threshold), or mae/rmse."""
+    """The task's metrics of a result, in order: accuracy, or accuracy_multi/f1_multi (threshold), or mae/rmse;
+    with its 95% interval where the result has `<name>_low`/`_high`: `accuracy 0.9673 (0.93-0.99, 153 images)`."""
+    from ..train.metrics import format_figure
+
     names = [n for n, _ in metrics] + (["threshold"] if "threshold" in m else [])
-    return "  ".join(f"{n} {m[n]:.4f}" for n in names if n in m)
+    return "  ".join(format_figure(n, m[n], m.get(f"{n}_low"), m.get(f"{n}_high"), m.get("n_valid"))
+                     for n in names if n in m)

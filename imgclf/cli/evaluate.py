@@ -29,20 +29,27 @@ def add(sub) -> None:
 def run(a: argparse.Namespace) -> None:
     from ..infer import evaluate, load_model
     from ..rundir import write_json
+    from ..train.metrics import format_figure
 
     if a.json:
         check_writable(a.json, a.force)
     res = evaluate(load_model(a.run, device=a.device), a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet,
                    tta=a.tta, label_col=a.label_col)
-    plain = [k for k, v in res.items() if isinstance(v, float) and not k.startswith("tta_")]
-    print("  ".join(f"{k} {res[k]:.4f}" for k in plain) + f"  n {res['n']}")
+    plain = [k for k, v in res.items() if isinstance(v, float) and not k.startswith("tta_")
+             and not k.endswith(("_low", "_high"))]
+    print("  ".join(format_figure(k, res[k], res.get(f"{k}_low"), res.get(f"{k}_high"), res["n"]) for k in plain)
+          + f"  n {res['n']}")
     if a.tta:
-        print("  ".join(f"tta {k} {res['tta_' + k]:.4f}" for k in plain if "tta_" + k in res)
+        print("  ".join("tta " + format_figure(k, res["tta_" + k], res.get(f"tta_{k}_low"), res.get(f"tta_{k}_high"),
+                                               res["n"])
+                        for k in plain if "tta_" + k in res)
               + f"  ({' + '.join(res['tta_views'])})")
     per_class = next((k for k in res if k.startswith("per_class_")), None)
     if per_class:
         print(f"{per_class.removeprefix('per_class_')} per {'tag' if 'f1' in per_class else 'class'}:")
+        bounds = res.get(per_class + "_interval", {})
         for c, v in res[per_class].items():
-            print(f"  {c}: {v:.4f}")
+            b = bounds.get(c)
+            print(f"  {c}: {v:.4f}" + (f" ({b['low']:.2f}-{b['high']:.2f}, {b['n']} images)" if b else ""))
     if a.json:
         write_json(a.json, res)

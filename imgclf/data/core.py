@@ -119,7 +119,7 @@ class ImageData:
         """Classes from sub-folder names; `train/` + `valid|val/` if present, else a seeded `valid_pct` split."""
         multi = kwargs.get("task") == "multi_label"  # the same image in several class folders has each as a tag
         items = items_from_folder(path, valid=valid, valid_pct=valid_pct, seed=seed, label_re=label_re,
-                                  multi_label=multi)
+                                  multi_label=multi, stratify=kwargs.get("task", "classify") == "classify")
         labeller = f"regex {label_re!r} on file names" if label_re else "class folder names"
         if multi:
             labeller += " (an image in several folders has each as a tag)"
@@ -137,7 +137,8 @@ class ImageData:
         """Rows of `file,label[,is_valid]`, files relative to `folder` (default: beside the CSV); with
         `task="multi_label"` the label holds space-separated tags, with `task="regression"` a number
         (`label_col` names its column)."""
-        items = items_from_csv(csv_file, folder=folder, valid_pct=valid_pct, seed=seed, label_col=label_col)
+        items = items_from_csv(csv_file, folder=folder, valid_pct=valid_pct, seed=seed, label_col=label_col,
+                               stratify=kwargs.get("task", "classify") == "classify")
         col = label_col or "label"
         kwargs.setdefault("target_name", col)
         return cls(items, source=str(csv_file), labeller=f"the {col} column of {Path(csv_file).name}", **kwargs)
@@ -181,7 +182,9 @@ class ImageData:
     @classmethod
     def from_files(cls, files: Sequence[str | Path], labels: Sequence[str], valid_pct: float = 0.2,
                    seed: int = 42, **kwargs) -> ImageData:
-        return cls(items_from_files(files, labels, valid_pct=valid_pct, seed=seed), source="files", **kwargs)
+        items = items_from_files(files, labels, valid_pct=valid_pct, seed=seed,
+                                 stratify=kwargs.get("task", "classify") == "classify")
+        return cls(items, source="files", **kwargs)
 
     def native_short_side(self) -> float:
         """Median of min(width, height) of the training images as they came, before presizing."""

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..rundir import write_json
+from ..train.metrics import bootstrap_f1_per_class, wilson_interval
 from .model_summary import ModelSummary, model_summary
 
 if TYPE_CHECKING:
@@ -183,15 +184,20 @@ class Interpretation:
         return sorted(pairs, key=lambda p: -p[2])  # stable: ties stay in class order
 
     def per_class(self) -> list[dict[str, Any]]:
-        """Precision, recall, F1 and support of each class (0 where a ratio has nothing to divide by)."""
+        """Precision, recall, F1 and support of each class (0 where a ratio has nothing to divide by), with 95%
+        bounds: `recall_low`/`recall_high` (Wilson, over the class's images) and `f1_low`/`f1_high` (bootstrap
+        over images, 1000 resamples, seed 0: the same figures every call)."""
         cm = self.confusion_matrix()
+        f1_lo, f1_hi = bootstrap_f1_per_class(self.preds, self.targets, len(self.classes))
         out = []
         for i, name in enumerate(self.classes):
             tp, predicted, support = int(cm[i, i]), int(cm[:, i].sum()), int(cm[i].sum())
             precision = tp / predicted if predicted else 0.0
             recall = tp / support if support else 0.0
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            out.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support})
+            r_lo, r_hi = wilson_interval(tp, support) if support else (0.0, 0.0)
+            out.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support,
+                        "recall_low": r_lo, "recall_high": r_hi, "f1_low": f1_lo[i], "f1_high": f1_hi[i]})
         return out
 
     def top_loss_indices(self, k: int | None = None) -> list[int]:
@@ -275,8 +281,10 @@ class Interpretation:
     # ------------------------------------------------------------------ files
     def to_dict(self, k: int = 9, min_val: int = 1) -> dict[str, Any]:
         """The figures `interpret.json` holds."""
+        lo, hi = wilson_interval(int((self.preds == self.targets).sum()), self.n)  # 95% bounds of accuracy
         return {
-            "accuracy": self.accuracy, "n_valid": self.n, "classes": self.classes,
+            "accuracy": self.accuracy, "accuracy_low": lo, "accuracy_high": hi, "n_valid": self.n,
+            "classes": self.classes,
             "confusion_matrix": self.confusion_matrix().tolist(), "per_class": self.per_class(),
             "most_confused": [list(p) for p in self.most_confused(min_val)], "top_losses": self.top_losses(k),
             "model": self.summary.to_dict() if self.summary else None, "data": self.source,
@@ -370,12 +378,18 @@ def interpret_run(run: str | Path, data: ImageData | str | Path | None = None, o
 def format_summary(result: dict[str, Any], limit: int = 10) -> str:
     """The text `imgclf interpret` prints: accuracy, the per-class table and the most confused pairs."""
     cm = np.asarray(result["confusion_matrix"])
-    lines = [f"accuracy {result['accuracy']:.4f} ({int(np.trace(cm))}/{result['n_valid']} validation images)", ""]
+    ci = f"{result['accuracy_low']:.2f}-{result['accuracy_high']:.2f}, " if "accuracy_low" in result else ""
+    lines = [f"accuracy {result['accuracy']:.4f} ({ci}{int(np.trace(cm))}/{result['n_valid']} validation images)",
+             ""]
     width = max([5, *(len(r["class"]) for r in result["per_class"])])
-    lines.append(f"{'class'.ljust(width)}  precision  recall      f1  support")
+    lines.append(f"{'class'.ljust(width)}  precision  {'recall (95%)':20}  {'f1 (95%)':20}  support")
+
+    def bounds(r: dict, k: str) -> str:
+        return f"({r[k + '_low']:.2f}-{r[k + '_high']:.2f})" if k + "_low" in r else ""
+
     for r in result["per_class"]:
-        lines.append(f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f}  {r['f1']:6.4f}"
-                     f"  {r['support']:7d}")
+        lines.append(f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f} {bounds(r, 'recall'):13}"
+                     f"  {r['f1']:6.4f} {bounds(r, 'f1'):13}  {r['support']:7d}")
     pairs = result["most_confused"]
     lines += ["", "most confused (actual -> predicted: images):" if pairs else "most confused: none"]
     lines += [f"  {a} -> {p}: {n}" for a, p, n in pairs[:limit]]

@@ -171,17 +171,28 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def _bounds(metrics: dict, name: str, pct: bool = False) -> str:
+    """` (95% CI 93.0–99.0%, 153 images)`: the 95% interval metrics.json holds for `name`, or "" for older runs."""
+    lo, hi, n = metrics.get(f"{name}_low"), metrics.get(f"{name}_high"), metrics.get("n_valid")
+    if lo is None or hi is None:
+        return ""
+    span = f"{100 * lo:.1f}–{100 * hi:.1f}%" if pct else f"{lo:.2f}–{hi:.2f}"
+    return f" (95% CI {span}" + (f", {n} images)" if n else ")")
+
+
 def _headline(metrics: dict, meta: dict, config: dict, accuracy: float | None) -> list[tuple[str, str]]:
     """The figures under the title: accuracy, loss, recipe, architecture, size, images, time."""
     resolved = config.get("resolved", {})
     task = meta.get("task", "classify")
     if task == "multi_label":  # tags: F1 and per-decision accuracy at the saved threshold
-        figures = [("F1 (tags)", fmt(metrics.get("f1_multi"))), ("accuracy (tags)", fmt(metrics.get("accuracy_multi"))),
+        figures = [("F1 (tags)", fmt(metrics.get("f1_multi")) + _bounds(metrics, "f1_multi")),
+                   ("accuracy (tags)", fmt(metrics.get("accuracy_multi")) + _bounds(metrics, "accuracy_multi")),
                    ("threshold", fmt(metrics.get("threshold")))]
     elif task == "regression":  # numbers: errors in the target's own units
         figures = [(f"MAE ({meta['classes'][0]})", fmt(metrics.get("mae"))), ("RMSE", fmt(metrics.get("rmse")))]
     else:
-        figures = [("accuracy", "–" if accuracy is None else f"{100 * accuracy:.2f}%")]
+        figures = [("accuracy", "–" if accuracy is None else f"{100 * accuracy:.2f}%" + _bounds(metrics, "accuracy",
+                                                                                                   pct=True))]
     items = [
         *figures,
         ("valid loss", fmt(metrics.get("valid_loss"))),

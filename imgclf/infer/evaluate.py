@@ -12,7 +12,15 @@ from ..data.idx import is_idx_folder, load_idx, presize_arrays
 from ..data.sources import Items, Unused, items_from_csv, items_from_folder, label_from_re, scan_images
 from ..data.targets import encode_targets
 from ..errors import UserError
-from ..train.metrics import accuracy_multi, fbeta_multi, mae, rmse
+from ..train.metrics import (
+    accuracy_multi,
+    add_intervals,
+    fbeta_multi,
+    mae,
+    multi_label_intervals,
+    rmse,
+    wilson_interval,
+)
 from .predictor import Predictor, load_model
 from .tta import TTA_VIEWS, combine
 
@@ -43,7 +51,9 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
 
     Classes: accuracy, loss (plain cross-entropy) and per-class accuracy; tags: accuracy_multi, f1_multi at
     the run's threshold, loss (binary cross-entropy) and per-tag F1; numbers: mae, rmse in the targets'
-    units. With `tta` the same figures prefixed `tta_` (center + flip views averaged), from the same pass."""
+    units. With `tta` the same figures prefixed `tta_` (center + flip views averaged), from the same pass.
+    Proportions carry 95% bounds, `<name>_low`/`<name>_high`: Wilson for accuracy and for each class's accuracy
+    (`per_class_accuracy_interval`), a 1000-resample bootstrap over images for accuracy_multi and f1_multi."""
     predictor = run if isinstance(run, Predictor) else load_model(run)
     names = TTA_VIEWS if tta else ("center",)
     unused = Unused()  # entries under `data` not used as images: one warning, and listed in the result
@@ -64,6 +74,8 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     res = {**_scores(view_probs[0], targets, predictor), "n": len(targets)}
     if task != "regression":
         res[f"per_class_{_PER_CLASS[task]}"] = _per_class(view_probs[0], targets, predictor)
+    if task == "classify":  # a class's accuracy is its recall: k right of its n images, Wilson's bounds
+        res["per_class_accuracy_interval"] = _per_class_intervals(view_probs[0], targets, predictor)
     res["skipped_files"] = [{"path": str(p), "reason": r} for p, r in skipped]
     res["unused_entries"] = unused.to_dict()
     if tta:
@@ -94,9 +106,22 @@ def _scores(out: torch.Tensor, targets: torch.Tensor, predictor: Predictor) -> d
         logits = logits.logit()  # the metrics take logits: the sigmoid gives the probabilities back
         t = predictor.threshold
         return {"accuracy_multi": accuracy_multi(logits, targets, t), "f1_multi": fbeta_multi(logits, targets, 1, t),
+                **multi_label_intervals(logits, targets, t),  # bootstrap over images, fixed seed
                 "loss": float(F.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), targets)), "threshold": t}
-    return {"accuracy": float((out.argmax(-1) == targets).float().mean()),
-            "loss": float(F.nll_loss(out.clamp_min(1e-12).log(), targets))}
+    res = {"accuracy": float((out.argmax(-1) == targets).float().mean()),
+           "loss": float(F.nll_loss(out.clamp_min(1e-12).log(), targets))}
+    return add_intervals(res, len(targets))  # accuracy_low / accuracy_high: 95% Wilson
+
+
+def _per_class_intervals(out: torch.Tensor, targets: torch.Tensor, predictor: Predictor) -> dict[str, dict]:
+    """95% Wilson bounds of each present class's accuracy (recall), with its number of images."""
+    hits, res = out.argmax(-1) == targets, {}
+    for i, c in enumerate(predictor.classes):
+        n = int((targets == i).sum())
+        if n:
+            lo, hi = wilson_interval(int(hits[targets == i].sum()), n)
+            res[c] = {"low": lo, "high": hi, "n": n}
+    return res
 
 
 def _per_class(out: torch.Tensor, targets: torch.Tensor, predictor: Predictor) -> dict[str, float]:

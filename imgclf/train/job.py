@@ -45,6 +45,7 @@ from ..rundir import (
 )
 from .callbacks import Callback, CSVLogger, CutMix, EarlyStopping, MixUp, NonFiniteLoss, SaveBestModel
 from .checkpoint import Checkpointer, TrainingInterrupted
+from .metrics import add_intervals, multi_label_intervals
 from .recipes import RECIPES, auto_fit
 from .schedule import get_schedule
 from .vision import VisionLearner, vision_learner
@@ -257,6 +258,9 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     if data.task == "regression":
         resolved["target_mean"], resolved["target_std"] = data.target_stats
     final = learn.choose_threshold() if data.task == "multi_label" else learn.validate()
+    add_intervals(final, data.n_valid)  # 95% Wilson bounds of accuracy: `accuracy_low`, `accuracy_high`
+    if data.task == "multi_label" and data.n_valid:  # one more validation pass, then a bootstrap over images
+        final.update(multi_label_intervals(*learn.get_preds(), final.get("threshold", 0.5)))
     learn.export(out)
     write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "done", "resolved": resolved})
     metrics = {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -85,6 +87,97 @@ METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
     "accuracy": accuracy, "error_rate": error_rate, "top5_accuracy": top5_accuracy,
     "accuracy_multi": accuracy_multi, "f1_multi": f1_multi, "mae": mae, "rmse": rmse,
 }
+
+
+PROPORTIONS = ("accuracy", "error_rate", "top5_accuracy")  # one right/wrong per image: Wilson fits
+
+
+def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n (95% at z=1.96).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at k=0 or k=n: 0 right of
+    10 gives (0, 0.278), so a perfect score on 10 images still says "could be as low as 72%"."""
+    if n <= 0:
+        return 0.0, 1.0
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if k <= 0 else lo), (1.0 if k >= n else hi)  # exact ends where rounding would miss them
+
+
+def bootstrap_interval(values: torch.Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+                       ) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-image `values` (resampling images, fixed seed).
+
+    For figures that are averages over images but not a count of successes (multi-label accuracy, samples F1);
+    all resamples in one indexing op: 1000 x 1000 images costs a few milliseconds on CPU."""
+    v = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if len(v) == 0:
+        return 0.0, 1.0
+    g = torch.Generator().manual_seed(seed)
+    means = v[torch.randint(len(v), (n_boot, len(v)), generator=g)].mean(1)
+    a = (1 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([a, 1 - a])).tolist()
+    return lo, hi
+
+
+def add_intervals(metrics: dict[str, Any], n: int, z: float = 1.96) -> dict[str, Any]:
+    """Adds `<name>_low` / `<name>_high` (Wilson, n images) for each proportion metric in `metrics`; in place."""
+    for name in PROPORTIONS:
+        if isinstance(metrics.get(name), float):
+            metrics[f"{name}_low"], metrics[f"{name}_high"] = wilson_interval(round(metrics[name] * n), n, z)
+    return metrics
+
+
+def multi_label_intervals(logits: torch.Tensor, targets: torch.Tensor, thresh: float = 0.5, n_boot: int = 1000,
+                          seed: int = 0) -> dict[str, float]:
+    """Bootstrap bounds over images of accuracy_multi and f1_multi: `accuracy_multi_low`, ... `f1_multi_high`.
+
+    The (image, tag) decisions of one image are not independent, so no Wilson here: images are resampled."""
+    pred, t = (logits.sigmoid() > thresh).float(), targets.float()
+    tp = (pred * t).sum(-1)
+    denom = 2 * tp + (t.sum(-1) - tp) + (pred.sum(-1) - tp)
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1e-12), torch.ones_like(tp))
+    out = {}
+    for name, per_image in (("accuracy_multi", (pred == t).float().mean(-1)), ("f1_multi", f1)):
+        out[f"{name}_low"], out[f"{name}_high"] = bootstrap_interval(per_image, n_boot, seed)
+    return out
+
+
+def bootstrap_f1_per_class(preds: torch.Tensor, targets: torch.Tensor, n_classes: int, n_boot: int = 1000,
+                           seed: int = 0, level: float = 0.95) -> tuple[list[float], list[float]]:
+    """Percentile bootstrap bounds (over images, fixed seed) of each class's F1 from predicted/actual indices.
+
+    F1 has no closed-form interval; all resamples are counted with one bincount: (lows, highs) per class."""
+    preds, targets = torch.as_tensor(preds).long().flatten(), torch.as_tensor(targets).long().flatten()
+    n = len(targets)
+    if n == 0:
+        return [0.0] * n_classes, [1.0] * n_classes
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(n, (n_boot, n), generator=g)
+    t, p = targets[idx], preds[idx]
+    base = torch.arange(n_boot)[:, None] * n_classes
+    size = n_boot * n_classes
+
+    def count(cls: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        flat = (base + cls)[mask] if mask is not None else (base + cls).flatten()
+        return torch.bincount(flat, minlength=size).reshape(n_boot, n_classes).float()
+
+    tp, support, predicted = count(t, t == p), count(t), count(p)
+    denom = support + predicted
+    f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(tp))
+    a = (1 - level) / 2
+    q = torch.quantile(f1, torch.tensor([a, 1 - a]), dim=0)
+    return q[0].tolist(), q[1].tolist()
+
+
+def format_figure(name: str, value: float, lo: float | None = None, hi: float | None = None,
+                  n: int | None = None) -> str:
+    """`accuracy 0.9673 (0.93-0.99, 153 images)`; just `accuracy 0.9673` without bounds."""
+    if lo is None or hi is None:
+        return f"{name} {value:.4f}"
+    return f"{name} {value:.4f} ({lo:.2f}-{hi:.2f}" + (f", {n} images)" if n is not None else ")")
 
 
 def get_metric(m: str | Callable) -> tuple[str, Callable[[torch.Tensor, torch.Tensor], float]]:
