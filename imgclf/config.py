@@ -11,6 +11,9 @@ class DataConfig:
     path: str = ""
     valid: str | None = None  # name of an existing validation folder; None = look for valid/val, else split
     valid_pct: float = 0.2
+    # the random split: stratified (by class, byte-identical copies on one side) | random (plain seeded: the split
+    # of runs written before 2026-11-30, which their config.json lacks the key for: see from_dict)
+    split: str = "stratified"
     seed: int = 42
     label_re: str | None = None  # regex on the file name whose first group is the label
     csv: str | None = None  # CSV with file,label[,is_valid]
@@ -77,8 +80,11 @@ class RunConfig:
             names = {f.name for f in fields(kind)}
             return kind(**{k: v for k, v in (values or {}).items() if k in names})
 
+        data = dict(d.get("data") or {})
+        if data and "split" not in data:  # a run written before splits were stratified: rebuild its own split
+            data["split"] = "random"
         return cls(
-            data=build(DataConfig, d.get("data")),
+            data=build(DataConfig, data),
             model=build(ModelConfig, d.get("model")),
             train=build(TrainConfig, d.get("train")),
             out=d.get("out"),

@@ -150,3 +150,19 @@ def test_hymenoptera_without_folders_is_stratified(hymenoptera, tmp_path):
     # exact copies inside the data set may shift a class by a file; otherwise round(0.2 * n)
     assert all(abs(held[c] - round(0.2 * total[c])) <= 1 for c in total)
     assert items.is_valid == items_from_folder(tmp_path / "all", valid_pct=0.2, seed=42).is_valid
+
+
+def test_runs_written_before_stratified_splits_rebuild_their_own_split(image_folder):
+    """A config.json without `data.split` (imgclf before 2026-11-30) reads as the plain random split, so
+    interpret/report/export score the images that run was validated on; new configs say "stratified"."""
+    from imgclf.config import RunConfig
+    from imgclf.data.sources import items_from_folder, random_split
+
+    old = RunConfig.from_dict({"data": {"path": "x", "valid_pct": 0.25, "seed": 3}})
+    assert old.data.split == "random" and RunConfig().data.split == "stratified"
+    assert RunConfig.from_dict(RunConfig().to_dict()).data.split == "stratified"
+    root = image_folder({"a": 7, "b": 3})
+    items = items_from_folder(root, valid_pct=0.25, seed=3, split="random")
+    assert items.is_valid == random_split(10, 0.25, 3)  # the old code's split, to the item
+    stratified = items_from_folder(root, valid_pct=0.25, seed=3)
+    assert {lab for lab, v in zip(stratified.labels, stratified.is_valid, strict=True) if v} == {"a", "b"}

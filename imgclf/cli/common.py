@@ -31,6 +31,9 @@ def add_data_flags(g) -> None:
     g.add_argument("--label-re", help=r"regex on the file name; group 1 is the label, e.g. '^(.+)_\d+\.jpg$'")
     g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
     g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
+    g.add_argument("--split", default=D.split, choices=["stratified", "random"],
+                   help="that held-out split: stratified by class with byte-identical copies on one side, or plain "
+                        "random (the split of runs written before 2026-11-30)")
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the split, init and augmentation")
     g.add_argument("--size", type=int, default=D.size,
                    help="image size in pixels (default: the backbone's recommended size, 256 for the default; from "

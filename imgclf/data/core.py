@@ -114,12 +114,14 @@ class ImageData:
     @classmethod
     def from_folder(
         cls, path: str | Path, valid: str | None = None, valid_pct: float = 0.2, seed: int = 42,
-        label_re: str | None = None, **kwargs,
+        label_re: str | None = None, split: str = "stratified", **kwargs,
     ) -> ImageData:
-        """Classes from sub-folder names; `train/` + `valid|val/` if present, else a seeded `valid_pct` split."""
+        """Classes from sub-folder names; `train/` + `valid|val/` if present, else a seeded `valid_pct` split
+        (`split`: stratified by class with copies kept together, or the plain "random" one of older runs)."""
         multi = kwargs.get("task") == "multi_label"  # the same image in several class folders has each as a tag
         items = items_from_folder(path, valid=valid, valid_pct=valid_pct, seed=seed, label_re=label_re,
-                                  multi_label=multi, stratify=kwargs.get("task", "classify") == "classify")
+                                  multi_label=multi, stratify=kwargs.get("task", "classify") == "classify",
+                                  split=split)
         labeller = f"regex {label_re!r} on file names" if label_re else "class folder names"
         if multi:
             labeller += " (an image in several folders has each as a tag)"
@@ -133,12 +135,12 @@ class ImageData:
 
     @classmethod
     def from_csv(cls, csv_file: str | Path, folder: str | Path | None = None, valid_pct: float = 0.2,
-                 seed: int = 42, label_col: str | None = None, **kwargs) -> ImageData:
+                 seed: int = 42, label_col: str | None = None, split: str = "stratified", **kwargs) -> ImageData:
         """Rows of `file,label[,is_valid]`, files relative to `folder` (default: beside the CSV); with
         `task="multi_label"` the label holds space-separated tags, with `task="regression"` a number
         (`label_col` names its column)."""
         items = items_from_csv(csv_file, folder=folder, valid_pct=valid_pct, seed=seed, label_col=label_col,
-                               stratify=kwargs.get("task", "classify") == "classify")
+                               stratify=kwargs.get("task", "classify") == "classify", split=split)
         col = label_col or "label"
         kwargs.setdefault("target_name", col)
         return cls(items, source=str(csv_file), labeller=f"the {col} column of {Path(csv_file).name}", **kwargs)

@@ -262,12 +262,21 @@ def random_split(
     return [i in held for i in range(n)]
 
 
+SPLITS = ("stratified", "random")
+
+
 def split_items(paths: Sequence[Path], labels: Sequence[str], valid_pct: float, seed: int,
-                stratify: bool = True) -> list[bool]:
+                stratify: bool = True, split: str = "stratified") -> list[bool]:
     """The random split of files: copies of one file kept together; stratified by label when `stratify`
-    (single-label classes; multi-label tags and regression targets are not classes to stratify)."""
+    (single-label classes; multi-label tags and regression targets are not classes to stratify).
+    `split="random"`: the plain seeded split of imgclf before 2026-11-30 (no classes, no copies), so a run
+    written then rebuilds the validation images it was scored on (`config.RunConfig.from_dict`)."""
     if not 0 < valid_pct < 1:  # before reading any file
         raise UserError(f"--valid-pct must be between 0 and 1, got {valid_pct}")
+    if split not in SPLITS:
+        raise UserError(f"--split {split}: choose {' or '.join(SPLITS)}")
+    if split == "random":
+        return random_split(len(paths), valid_pct, seed)
     return random_split(len(paths), valid_pct, seed, labels if stratify else None, content_keys(paths))
 
 
@@ -347,6 +356,7 @@ def items_from_folder(
     label_re: str | None = None,
     multi_label: bool = False,
     stratify: bool = True,
+    split: str = "stratified",
 ) -> Items:
     """Labels from parent folder names (or `label_re` on file names); split from train/ + valid/ or at random.
 
@@ -377,7 +387,7 @@ def items_from_folder(
     items = Items(paths, _labels(paths, root, label_re), [False] * len(paths))
     if multi_label:
         items = merge_by_content(items)
-    items.is_valid = split_items(items.paths, items.labels, valid_pct, seed, stratify and not multi_label)
+    items.is_valid = split_items(items.paths, items.labels, valid_pct, seed, stratify and not multi_label, split)
     items.unused = unused
     return items
 
@@ -423,7 +433,7 @@ _LABEL_COLS = ("label", "labels", "class", "category", "target", "y")
 
 def items_from_csv(
     csv_file: str | Path, folder: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
-    label_col: str | None = None, stratify: bool = True,
+    label_col: str | None = None, stratify: bool = True, split: str = "stratified",
 ) -> Items:
     """Rows of `file,label[,is_valid]`; files are relative to `folder` (default: the CSV's folder).
 
@@ -469,7 +479,7 @@ def items_from_csv(
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"{missing[0]}: file listed in {csv_path.name} not found{more}")
-    is_valid = flags if vcol is not None else split_items(paths, labels, valid_pct, seed, stratify)
+    is_valid = flags if vcol is not None else split_items(paths, labels, valid_pct, seed, stratify, split)
     return Items(paths, labels, is_valid)
 
 

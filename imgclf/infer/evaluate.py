@@ -30,7 +30,7 @@ def labelled_items(path: str | Path, label_re: str | None = None, label_col: str
     train/ + valid/, else all of it."""
     root = Path(path)
     if root.suffix.lower() == ".csv":
-        items = items_from_csv(root, label_col=label_col)
+        items = items_from_csv(root, label_col=label_col, split="random")  # every row scored: no split to make
         return Items(items.paths, items.labels, [True] * len(items.paths))
     if not root.is_dir():
         raise UserError(f"{root}: no such directory")

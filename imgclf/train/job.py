@@ -88,11 +88,12 @@ def native_short_side(cfg: RunConfig) -> float:
     d, path = cfg.data, Path(cfg.data.path)
     csv_file = d.csv or (d.path if path.suffix.lower() == ".csv" else None)
     if csv_file:
-        paths = items_from_csv(csv_file, folder=path if path.is_dir() else None, label_col=d.label_col).paths
+        paths = items_from_csv(csv_file, folder=path if path.is_dir() else None, label_col=d.label_col,
+                               split="random").paths  # the paths only: no need to hash the files for a split
     elif is_idx_folder(path):
         return float(min(load_idx(path, n_train=1, n_valid=1).train_images.shape[-2:]))
     else:
-        paths = items_from_folder(path, valid=d.valid, label_re=d.label_re).paths
+        paths = items_from_folder(path, valid=d.valid, label_re=d.label_re, split="random").paths
     return median_short_side(paths, sample=64)
 
 
@@ -122,7 +123,7 @@ def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
     if csv_file:
         folder = path if path.is_dir() else None
         return ImageData.from_csv(csv_file, folder=folder, valid_pct=d.valid_pct, seed=d.seed, label_col=d.label_col,
-                                  **common)
+                                  split=d.split, **common)
     if d.label_col:
         raise UserError("--label-col names a CSV column: give the CSV with --csv")
     if d.task == "regression":
@@ -132,7 +133,7 @@ def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
             raise UserError(f"{path}: IDX files hold one class per image (--task classify)")
         return ImageData.from_idx(path, **common)
     return ImageData.from_folder(path, valid=d.valid, valid_pct=d.valid_pct, seed=d.seed, label_re=d.label_re,
-                                 **common)
+                                 split=d.split, **common)
 
 
 def default_out(cfg: RunConfig) -> Path:
