@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -99,3 +100,13 @@ def test_predict_and_evaluate_errors(tmp_path, tiny_split_folder):
     assert code == 2 and "unknown architecture" in err
     code, _, err = run_cli("train", tiny_split_folder, "--label-re", "([", "--out", tmp_path / "r2")
     assert code == 2 and "invalid regex" in err
+
+
+def test_missing_extra_is_one_line_naming_it(trained_run, tmp_path, monkeypatch, capsys):
+    """Without the export extra, `imgclf export` says which extra to install, in one line, exit 2."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what an environment without the extra gives
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    code = main(["export", str(run), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install 'imgclf[export]'" in err[0], err

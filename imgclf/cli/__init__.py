@@ -12,6 +12,7 @@ import warnings
 
 from ..errors import UserError
 from . import datasets, distill, evaluate, export, inspect, interpret, models, predict, prune, report, serve, train
+from .common import missing_extra
 from .train import config
 
 COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "interpret": interpret, "inspect": inspect,
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command].run(args)
     except UserError as e:
         print(f"imgclf: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional extra not installed (export, serve): one line naming it
+        err = missing_extra(e)
+        if err is None:
+            raise
+        print(f"imgclf: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("imgclf: interrupted", file=sys.stderr)

@@ -100,3 +100,15 @@ def figures(m: dict, metrics) -> str:
     names = [n for n, _ in metrics] + (["threshold"] if "threshold" in m else [])
     return "  ".join(format_figure(n, m[n], m.get(f"{n}_low"), m.get(f"{n}_high"), m.get("n_valid"))
                      for n in names if n in m)
+
+
+EXTRAS = {"onnx": "export", "onnxruntime": "export", "onnxscript": "export", "fastapi": "serve", "uvicorn": "serve",
+          "starlette": "serve", "multipart": "serve", "python_multipart": "serve"}
+
+
+def missing_extra(e: ImportError) -> UserError | None:
+    """A one-line error naming the pip extra when `e` is a missing optional dependency, else None (a real bug)."""
+    top = (e.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    return UserError(f"this needs the {EXTRAS[top]} extra ({top} is missing): pip install 'imgclf[{EXTRAS[top]}]'")
