@@ -197,13 +197,13 @@ class BrowserPage:
 @pytest.fixture
 def browser_page():
     """A `BrowserPage` (1280x900) in Debian's Chromium driven by Playwright (never Playwright's own download).
-    Skips, naming what is missing, only where Chromium or the playwright package is not installed (`.ci/run`
-    installs Chromium; the dev extra brings Playwright)."""
+    FAILS (never skips), naming what is missing, where Chromium or the playwright package is not installed:
+    `.ci/run` installs Chromium and the dev extra brings Playwright, so a page test always runs."""
     missing = [what for what, ok in (("/usr/bin/chromium (apt-get install chromium)", CHROMIUM.exists()),
                                      ("the playwright package (pip install playwright)",
                                       importlib.util.find_spec("playwright") is not None)) if not ok]
     if missing:
-        pytest.skip("no browser: missing " + " and ".join(missing))
+        pytest.fail("no browser for the page tests: missing " + " and ".join(missing))
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,7 +139,9 @@ class Interpretation:
         `--label-re`; a CSV when it ends in .csv) and its validation split is used; an `ImageData` is
         used as it is. Labels the model does not know are a `UserError`.
         """
+        from ..data.core import ImageData
         from ..infer.predictor import load_model
+        from ..train.job import run_data
 
         predictor = load_model(run, device=device)
         if predictor.task != "classify":
@@ -147,7 +149,8 @@ class Interpretation:
             # figures from `imgclf evaluate` (per-tag F1; MAE/RMSE)
             raise UserError(f"{run}: interpret covers single-label classification; this run's task is "
                             f"{predictor.task}: use `imgclf evaluate {run} DATA` for its figures")
-        data = _run_data(run, data, predictor.size, float(predictor.meta.get("crop_pct", 0.875)), progress)
+        if not isinstance(data, ImageData):
+            data = run_data(run, predictor.size, float(predictor.meta.get("crop_pct", 0.875)), data, progress)
         if data.presize != predictor.presize:
             raise UserError(f"{data.source}: images prepared for size {data.size}, the model sees "
                             f"{predictor.size}: build the data with size={predictor.size}")
@@ -313,32 +316,6 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
         w = csv.writer(f)
         w.writerow(header)
         w.writerows([[round(v, 6) if isinstance(v, float) else v for v in r] for r in rows])
-
-
-def _run_data(run: str | Path, data: ImageData | str | Path | None, size: int, crop_pct: float,
-              progress: bool) -> ImageData:
-    """The data to interpret on: given, or rebuilt by the training job's own `load_data` from the run's config.
-
-    Rebuilt at the model's own `size` and `crop_pct` (from `model.json`): the config may leave them to the recipe.
-    """
-    from ..config import RunConfig
-    from ..data.core import ImageData
-    from ..rundir import read_json
-    from ..train.job import load_data
-
-    if isinstance(data, ImageData):
-        return data
-    conf = Path(run) / "config.json"
-    if not conf.is_file():
-        raise UserError(f"{run}: no config.json to rebuild the validation data from; pass the data")
-    cfg = RunConfig.from_dict(read_json(conf))
-    cfg.data = replace(cfg.data, size=size, crop_pct=crop_pct)
-    if data is not None:
-        cfg.data = replace(cfg.data, path=str(data), csv=None)
-    elif not Path(cfg.data.csv or cfg.data.path).exists():
-        raise UserError(f"{run}: its training data {cfg.data.csv or cfg.data.path} is not there "
-                        "(moved, or a relative path from another folder); pass the data")
-    return load_data(cfg, progress)
 
 
 def _predict(predictor, images, bs: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -19,7 +19,6 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,23 +157,12 @@ def quantize_int8(fp32: str | Path, out: str | Path, calib: np.ndarray, meta: di
 
 def run_images(run: str | Path, meta: dict[str, Any], data: str | Path | None = None, progress: bool = True
                ) -> tuple[Any, str | None]:
-    """(the run's `ImageData` rebuilt from its config.json at the model's size, None), or (None, why not).
+    """(the run's `ImageData` rebuilt at the model's size: `train.job.run_data`, None), or (None, why not): an
+    export goes on without its parity check when the run's data is gone."""
+    from ..train.job import run_data
 
-    The split is seeded, so its validation images are the ones the run was scored on (as `interpret` does)."""
-    from ..config import RunConfig
-    from ..train.job import load_data
-
-    conf = Path(run) / "config.json"
-    if not conf.is_file():
-        return None, f"{conf} is missing"
-    cfg = RunConfig.from_dict(read_json(conf))
-    cfg.data = replace(cfg.data, size=int(meta["size"]), crop_pct=float(meta.get("crop_pct", 0.875)))
-    if data is not None:
-        cfg.data = replace(cfg.data, path=str(data), csv=None)
-    elif not Path(cfg.data.csv or cfg.data.path).exists():
-        return None, f"the run's data {cfg.data.csv or cfg.data.path} is not there (pass --data)"
     try:
-        d = load_data(cfg, progress)
+        d = run_data(run, int(meta["size"]), float(meta.get("crop_pct", 0.875)), data, progress)
     except UserError as e:
         return None, str(e)
     if d.presize != int(meta["presize"]):

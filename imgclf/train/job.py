@@ -45,7 +45,7 @@ from ..rundir import (
 )
 from .callbacks import Callback, CSVLogger, CutMix, EarlyStopping, MixUp, NonFiniteLoss, SaveBestModel
 from .checkpoint import Checkpointer, TrainingInterrupted
-from .metrics import add_intervals, multi_label_intervals
+from .metrics import add_intervals
 from .recipes import RECIPES, auto_fit
 from .schedule import get_schedule
 from .vision import VisionLearner, vision_learner
@@ -134,6 +134,24 @@ def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
         return ImageData.from_idx(path, **common)
     return ImageData.from_folder(path, valid=d.valid, valid_pct=d.valid_pct, seed=d.seed, label_re=d.label_re,
                                  split=d.split, **common)
+
+
+def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | None = None,
+             progress: bool = True) -> ImageData:
+    """A finished run's data rebuilt by `load_data` from its config.json, at the model's own size and crop (the
+    config may leave them to the recipe), or `data` instead (labelled as the run was). The split is seeded and
+    recorded, so its validation images are the ones the run was scored on: `interpret` and `export` use this."""
+    conf = Path(run) / CONFIG_FILE
+    if not conf.is_file():
+        raise UserError(f"{run}: no config.json to rebuild the validation data from; pass the data")
+    cfg = RunConfig.from_dict(read_json(conf))
+    cfg.data = replace(cfg.data, size=size, crop_pct=crop_pct)
+    if data is not None:
+        cfg.data = replace(cfg.data, path=str(data), csv=None)
+    elif not Path(cfg.data.csv or cfg.data.path).exists():
+        raise UserError(f"{run}: its training data {cfg.data.csv or cfg.data.path} is not there "
+                        "(moved, or a relative path from another folder); pass the data")
+    return load_data(cfg, progress)
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -259,9 +277,7 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     if data.task == "regression":
         resolved["target_mean"], resolved["target_std"] = data.target_stats
     final = learn.choose_threshold() if data.task == "multi_label" else learn.validate()
-    add_intervals(final, data.n_valid)  # 95% Wilson bounds of accuracy: `accuracy_low`, `accuracy_high`
-    if data.task == "multi_label" and data.n_valid:  # one more validation pass, then a bootstrap over images
-        final.update(multi_label_intervals(*learn.get_preds(), final.get("threshold", 0.5)))
+    add_intervals(final, data.n_valid)  # 95% Wilson bounds of accuracy (multi-label: choose_threshold's bootstrap)
     learn.export(out)
     write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "done", "resolved": resolved})
     metrics = {

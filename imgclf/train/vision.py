@@ -23,7 +23,7 @@ from ..rundir import save_model
 from .callbacks import Callback, CSVLogger, CutMix, MixUp
 from .features import FeatureCache, extract_features
 from .learner import Learner, pick_device
-from .metrics import METRICS, TASK_METRICS, accuracy_multi, best_threshold, fbeta_multi, scaled
+from .metrics import METRICS, TASK_METRICS, accuracy_multi, best_threshold, fbeta_multi, multi_label_intervals, scaled
 
 
 class VisionLearner(Learner):
@@ -129,13 +129,14 @@ class VisionLearner(Learner):
 
     def choose_threshold(self, beta: float = 1.0) -> dict[str, float]:
         """Multi-label: set `threshold` to the one maximising F-beta on validation; returns the validation
-        figures at it (valid_loss, accuracy_multi, f1_multi, threshold)."""
+        figures at it (valid_loss, accuracy_multi, f1_multi, threshold) and their bootstrap bounds over images."""
         if self.data.task != "multi_label":
             raise UserError("choose_threshold is for multi-label data (--task multi_label)")
         logits, targets = self.get_preds()
         self.threshold, _ = best_threshold(logits, targets, beta)
         return {**self.score(logits, targets), "accuracy_multi": accuracy_multi(logits, targets, self.threshold),
-                "f1_multi": fbeta_multi(logits, targets, 1.0, self.threshold), "threshold": self.threshold}
+                "f1_multi": fbeta_multi(logits, targets, 1.0, self.threshold), "threshold": self.threshold,
+                **(multi_label_intervals(logits, targets, self.threshold) if len(targets) else {})}
 
     # ------------------------------------------------------------------ export
     def model_meta(self) -> dict[str, Any]:
