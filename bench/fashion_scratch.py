@@ -3,7 +3,10 @@ the reference 2-core CPU) and the regularisation table (with / without label smo
 augmentation, and TTA), each run through `imgclf.train.job.train` -- exactly what the CLI runs:
 
     imgclf train ../shared/datasets/fashion-mnist --arch xresnet_tiny --size 28 --crop-pct 1 --bs 256 \
-        --epochs 18 --lr 8e-3 --augment pad=2,flip=1,rotate=0,zoom=1,warp=0,lighting=0.1 --label-smoothing 0.1
+        --epochs 16 --lr 8e-3 --augment pad=2,flip=1,rotate=0,zoom=1,warp=0,lighting=0.1 --label-smoothing 0.1
+
+(the recipe is `imgclf.train.scratch.scratch_recipe(60000, 28)`: `imgclf train DATA --recipe scratch --arch
+xresnet_tiny` trains with it by default; 16 epochs, 94.0%; 18 epochs took 8.75 minutes of fit, quiet)
 
 Test accuracy is on the official 10k test set (the `t10k` files, the validation split of `from_idx`), scored
 again by `imgclf.infer.evaluate` from the exported run (plain and TTA, center + mirror).
@@ -11,6 +14,12 @@ again by `imgclf.infer.evaluate` from the exported run (plain and TTA, center + 
     python -P bench/fashion_scratch.py                       # the recipe alone (the target)
     python -P bench/fashion_scratch.py --table --epochs 16   # the recipe and its ablations (16 epochs each)
     python -P bench/fashion_scratch.py --epochs 2 --set arch=xresnet_small   # variations
+    python -P bench/fashion_scratch.py --speed --threads 2   # issue 14: faster recipes beside today's, one run
+    python -P bench/fashion_scratch.py --step-cost           # CPU seconds of one training step per arch (~1 min)
+
+`--speed` runs today's recipe and each candidate of SPEED in one process, and prints each beside the issue-14
+target (>= 94.0% test accuracy within 5 minutes of training on the reference 2-core CPU) with its fit time as a
+fraction of today's recipe's: on a loaded machine only that ratio means anything.
 """
 
 from __future__ import annotations
@@ -28,16 +37,14 @@ import torch
 from imgclf.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from imgclf.infer import evaluate
 from imgclf.train.job import train
+from imgclf.train.scratch import scratch_recipe
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
 
 # the recipe the target is claimed for: a small ResNet at the images' own 28 px, the whole image as the
 # validation view, one-cycle AdamW, label smoothing, light augmentation (pad-and-crop, flip, lighting)
-RECIPE = {
-    "arch": "xresnet_tiny", "size": 28, "crop_pct": 1.0, "bs": 256, "epochs": 18, "lr": 8e-3,
-    "augment": "pad=2,flip=1,rotate=0,zoom=1,warp=0,lighting=0.1", "label_smoothing": 0.1, "mixup": 0.0,
-    "schedule": "one_cycle",
-}
+# (train/scratch.py: the job's --recipe scratch defaults and the auto planner's from-scratch recipe)
+RECIPE = {**scratch_recipe(60000, 28), "mixup": 0.0, "precision": "auto", "channels_last": True}
 # the ablation table: each changes one thing from a plain baseline (no smoothing, no mixup, same light aug)
 BASE = {**RECIPE, "label_smoothing": 0.0}
 VARIANTS = {
@@ -47,6 +54,20 @@ VARIANTS = {
     "+ strong augmentation": {"augment": "strong"},
     "no augmentation": {"augment": "none"},
 }
+# issue 14: candidates to reach 94.0% in <= 5 minutes (today's recipe: 8.75 min, quiet). Cost of one training
+# step at bs 256, 28 px, bf16 + channels_last, in CPU seconds of one thread relative to xresnet_tiny (`--step-cost`,
+# two runs under heavy load): airnet_tiny 0.46-0.78, airnet 1.2-1.6; fp32 costs xresnet_tiny about the same as
+# bf16 (0.94-1.03), airnet_tiny and airnet 1.4-2.2x more. Accuracy at these epochs: not measured yet (the shared
+# machine was too loaded to train on 60k images).
+SPEED = {
+    "xresnet_tiny, 12 epochs": {"epochs": 12},
+    "xresnet_tiny, 10 epochs, lr 1.2e-2": {"epochs": 10, "lr": 1.2e-2},
+    "airnet_tiny, 14 epochs": {"arch": "airnet_tiny", "epochs": 14},
+    "airnet, 8 epochs": {"arch": "airnet", "epochs": 8},
+    "xresnet_tiny fp32, 12 epochs": {"epochs": 12, "precision": "fp32"},
+}
+# the recipe's fit on the quiet CPU: 18 epochs took 8.75 min (525 s), so its 16 epochs ~467 s
+TARGET_ACC, TARGET_FIT_S, TODAY_FIT_S = 0.94, 300.0, 525.0 * 16 / 18
 
 
 def config(spec: dict, data: Path, out: Path, device: str) -> RunConfig:
@@ -55,7 +76,8 @@ def config(spec: dict, data: Path, out: Path, device: str) -> RunConfig:
                         augment=spec["augment"]),
         model=ModelConfig(arch=spec["arch"], pretrained=False),
         train=TrainConfig(recipe="scratch", epochs=spec["epochs"], lr=spec["lr"], schedule=spec["schedule"],
-                          label_smoothing=spec["label_smoothing"], mixup=spec["mixup"], device=device),
+                          label_smoothing=spec["label_smoothing"], mixup=spec["mixup"], device=device,
+                          precision=spec["precision"], channels_last=spec["channels_last"]),
         out=str(out),
     )
 
@@ -74,24 +96,72 @@ def run(name: str, spec: dict, data: Path, out: Path, device: str, progress: boo
     return row
 
 
+def step_cost(archs: list[str], bs: int = 256, size: int = 28, steps: int = 6) -> None:
+    """CPU seconds of one training step (forward, backward, AdamW) per arch, in bf16 and fp32, channels_last, on
+    one thread: process time, not wall time, so other processes on a loaded machine distort it less than they
+    distort a fit's seconds. The best of the steps after two warm-up ones."""
+    import torch.nn.functional as F
+
+    from imgclf.models import create_model
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    x = torch.randn(bs, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (bs,))
+    base: dict[bool, float] = {}
+    print(f"| arch | params | bf16 s/step | fp32 s/step | bf16 vs {archs[0]} |\n|---|---|---|---|---|")
+    for arch in archs:
+        cost = {}
+        for bf16 in (True, False):
+            torch.manual_seed(0)
+            model = create_model(arch, 10, pretrained=False)[0].to(memory_format=torch.channels_last).train()
+            opt = torch.optim.AdamW(model.parameters(), 1e-3)
+            times = []
+            for _ in range(steps):
+                t0 = time.process_time()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = model(x)
+                F.cross_entropy(out.float(), y).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                times.append(time.process_time() - t0)
+            cost[bf16] = min(times[2:])
+        base = base or cost
+        n = sum(p.numel() for p in model.parameters())
+        print(f"| {arch} | {n / 1e6:.2f}M | {cost[True]:.3f} | {cost[False]:.3f} | {cost[True] / base[True]:.2f} |",
+              flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--table", action="store_true", help="also run the ablations (one run each)")
     p.add_argument("--epochs", type=int, help="override the epochs of every run")
+    p.add_argument("--speed", action="store_true", help="also run the faster candidates (SPEED), one run each")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's, the cores)")
+    p.add_argument("--step-cost", nargs="*", metavar="ARCH", help="only time one training step of these archs "
+                   "(default: xresnet_tiny airnet_tiny airnet xresnet_small), CPU seconds on one thread")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, help="write the rows here")
     p.add_argument("--progress", action="store_true")
     a = p.parse_args()
+    if a.step_cost is not None:
+        step_cost(a.step_cost or ["xresnet_tiny", "airnet_tiny", "airnet", "xresnet_small"])
+        return
     over = {}
     for kv in a.set:
         k, v = kv.split("=", 1)
         if k not in RECIPE:
             sys.exit(f"--set {k}: not a recipe field ({', '.join(RECIPE)})")
-        over[k] = type(RECIPE[k])(v) if not isinstance(RECIPE[k], str) else v
+        if isinstance(RECIPE[k], bool):
+            over[k] = v.lower() in ("1", "true", "yes", "on")
+        else:
+            over[k] = type(RECIPE[k])(v) if not isinstance(RECIPE[k], str) else v
     if a.epochs:
         over["epochs"] = a.epochs
+    if a.threads:
+        torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"device {'cuda: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}", flush=True)
     rows = []
@@ -101,10 +171,21 @@ def main() -> None:
             for i, (name, change) in enumerate(VARIANTS.items()):
                 spec = {**copy.deepcopy(BASE), **over, **change}
                 rows.append(run(name, spec, a.data, Path(tmp) / f"v{i}", a.device, a.progress))
-    print("\n| run | test acc | TTA acc | fit s | s/epoch |\n|---|---|---|---|---|")
+        if a.speed:
+            for i, (name, change) in enumerate(SPEED.items()):
+                spec = {**RECIPE, **over, **change}
+                rows.append(run(name, spec, a.data, Path(tmp) / f"s{i}", a.device, a.progress))
+    today = rows[0]["fit_s"]
+    print(f"\ntarget: test accuracy >= {TARGET_ACC:.1%} within {TARGET_FIT_S:.0f} s of fit on the quiet 2-core CPU "
+          f"(today's recipe: {TODAY_FIT_S:.0f} s there, so a fit <= {TARGET_FIT_S / TODAY_FIT_S:.2f} of today's)")
+    print("| run | test acc | TTA acc | fit s | s/epoch | fit / today's | target met (plain / TTA) |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
+        ratio = r["fit_s"] / today
+        fast = r["fit_s"] <= TARGET_FIT_S or ratio <= TARGET_FIT_S / TODAY_FIT_S  # seconds if quiet, else ratio
+        met = " / ".join("yes" if acc >= TARGET_ACC and fast else "no" for acc in (r["test_acc"], r["tta_acc"]))
         print(f"| {r['variant']} | {r['test_acc']:.4f} | {r['tta_acc']:.4f} | {r['fit_s']:.0f} | "
-              f"{r['s_per_epoch']:.1f} |")
+              f"{r['s_per_epoch']:.1f} | {ratio:.2f} | {met} |")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
 

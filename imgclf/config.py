@@ -42,6 +42,9 @@ class TrainConfig:
     recipe: str = "auto"  # auto | probe | fine_tune | scratch (see train/recipes.py and train/job.py)
     budget: float | None = None  # seconds for the auto recipe; None = sized for the data
     max_epochs: int = 3  # the auto recipe's cap on fine-tune epochs (early stopping may end it sooner)
+    # what the auto recipe chooses on: cv (k-fold CV on training features, an inner holdout: the validation split is
+    # scored once, at the end) | valid (the validation split itself: the behaviour before, for comparisons)
+    selection: str = "cv"
     epochs: int | None = None  # None = the recipe's: fine_tune 1 unfrozen epoch, scratch 16 (see job.EPOCHS)
     freeze_epochs: int = 8  # fine_tune recipe: head-only epochs (on cached features: well under a second each)
     lr: float | str | None = None  # a number, "auto" (lr_find's valley), or None: the recipe's (job.LRS)
@@ -59,6 +62,9 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     init: str = "default"  # default (the arch's own) | lsuv (from-scratch models only: see models/init.py)
+    accum: int = 1  # gradient accumulation: the optimizer steps every `accum` batches (an effective batch of bs*accum)
+    calibrate: str = "auto"  # auto | on | off: temperature scaling (train/calibrate.py); auto keeps it if NLL drops
+    balance: str = "auto"  # auto | none | weights | sampler: class imbalance (data/samplers.py); auto by the ratio
     # a checkpoint every N training steps besides each epoch's end; None = every 5 minutes of training, 0 = epoch
     # ends only (train/checkpoint.py)
     ckpt_every: int | None = None
@@ -89,3 +95,8 @@ class RunConfig:
             train=build(TrainConfig, d.get("train")),
             out=d.get("out"),
         )
+
+
+# `imgclf distill`'s defaults (train/distill.py says why); here, not there, so that `imgclf distill --help`
+# imports no torch
+DISTILL_TEMPERATURE, DISTILL_ALPHA = 4.0, 0.9

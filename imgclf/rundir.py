@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import progress
 from .errors import UserError
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
@@ -185,6 +186,7 @@ class _Tee:
 
 @contextmanager
 def log_to(path: Path, console=None) -> Iterator[None]:
-    """Print to the console and to RUN/train.log: the recipe chosen, epochs, checkpoints, resume hints."""
-    with open(path, "a") as f, redirect_stdout(_Tee(console or sys.stdout, f)):
+    """Print to the console and to RUN/train.log: the recipe chosen, epochs, checkpoints, resume hints; and each
+    progress bar's lines (start, every ~30 s, end with seconds) whether or not the console shows the bar."""
+    with open(path, "a") as f, redirect_stdout(_Tee(console or sys.stdout, f)), progress.log_lines(f):
         yield

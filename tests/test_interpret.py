@@ -184,7 +184,10 @@ def test_interpret_a_tiny_run_end_to_end(image_folder, tmp_path, capsys):
     assert theirs.paths == mine.paths and theirs.targets.tolist() == mine.targets.tolist()
     torch.testing.assert_close(theirs.probs, mine.probs, atol=2e-3, rtol=0)
     assert (theirs.confusion_matrix() == mine.confusion_matrix()).all()
-    torch.testing.assert_close(theirs.features, mine.features, atol=0.05, rtol=0.05)
+    # the learner's cached features come from the feature engine (onnxruntime fp32), the run's from eager bf16:
+    # equal up to bf16 rounding, so every image's two feature vectors point the same way
+    cos = torch.nn.functional.cosine_similarity(theirs.features, mine.features, dim=1)
+    assert theirs.features.shape == mine.features.shape and cos.min() > 0.995, cos.min()
     assert mine.accuracy == pytest.approx(res.metrics["accuracy"])
 
     assert main(["interpret", str(run), "--quiet", "--k", "4"]) == 0

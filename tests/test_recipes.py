@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -40,7 +41,7 @@ def test_fine_tune_is_tried_only_when_it_can_show_a_gain_and_fits_the_budget():
     assert not should_try_fine_tune(strong, 100, epoch_seconds=5, remaining=100)[0]
     weak = cand("probe", 0.5, 0.80)
     ok, why = should_try_fine_tune(weak, 100, epoch_seconds=5, remaining=100)
-    assert ok and "20 validation errors" in why
+    assert ok and "~20 validation errors of 100" in why
     ok, why = should_try_fine_tune(weak, 100, epoch_seconds=500, remaining=100)
     assert not ok and "does not fit" in why
 
@@ -89,9 +90,14 @@ def test_recipe_json_is_written_and_reproducible(image_folder, tmp_path):
         return json.loads((res.run_dir / "recipe.json").read_text()), res.metrics
 
     (r1, m1), (r2, m2) = run(1), run(2)
-    assert set(r1) >= {"recipe", "budget_seconds", "median_short_side", "sizes", "candidates", "chosen", "why"}
+    assert set(r1) >= {"recipe", "budget_seconds", "median_short_side", "sizes", "candidates", "chosen", "why",
+                       "plan", "selection"}
+    assert r1["selection"] == "cv" and r1["plan"]["text"].startswith("plan (budget 300 s): decode 30 images ~")
     for c in r1["candidates"]:
-        assert set(c) >= {"name", "kind", "size", "valid_loss", "accuracy", "seconds"}
+        assert set(c) >= {"name", "kind", "size", "valid_loss", "accuracy", "seconds", "selection"}
+        # the figure it was chosen on (cross-validation of the training split) beside the validation one
+        assert "CV on the training features" in c["selection"]["method"] and c["selection"]["n"] == 20
+        assert 0 <= c["selection"]["accuracy"] <= 1 and c["selection"]["loss_se"] >= 0
     assert r1["chosen"] == r2["chosen"] and m1["accuracy"] == m2["accuracy"]
     assert [c["valid_loss"] for c in r1["candidates"]] == [c["valid_loss"] for c in r2["candidates"]]
     assert m1["kept"] == r1["chosen"]
@@ -106,3 +112,59 @@ def test_native_size_comes_from_files_or_arrays(image_folder):
                                     ["x", "y"], size=32, progress=False)
     assert arrays.native_short_side() == 28
     assert candidate_sizes(arrays.native_short_side(), 256) == [64, 128, 256]
+
+
+def test_choices_do_not_change_when_the_validation_labels_are_permuted(image_folder, tmp_path):
+    """The proof that selection does not touch validation: wrong validation labels, same choices."""
+    root = image_folder({"a": 10, "b": 10, "c": 10}, split=True, size=(36, 36))
+    files = sorted(p for p in root.rglob("*.jpg"))
+    shift = {"a": "b", "b": "c", "c": "a"}  # every validation label wrong
+
+    def data(permute: bool) -> ImageData:
+        path = tmp_path / f"labels-{permute}.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "label", "is_valid"])
+            for p in files:
+                valid = p.parts[-3] != "train"
+                label = p.parent.name
+                w.writerow([str(p), shift[label] if permute and valid else label, int(valid)])
+        return ImageData.from_csv(path, size=32, bs=8, progress=False)
+
+    true, permuted = (auto_fit(data(k), sizes=[32, 48], budget=600, progress=False, seed=0) for k in (False, True))
+    assert true.report["chosen"] == permuted.report["chosen"]
+    for a, b in zip(true.report["candidates"], permuted.report["candidates"], strict=True):
+        assert a["detail"]["wd"] == b["detail"]["wd"] and a["selection"] == b["selection"]
+        assert a["accuracy"] >= 0.8 and b["accuracy"] <= 0.2  # validation was scored, for the record only
+    assert true.selection_logits.shape == (30, 3) and torch.equal(true.selection_targets, permuted.selection_targets)
+    # the old behaviour, choices on validation, is still there for comparisons
+    old = auto_fit(data(False), sizes=[32], budget=600, progress=False, seed=0, selection="valid", recipe="probe")
+    assert old.report["selection"] == "valid" and old.report["candidates"][0]["selection"] == {}
+
+
+def test_fine_tune_is_tried_on_an_inner_holdout_and_judged_there(image_folder, tmp_path):
+    """Hard data (labels at random): the probe leaves enough errors in the inner holdout, so a trial runs; its
+    verdict, the probe's refit on the fit part and the epochs are recorded, and a fine-tune is kept only if
+    it beat the probe there."""
+    root = image_folder({"a": 50, "b": 50}, split=True, size=(36, 36), n_valid=10)
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "random.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label", "is_valid"])
+        for p in sorted(root.rglob("*.jpg")):
+            w.writerow([str(p), "ab"[int(torch.randint(0, 2, (1,), generator=g))], int(p.parts[-3] != "train")])
+    data = ImageData.from_csv(path, size=32, bs=8, progress=False)
+    res = auto_fit(data, sizes=[32], budget=5000, max_epochs=1, progress=False, seed=0)
+    ft = next(c for c in res.report["candidates"] if c["kind"] == "fine_tune")
+    d = ft["detail"]
+    assert d["holdout"] == 20 and d["fit_images"] == 80 and d["trial"]["images"] == 16
+    assert ft["selection"]["method"] == "inner holdout of 20 training images"
+    assert ft["selection"]["probe_loss"] == d["probe_holdout"]["loss"]
+    trial_won = d["trial"]["loss"] < d["probe_holdout"]["loss"]
+    assert (d["epochs_run"] > 0) == trial_won
+    assert any(w.startswith("trial: fine-tune loss") for w in res.report["why"]) != trial_won
+    if res.report["chosen"].startswith("probe"):  # the probe's weights are the model's (the whole model runs in
+        probe = res.report["candidates"][0]  # bf16 autocast on CPUs that have it; the probe's figure is an fp32 head)
+        assert ft["valid_loss"] is None
+        assert res.learner.validate()["valid_loss"] == pytest.approx(probe["valid_loss"], abs=0.05)

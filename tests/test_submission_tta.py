@@ -134,12 +134,12 @@ def test_tta_on_a_symmetric_image_changes_nothing(run, tmp_path, capsys):
     assert torch.equal(tta.argmax(-1), plain.argmax(-1))
     assert torch.allclose(tta, plain, atol=5e-3)  # equal inputs; bf16 kernels may differ with the batch size
     # through the CLI, a left-right symmetric photo gets the same label with and without --tta
-    img = write_colour(tmp_path / "sym.png", COLOURS["10"], 3, size=(48, 48), symmetric=True)
+    img = write_colour(tmp_path / "sym.png", COLOURS["10"], 3, size=(40, 30), symmetric=True)  # as trained on
     out = {}
     for flag in ([], ["--tta"]):
         assert main(["predict", str(run), str(img), "--quiet", *flag]) == 0
         out[bool(flag)] = capsys.readouterr().out.strip().splitlines()[1].split(",")
-    assert out[True][1] == out[False][1]  # (not the same confidence: 37 px -> 32 px crops 2 px left, 3 px right)
+    assert out[True][1] == out[False][1]  # (not the same confidence: a 37 px presize crops 2 px left, 3 px right)
 
 
 def test_evaluate_tta_reports_both_figures(run, tmp_path, capsys):

@@ -11,13 +11,27 @@ import sys
 import warnings
 
 from ..errors import UserError
-from . import datasets, distill, evaluate, export, inspect, interpret, models, predict, prune, report, serve, train
+from . import (
+    datasets,
+    distill,
+    evaluate,
+    export,
+    inspect,
+    interpret,
+    models,
+    predict,
+    prune,
+    report,
+    serve,
+    shard,
+    train,
+)
 from .common import missing_extra
 from .train import config
 
 COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "interpret": interpret, "inspect": inspect,
             "report": report, "export": export, "serve": serve, "distill": distill, "prune": prune, "models": models,
-            "datasets": datasets}
+            "datasets": datasets, "shard": shard}
 
 __all__ = ["COMMANDS", "config", "main", "parser"]
 
@@ -42,11 +56,22 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"imgclf: warning: {message}\n"
 
 
+def _line_buffered(stream) -> None:
+    """Python buffers stdout in blocks when it is a file or a pipe: `imgclf train DATA > log` showed the plan and
+    the epochs only when the run ended (the hymenoptera run: 55 s of silence, then everything at once). Line by
+    line, as on a terminal, a log says what runs while it runs."""
+    try:
+        stream.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError, OSError):  # not a plain text stream (a test's capture, a closed stream)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning  # the documented hook for how warnings print
     # PIL's own warning for a very large image names no file; data.decode warns again, naming it
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+    _line_buffered(sys.stdout)
     try:
         COMMANDS[args.command].run(args)
     except UserError as e:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import ModelConfig
+from ..config import DISTILL_ALPHA, DISTILL_TEMPERATURE, ModelConfig
 from .common import Help, T, add_data_flags, figures, learning_rate
 from .train import config
 
 
 def add(sub) -> None:
-    from ..train.distill import ALPHA, TEMPERATURE
-
     p = sub.add_parser(
         "distill", help="train a small student on a trained run's soft targets (knowledge distillation)",
         description="Knowledge distillation (Hinton et al. 2015): train --arch on DATA with the loss "
@@ -27,8 +25,9 @@ def add(sub) -> None:
     p.add_argument("--out", help="run directory (default runs/<data-name>-<arch>-distill; never overwritten: -2...)")
     add_data_flags(p.add_argument_group("data"))
     g = p.add_argument_group("distillation")
-    g.add_argument("--temperature", type=float, default=TEMPERATURE, help="softmax temperature T of both models")
-    g.add_argument("--alpha", type=float, default=ALPHA,
+    g.add_argument("--temperature", type=float, default=DISTILL_TEMPERATURE,
+                   help="softmax temperature T of both models")
+    g.add_argument("--alpha", type=float, default=DISTILL_ALPHA,
                    help="weight of the teacher's term (the rest: cross-entropy on the labels); 0 = no teacher")
     g.add_argument("--no-compare", action="store_true",
                    help="skip training the same student without the teacher (halves the student's training time)")

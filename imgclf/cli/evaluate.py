@@ -12,7 +12,9 @@ def add(sub) -> None:
                        description="The figures of RUN's task on DATA: class folders, a data set root whose "
                                    "valid/val split is used, or a CSV as the run trained from (every row is "
                                    "scored). Classes: accuracy, loss, per-class accuracy; tags: accuracy_multi "
-                                   "and f1_multi at the run's threshold, per-tag F1; numbers: mae, rmse.")
+                                   "and f1_multi at the run's threshold, per-tag F1; numbers: mae, rmse. "
+                                   "Images RUN trained on (the same bytes, whatever their names) are counted, "
+                                   "with a warning, and the figures given again without them.")
     p.add_argument("run")
     p.add_argument("data")
     p.add_argument("--label-re", help="regex on file names for the labels (default: folder names)")
@@ -34,9 +36,9 @@ def run(a: argparse.Namespace) -> None:
     if a.json:
         check_writable(a.json, a.force)
     res = evaluate(load_model(a.run, device=a.device), a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet,
-                   tta=a.tta, label_col=a.label_col)
+                   tta=a.tta, label_col=a.label_col, run_dir=a.run)
     plain = [k for k, v in res.items() if isinstance(v, float) and not k.startswith("tta_")
-             and not k.endswith(("_low", "_high"))]
+             and not k.endswith(("_low", "_high", "_unseen"))]
     print("  ".join(format_figure(k, res[k], res.get(f"{k}_low"), res.get(f"{k}_high"), res["n"]) for k in plain)
           + f"  n {res['n']}")
     if a.tta:
@@ -44,6 +46,11 @@ def run(a: argparse.Namespace) -> None:
                                                res["n"])
                         for k in plain if "tta_" + k in res)
               + f"  ({' + '.join(res['tta_views'])})")
+    if res.get("n_seen_in_training"):  # some were training images (a warning said so): the figures without them
+        print("unseen only: " + "  ".join(
+            format_figure(k, res[k + "_unseen"], res.get(f"{k}_unseen_low"), res.get(f"{k}_unseen_high"),
+                          res["n_unseen"]) for k in plain if k + "_unseen" in res)
+              + f"  n {res['n_unseen']} ({res['n_seen_in_training']} of {res['n']} were training images)")
     per_class = next((k for k in res if k.startswith("per_class_")), None)
     if per_class:
         print(f"{per_class.removeprefix('per_class_')} per {'tag' if 'f1' in per_class else 'class'}:")

@@ -28,6 +28,7 @@ def add(sub) -> None:
 
 def run(a: argparse.Namespace) -> None:
     from ..data.datasets import resolve_config
+    from ..data.shards import is_shard_dir
     from ..data.show import plot_counts
     from ..models.registry import default_norm
     from ..rundir import new_run_dir, write_json
@@ -38,6 +39,9 @@ def run(a: argparse.Namespace) -> None:
     cfg = RunConfig(data=DataConfig(path=a.data, **{f.name: getattr(a, f.name) for f in fields(DataConfig)
                                                     if hasattr(a, f.name)}), out=a.out)
     cfg = resolve_config(cfg, progress=not a.quiet)  # a known data set's name -> its cached folder, as train does
+    if is_shard_dir(cfg.data.path):
+        raise UserError(f"{cfg.data.path}: tar shards (`imgclf shard`); inspect the image folder they were written "
+                        "from (their manifest.json holds the counts)")
     data = load_data(cfg, progress=not a.quiet)  # the one way `train` loads data
     mean, std = default_norm(cfg.model.arch)
     summary = data.summary(mean, std, progress=not a.quiet)

@@ -18,7 +18,8 @@ def add(sub) -> None:
     )
     p.add_argument("run", help="run directory written by `imgclf train`")
     p.add_argument("--data", help="other labelled images (class folders or a CSV, labelled as the run was); "
-                                  "their validation split is used (default: the run's own data)")
+                                  "their validation split is used (default: the run's own data); images the "
+                                  "run trained on (same bytes) are counted, and accuracy given without them")
     p.add_argument("--out", help="output folder (default RUN/interpret)")
     p.add_argument("--k", type=int, default=9, help="images in the top-losses grid")
     p.add_argument("--min-val", type=int, default=1, help="least count of a most-confused pair")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -41,8 +42,12 @@ def add(sub) -> None:
                    help="auto: probe on cached features, fine-tune only where it pays; probe: the probe only; "
                         "fine_tune: head then whole model, fixed epochs; scratch: the whole model from random weights "
                         "for --epochs (the default for --no-pretrained and our own archs)")
-    g.add_argument("--budget", type=float, default=T.budget, help="seconds for the auto recipe (default: sized "
-                   "for the data, 60 s + 0.25 s per training image)")
+    g.add_argument("--budget", type=float, default=T.budget, help="seconds for the auto recipe, planned and "
+                   "printed before it runs (default: 60 s + 0.25 s per training image, at most 600 s)")
+    g.add_argument("--selection", default=T.selection, choices=["cv", "valid"],
+                   help="auto recipe: choose size, weight decay and whether to keep a fine-tune by cross-validation "
+                        "on the training split (cv; validation is scored once, at the end) or on the validation "
+                        "split itself (valid: the old behaviour, for comparisons)")
     g.add_argument("--max-epochs", type=int, default=T.max_epochs, help="auto recipe: most fine-tune epochs")
     g.add_argument("--epochs", type=int, default=T.epochs,
                    help="epochs of whole-model training (default: fine_tune 1 after the head, scratch 16)")
@@ -70,12 +75,23 @@ def add(sub) -> None:
     g.add_argument("--init", default=T.init, choices=["default", "lsuv"],
                    help="weight init of a from-scratch model: the arch's own, or LSUV on the first batch "
                         "(unit output std per layer; skipped with a warning on pretrained weights)")
+    g.add_argument("--calibrate", default=T.calibrate, choices=["auto", "on", "off"],
+                   help="temperature scaling of the class probabilities, fitted on selection data (never the "
+                        "reported validation images); auto: kept when it lowers validation NLL")
+    g.add_argument("--balance", default=T.balance, choices=["auto", "none", "weights", "sampler"],
+                   help="class imbalance: inverse-frequency class weights in the loss, or a sampler drawing "
+                        "classes evenly; auto: chosen from the training split's largest/smallest class ratio")
+    g.add_argument("--accum", type=int, default=T.accum, metavar="K",
+                   help="gradient accumulation: step the optimizer every K batches (an effective batch of K x --bs)")
+    g.add_argument("--nproc", type=int, metavar="N", help="train in N processes with DistributedDataParallel "
+                   "(runs `torchrun --standalone --nproc_per_node N -m imgclf train ...`; gloo on the CPU, nccl on "
+                   "CUDA); --bs stays the batch of one step, shared by the processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _DEFAULTS.update(vars(p.parse_args([])))
 
 
 _DEFAULTS: dict = {}  # every flag's default: a resume refuses flags that differ from them
-_RESUME_KEEPS = {"resume", "quiet", "command", "func"}
+_RESUME_KEEPS = {"resume", "quiet", "command", "func", "nproc"}
 
 
 def config(a: argparse.Namespace) -> RunConfig:
@@ -91,9 +107,50 @@ def config(a: argparse.Namespace) -> RunConfig:
     )
 
 
+def launch(nproc: int, device: str = "auto") -> None:
+    """`--nproc N`: this same command again under torchrun, N processes on this machine (exec: Ctrl-C and the
+    exit status are torchrun's). On the CPU each process gets its share of the cores as threads."""
+    import os
+
+    if nproc < 1:
+        raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
+    argv = sys.argv[1:]
+    if "train" not in argv:
+        raise UserError("--nproc relaunches the `imgclf train` command line: run it from a shell, or start "
+                        "`torchrun --nproc_per_node N -m imgclf train ...` yourself")
+    rest, skip = [], False
+    for tok in argv[argv.index("train") + 1:]:
+        if skip:
+            skip = False
+        elif tok == "--nproc":
+            skip = True
+        elif not tok.startswith("--nproc="):
+            rest.append(tok)
+    env = dict(os.environ)
+    cuda = device != "cpu" and not device.startswith("cpu")
+    if "OMP_NUM_THREADS" not in env and not (cuda and _cuda_available()):
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "imgclf", "train", *rest]
+    sys.stdout.flush()
+    os.execvpe(cmd[0], cmd, env)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run(a: argparse.Namespace) -> None:
+    from ..train import distributed as dist
     from ..train.job import train
 
+    if a.nproc and a.nproc != 1 and not dist.launched():
+        launch(a.nproc, a.device)
+        return
+    if a.accum < 1:
+        raise UserError(f"--accum {a.accum}: give a whole number of batches >= 1")
     if a.resume:
         given = [k for k, v in vars(a).items() if k not in _RESUME_KEEPS and k in _DEFAULTS and v != _DEFAULTS[k]]
         if given:
@@ -104,9 +161,17 @@ def run(a: argparse.Namespace) -> None:
         if not a.data:
             raise UserError("give DATA (an image folder or a CSV), or --resume RUN")
         res = train(config(a), progress=not a.quiet)
+    if not dist.is_main():  # under torchrun: rank 0 prints the figures
+        return
     m = res.metrics
     kept = f"  (kept {m['kept']})" if m.get("kept") else ""
     print(f"{figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "
           f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s{kept}  -> {res.run_dir}")
+    if "balanced_accuracy" in m:  # single-label runs: the figures a skewed split cannot hide (train/metrics.py)
+        from ..train.metrics import format_figure
+
+        both = [format_figure(k, m[k], m.get(f"{k}_low"), m.get(f"{k}_high"))
+                for k in ("balanced_accuracy", "macro_f1")]
+        print(f"{'  '.join(both)}  ECE {m['ece']:.4f} (T={m['temperature']:.3f})")
 
 

@@ -12,6 +12,7 @@ import torch
 from ..errors import UserError
 from .augment import Augment
 from .decode import decode_all, median_short_side
+from .dedup import keep_near_duplicates_together
 from .idx import load_idx, presize_arrays
 from .loaders import BatchLoader
 from .sources import Items, items_from_csv, items_from_files, items_from_folder
@@ -102,6 +103,8 @@ class ImageData:
             splits[name] = ([paths[i] for i in keep], images, targets)
         self.train_paths, self.train_images, self.train_y = splits["train"]
         self.valid_paths, self.valid_images, self.valid_y = splits["valid"]
+        # near duplicates across a split we drew move to train; across a given one, a warning (dedup.py)
+        self.near_duplicates = keep_near_duplicates_together(self)
         if len(self.train_y) == 0 or len(self.valid_y) == 0:
             empty = "train" if len(self.train_y) == 0 else "valid"
             raise UserError(f"{source}: no decodable images left in the {empty} split")
@@ -203,12 +206,14 @@ class ImageData:
         keep = [i for i, p in enumerate(self.items.paths) if p not in bad]
         tags = self.items.tags
         items = Items([self.items.paths[i] for i in keep], [self.items.labels[i] for i in keep],
-                      [self.items.is_valid[i] for i in keep], [tags[i] for i in keep] if tags is not None else None)
+                      [self.items.is_valid[i] for i in keep], [tags[i] for i in keep] if tags is not None else None,
+                      split_origin="checked")  # the near-duplicate moves are in is_valid already
         out = ImageData(items, size=size, bs=self.bs, workers=self.workers, augment=self.augment,
                         source=self.source, progress=self.progress, labeller=self.labeller,
                         classes=self.classes if self.arrays is not None or self.task != "classify" else None,
                         arrays=self.arrays, task=self.task, stats=self.target_stats, crop_pct=self.crop_pct)
         out.skipped, out.unused = list(self.skipped), self.unused
+        out.near_duplicates = self.near_duplicates
         return out
 
     # --- loaders ---

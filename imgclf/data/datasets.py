@@ -37,10 +37,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..config import RunConfig
 from ..errors import UserError
+from ..progress import Bar
+from ..progress import bar as progress_bar
 
 MAX_BYTES = 64 * 2**30  # the largest set here unpacks to ~1.2 GB; a bomb stops at 64 GiB, not at a full disk
 MAX_MEMBERS = 1_000_000  # CIFAR-10 has 60,000 files
@@ -259,8 +259,8 @@ def download(remote: Remote, dest: Path, progress: bool = True) -> Path:
             have = 0
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                   disable=None if progress else True)
+        bar = progress_bar(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                           enabled=progress, leave=True)
         got = have
         try:
             with open(part, "ab" if have else "wb") as out, bar:
@@ -337,11 +337,11 @@ def extract(archive: Path, target: Path, max_bytes: int = MAX_BYTES, max_members
     kind = _archive_kind(archive)
     if kind is None:
         raise UserError(f"{archive}: neither a zip nor a tar archive")
-    with tqdm(desc=archive.name, unit=" files", disable=None if progress else True) as bar:
+    with progress_bar(desc=archive.name, unit="files", enabled=progress, leave=True) as bar:
         (_extract_zip if kind == "zip" else _extract_tar)(archive, target, max_bytes, max_members, bar)
 
 
-def _extract_tar(archive: Path, target: Path, max_bytes: int, max_members: int, bar: tqdm) -> None:
+def _extract_tar(archive: Path, target: Path, max_bytes: int, max_members: int, bar: Bar) -> None:
     data_filter = getattr(tarfile, "data_filter", None)  # Python 3.11.4+ / 3.12
     total = 0
     try:
@@ -366,7 +366,7 @@ def _extract_tar(archive: Path, target: Path, max_bytes: int, max_members: int, 
         raise UserError(f"{archive.name}: truncated tar archive, nothing kept") from None
 
 
-def _extract_zip(archive: Path, target: Path, max_bytes: int, max_members: int, bar: tqdm) -> None:
+def _extract_zip(archive: Path, target: Path, max_bytes: int, max_members: int, bar: Bar) -> None:
     total = 0
     try:
         with zipfile.ZipFile(archive) as zf:

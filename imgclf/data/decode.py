@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm.auto import tqdm
+
+from ..progress import bar as progress_bar
 
 
 class BadImage(Exception):
@@ -170,8 +171,8 @@ def decode_all(
 
     n_threads = workers or default_workers()
     with ThreadPoolExecutor(n_threads) as pool:
-        list(tqdm(pool.map(work, range(len(paths))), total=len(paths), desc=desc, disable=None if progress else True,
-                  leave=False, unit="img"))
+        list(progress_bar(pool.map(work, range(len(paths))), total=len(paths), desc=desc, enabled=progress,
+                          unit="img"))
     keep = [i for i, good in enumerate(ok) if good]
     if bad:
         warn_skipped(bad)

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..progress import bar as progress_bar
 from .decode import default_workers, presize, presize_image
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -201,7 +201,7 @@ def presize_arrays(images: torch.Tensor | np.ndarray, size: int, workers: int = 
 
     threads = (workers or default_workers()) if a.shape[1] * a.shape[2] >= 64 * 64 else 1
     with ThreadPoolExecutor(threads) as pool, \
-            tqdm(total=len(a), desc=desc, unit="img", leave=False, disable=None if progress else True) as bar:
+            progress_bar(total=len(a), desc=desc, unit="img", enabled=progress) as bar:
         for n in pool.map(work, range(0, len(a), chunk)):
             bar.update(n)
     return out

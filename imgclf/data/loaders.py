@@ -2,16 +2,48 @@
 
 No worker processes: the decoded images already sit in one tensor, so a batch is a single indexing
 op, and augmentation runs as batch maths on the training device.
+
+Under torchrun each process's loader is `shard(rank, world)`: it takes the strided share `order[rank::world]` of
+every epoch's permutation (the same permutation on all ranks, from the same seed), so the ranks see disjoint
+images that together make the 1-process run's batches (see train/distributed.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from .augment import Augment, augment_batch, center_batch
+
+
+def shard_order(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank `rank`'s strided share of `order`: `order[rank::world]` after padding `order` by wrapping round to a
+    multiple of `world`, so every rank gets `ceil(n / world)` items (a few seen twice an epoch when `world` does
+    not divide n; PyTorch's DistributedSampler pads the same way). With a global batch of `b * world`, step j of
+    all ranks together is step j of the 1-process run."""
+    if world <= 1:
+        return order
+    n = len(order)
+    pad = -n % world
+    if pad and n:
+        order = torch.cat([order, order.repeat(-(-pad // n))[:pad]])
+    return order[rank::world]
+
+
+def _n_batches(n: int, bs: int, drop_last: bool) -> int:
+    return n // bs if drop_last else -(-n // bs)
+
+
+def _shard_state(loader: Any, rank: int, world: int, bs: int | None) -> None:
+    """Set a loader's share of each epoch (BatchLoader.shard, TensorLoader.shard)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside a world of {world}")
+    loader.rank, loader.world = rank, world
+    loader.bs = max(1, bs if bs is not None else loader.bs // world)
+    n = loader.n_shard
+    loader.drop_last = loader.shuffle and n > 1 and n % loader.bs == 1
 
 
 class BatchLoader:
@@ -45,14 +77,34 @@ class BatchLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
         self.channels_last = channels_last
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        # augmentation draws from the permutation's generator in one process; under torchrun from a generator of
+        # the rank's own (`shard`), so that the permutation stays the same on every rank
+        self.aug_generator = self.generator
+        self.rank, self.world = 0, 1
         # a last batch of one breaks batch-norm in training: drop it there
         self.drop_last = shuffle and len(images) > 1 and len(images) % bs == 1
         self.position = _Position(self.generator)
+        # an epoch's order drawn from the generator instead of a permutation (data/samplers.py: --balance sampler)
+        self.sampler: Callable[[torch.Generator], torch.Tensor] | None = None
 
     def __len__(self) -> int:
-        n = len(self.images)
-        return n // self.bs if self.drop_last else -(-n // self.bs)
+        return _n_batches(self.n_shard, self.bs, self.drop_last)
+
+    @property
+    def n_shard(self) -> int:
+        """Items this loader gives an epoch: all of them, or this rank's share (padded: see `shard_order`)."""
+        return -(-len(self.images) // self.world)
+
+    def shard(self, rank: int, world: int, bs: int | None = None) -> BatchLoader:
+        """Give only rank `rank`'s share of each epoch, `bs` a batch (default: this loader's batch / world, so
+        the ranks' batches together are the 1-process batch). Augmentation then draws from a generator of the
+        rank's own, seeded from (seed, rank); the permutation's stays common. Returns the loader."""
+        _shard_state(self, rank, world, bs)
+        if world > 1:
+            self.aug_generator = torch.Generator().manual_seed(self.seed * 7919 + 104729 * (rank + 1))
+        return self
 
     def _on_device(self, t: torch.Tensor) -> bool:
         """`t` already sits on the loader's device ("cuda" means the current CUDA device, cuda:0 here)."""
@@ -77,7 +129,7 @@ class BatchLoader:
 
     def transform(self, xb: torch.Tensor) -> torch.Tensor:
         if self.view == "augment":
-            x = augment_batch(xb, self.size, self.augment, self.generator, self.mean, self.std)
+            x = augment_batch(xb, self.size, self.augment, self.aug_generator, self.mean, self.std)
         else:
             x = center_batch(xb, self.size, self.mean, self.std)
             if self.view == "flip":
@@ -88,7 +140,9 @@ class BatchLoader:
         images, targets = self._source()
         n = len(images)
         start = self.position.begin()
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = (self.sampler(self.generator) if self.sampler is not None
+                 else torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n))
+        order = shard_order(order, self.rank, self.world)
         start = self.position.seek(start)
         order = order.to(images.device) if isinstance(images, torch.Tensor) else order
         for b in range(start, len(self)):
@@ -100,11 +154,17 @@ class BatchLoader:
         self.position.end()
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the loader stands: its generator, and within an epoch the batches given (see `_Position`)."""
-        return self.position.state_dict()
+        """Where the loader stands: its generator, and within an epoch the batches given (see `_Position`);
+        a rank's loader adds its augmentation generator."""
+        state = self.position.state_dict()
+        if self.aug_generator is not self.generator:
+            state["aug_state"] = self.aug_generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position.load_state_dict(state)
+        if state.get("aug_state") is not None and self.aug_generator is not self.generator:
+            self.aug_generator.set_state(state["aug_state"])
 
 
 class TensorLoader:
@@ -112,18 +172,30 @@ class TensorLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 256, shuffle: bool = False, seed: int = 0):
         self.x, self.y, self.bs, self.shuffle = x, y, bs, shuffle
+        self.rank, self.world = 0, 1
         self.generator = torch.Generator().manual_seed(seed)
         self.drop_last = shuffle and len(x) > 1 and len(x) % bs == 1
+        self.sampler: Callable[[torch.Generator], torch.Tensor] | None = None  # as BatchLoader's
         self.position = _Position(self.generator)
 
     def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.bs if self.drop_last else -(-n // self.bs)
+        return _n_batches(self.n_shard, self.bs, self.drop_last)
+
+    @property
+    def n_shard(self) -> int:
+        return -(-len(self.x) // self.world)
+
+    def shard(self, rank: int, world: int, bs: int | None = None) -> TensorLoader:
+        """Rank `rank`'s share of each epoch, as `BatchLoader.shard`."""
+        _shard_state(self, rank, world, bs)
+        return self
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.x)
         start = self.position.begin()
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = (self.sampler(self.generator) if self.sampler is not None
+                 else torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n))
+        order = shard_order(order, self.rank, self.world)
         start = self.position.seek(start)
         for b in range(start, len(self)):
             idx = order[b * self.bs : (b + 1) * self.bs].to(self.x.device)

@@ -104,6 +104,11 @@ class Items:
     is_valid: list[bool]
     tags: list[list[str]] | None = None  # multi-label from folders: each item's folder names (may hold spaces)
     unused: Unused = field(default_factory=Unused)  # entries under the folder(s) listed that are not images
+    # who made the train/valid split, which says what the near-duplicate check after decoding may do
+    # (`dedup.py`): "drawn" (our seeded split: groups straddling it are moved to train), "given" (valid/ folder,
+    # is_valid column, IDX files) and "legacy" (the plain split older runs rebuild): warn only; "checked": an
+    # earlier decode of these items already did it (`ImageData.resized`)
+    split_origin: str = "given"
 
     def item_tags(self) -> list[list[str]]:
         """Each item's tags: the folders it was found in, else its label split on spaces (a CSV's tags)."""
@@ -230,12 +235,11 @@ def random_split(
     items (at least 1) are held out at random; with no duplicates this is exactly the split of before.
     A stratified split that would hold out nothing (every class a single image) falls back to that one.
 
-    Near duplicates (re-saved, resized, mirrored copies: the audit's fingerprints) are not grouped, because
-    finding them costs a second decode pass before the split. Measured on 2 shared, busy cores: the audit's
-    `scan_files` + `near_pairs` took 2.2 s on hymenoptera's 398 files (hashing them: 0.3 s) and 12.5 s on
-    10,000 64-160 px JPEGs (hashing: 0.4 s), more than loading that whole data set at size 64 (10.6 s);
-    reducing the already presized tensors instead took 9 s on 10,000 (audit.py). `imgclf inspect` lists
-    near duplicates that straddle the split."""
+    Near duplicates (re-saved, resized, mirrored copies: the audit's fingerprints) are not grouped here, because
+    finding them from the files costs a second decode pass before the split (the audit's `scan_files` +
+    `near_pairs`: 2.2 s on hymenoptera's 398 files, hashing them 0.3 s; 2 shared, busy cores). `ImageData`
+    regroups them after decoding, from the presized tensors (`dedup.py`): the validation members of a group that
+    straddles this split move to training (`Items.split_origin` "drawn")."""
     if not 0 < valid_pct < 1:
         raise UserError(f"--valid-pct must be between 0 and 1, got {valid_pct}")
     keys = list(groups) if groups is not None else list(range(n))
@@ -278,6 +282,12 @@ def split_items(paths: Sequence[Path], labels: Sequence[str], valid_pct: float, 
     if split == "random":
         return random_split(len(paths), valid_pct, seed)
     return random_split(len(paths), valid_pct, seed, labels if stratify else None, content_keys(paths))
+
+
+def split_origin(split: str) -> str:
+    """`Items.split_origin` of a split drawn by `split_items(split=...)`: the plain "random" one of older runs
+    must stay as it was drawn (a rebuilt run scores the same images), so it is "legacy", not "drawn"."""
+    return "legacy" if split == "random" else "drawn"
 
 
 def _fill(units: list[list[int]], target: int, rng: random.Random, at_least_one: bool) -> set[int]:
@@ -388,6 +398,7 @@ def items_from_folder(
     if multi_label:
         items = merge_by_content(items)
     items.is_valid = split_items(items.paths, items.labels, valid_pct, seed, stratify and not multi_label, split)
+    items.split_origin = split_origin(split)
     items.unused = unused
     return items
 
@@ -479,8 +490,10 @@ def items_from_csv(
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"{missing[0]}: file listed in {csv_path.name} not found{more}")
-    is_valid = flags if vcol is not None else split_items(paths, labels, valid_pct, seed, stratify, split)
-    return Items(paths, labels, is_valid)
+    if vcol is not None:
+        return Items(paths, labels, flags)
+    is_valid = split_items(paths, labels, valid_pct, seed, stratify, split)
+    return Items(paths, labels, is_valid, split_origin=split_origin(split))
 
 
 def split_tags(label: str) -> list[str]:
@@ -515,4 +528,4 @@ def items_from_files(
         raise UserError(f"{len(files)} files but {len(labels)} labels")
     paths = [Path(f) for f in files]
     labels = [str(label) for label in labels]
-    return Items(paths, labels, split_items(paths, labels, valid_pct, seed, stratify))
+    return Items(paths, labels, split_items(paths, labels, valid_pct, seed, stratify), split_origin="drawn")

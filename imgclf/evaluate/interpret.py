@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..rundir import write_json
-from ..train.metrics import bootstrap_f1_per_class, wilson_interval
+from ..train.metrics import bootstrap_f1_per_class, class_figures, wilson_interval
 from .model_summary import ModelSummary, model_summary
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ MIN_TSNE = 10  # fewer validation images than this: t-SNE is skipped (its perple
 MAX_TSNE = 2000  # t-SNE on more points is a seeded subsample: minutes otherwise on a 2-core CPU
 DPI = 110
 
-FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "top_losses.png", "features.png",
+FILES = ("confusion_matrix.png", "confusion_matrix_normalized.png", "top_losses.png", "features.png", "reliability.png",
          "per_class.csv", "most_confused.csv", "misclassified.csv", "model_summary.txt", "interpret.json")
 
 
@@ -96,12 +96,14 @@ class Interpretation:
     `logits` (N, C) and `targets` (N,) index into `classes`; `paths` name the N images; `features`
     (N, D) are the pooled backbone features. `images` (uint8 (N, 3, P, P), or anything indexable like
     it) lets the top-losses grid show what the model saw (center crop of `size`); without it the grid
-    decodes `paths`. `summary` is the model's `ModelSummary`.
+    decodes `paths`. `summary` is the model's `ModelSummary`. `temperature`: the T the model's probabilities
+    are softmax(logits / T) at (model.json; 1 = uncalibrated); `logits` are those already divided by it.
     """
 
     def __init__(self, classes: Sequence[str], paths: Sequence[str | Path], logits: torch.Tensor,
                  targets: torch.Tensor, features: torch.Tensor | None = None, *, images: Any = None,
-                 size: int | None = None, summary: ModelSummary | None = None, source: str | None = None):
+                 size: int | None = None, summary: ModelSummary | None = None, source: str | None = None,
+                 temperature: float = 1.0):
         self.classes = list(classes)
         self.paths = [str(p) for p in paths]
         self.logits = torch.as_tensor(logits).detach().float().cpu()
@@ -118,6 +120,8 @@ class Interpretation:
         self.preds = self.logits.argmax(-1)
         self.losses = F.cross_entropy(self.logits, self.targets, reduction="none")  # plain, no smoothing
         self._projection: Projection | None = None
+        self.seen: dict[str, Any] = {}  # from_run: n_seen_in_training, accuracy_unseen (infer.evaluate.seen_figures)
+        self.temperature = float(temperature)
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -125,9 +129,9 @@ class Interpretation:
         """From a `VisionLearner` as it stands: its validation predictions and cached pooled features."""
         logits, targets = learn.get_preds()
         features, _ = learn.cached_features("valid", "center")
-        data = learn.data
-        return cls(data.classes, data.valid_paths, logits, targets, features, images=data.valid_images,
-                   size=data.size, summary=model_summary(learn.model, data.size), source=data.source)
+        data, t = learn.data, float(getattr(learn, "temperature", 1.0))
+        return cls(data.classes, data.valid_paths, logits / t, targets, features, images=data.valid_images,
+                   size=data.size, summary=model_summary(learn.model, data.size), source=data.source, temperature=t)
 
     @classmethod
     def from_run(cls, run: str | Path, data: ImageData | str | Path | None = None, bs: int = 64,
@@ -140,6 +144,8 @@ class Interpretation:
         used as it is. Labels the model does not know are a `UserError`.
         """
         from ..data.core import ImageData
+        from ..data.dedup import validation_keys
+        from ..infer.evaluate import seen_figures
         from ..infer.predictor import load_model
         from ..train.job import run_data
 
@@ -161,8 +167,12 @@ class Interpretation:
                             f"({', '.join(predictor.classes)})")
         targets = torch.tensor([idx[c] for c in data.classes], dtype=torch.long)[data.valid_y]
         logits, features = _predict(predictor, data.valid_images, bs, progress)
-        return cls(predictor.classes, data.valid_paths, logits, targets, features, images=data.valid_images,
-                   size=predictor.size, summary=model_summary(predictor.model, predictor.size), source=data.source)
+        interp = cls(predictor.classes, data.valid_paths, logits, targets, features, images=data.valid_images,
+                     size=predictor.size, summary=model_summary(predictor.model, predictor.size), source=data.source,
+                     temperature=getattr(predictor, "temperature", 1.0))
+        # images the run trained on (same bytes) among those scored: counted, warned, figures without them
+        interp.seen = seen_figures(run, validation_keys(data), interp.probs, interp.targets, predictor)
+        return interp
 
     # ------------------------------------------------------------------ figures
     @property
@@ -202,6 +212,17 @@ class Interpretation:
             out.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support,
                         "recall_low": r_lo, "recall_high": r_hi, "f1_low": f1_lo[i], "f1_high": f1_hi[i]})
         return out
+
+    def calibration(self) -> dict[str, Any]:
+        """ECE (15 bins of top-1 confidence) of the probabilities as shipped and before the temperature, with the
+        reliability data of each (train/calibrate.py). Where the run fitted T on these validation images (fixed
+        recipes) the "after" figure is in-sample: the run's metrics.json holds the cross-fitted one."""
+        from ..train.calibrate import reliability
+
+        after = reliability(self.probs, self.targets)
+        before = reliability((self.logits * self.temperature).softmax(-1), self.targets)
+        return {"temperature": self.temperature, "ece": after["ece"], "ece_before": before["ece"],
+                "reliability": after, "reliability_before": before}
 
     def top_loss_indices(self, k: int | None = None) -> list[int]:
         """Indices of the `k` images with the highest loss (all when None), highest first."""
@@ -263,6 +284,16 @@ class Interpretation:
             proj.pca, proj.tsne, targets, self.classes, wrong, proj.pca_variance,
             tsne_targets=targets[proj.tsne_index], tsne_wrong=wrong[proj.tsne_index], note=proj.note)
 
+    def plot_reliability(self) -> Figure:
+        """Reliability diagram of the probabilities (and, when calibrated, of the uncalibrated ones)."""
+        from . import plots
+
+        cal = self.calibration()
+        curves = [(f"T={self.temperature:.2f}", cal["reliability"])]
+        if self.temperature != 1.0:
+            curves.insert(0, ("uncalibrated", cal["reliability_before"]))
+        return plots.reliability_figure(curves, note=f"{self.n} validation images")
+
     def _image(self, i: int) -> np.ndarray | None:
         """Image `i` as the model saw it (center crop of `size`), H x W x 3 uint8; None if unreadable."""
         from ..data.core import presize_for
@@ -291,6 +322,9 @@ class Interpretation:
             "confusion_matrix": self.confusion_matrix().tolist(), "per_class": self.per_class(),
             "most_confused": [list(p) for p in self.most_confused(min_val)], "top_losses": self.top_losses(k),
             "model": self.summary.to_dict() if self.summary else None, "data": self.source,
+            **{k: v for k, v in class_figures(self.logits, self.targets).items() if k != "class_recall"},
+            "calibration": self.calibration(),
+            **self.seen,
         }
 
     def write(self, out: str | Path, k: int = 9, min_val: int = 1) -> Path:
@@ -299,7 +333,8 @@ class Interpretation:
         out.mkdir(parents=True, exist_ok=True)
         for name, fig in (("confusion_matrix.png", self.plot_confusion_matrix()),
                           ("confusion_matrix_normalized.png", self.plot_confusion_matrix(normalize=True)),
-                          ("top_losses.png", self.plot_top_losses(k)), ("features.png", self.plot_features())):
+                          ("top_losses.png", self.plot_top_losses(k)), ("features.png", self.plot_features()),
+                          ("reliability.png", self.plot_reliability())):
             fig.savefig(out / name, dpi=DPI)
         fields = ("class", "precision", "recall", "f1", "support")
         _write_csv(out / "per_class.csv", fields, [[r[f] for f in fields] for r in self.per_class()])
@@ -324,15 +359,14 @@ def _predict(predictor, images, bs: int, progress: bool) -> tuple[torch.Tensor, 
     The features are what the classifier layer receives, i.e. `forward_head(..., pre_logits=True)`,
     caught by a hook rather than by a second forward pass; None if the classifier is never called.
     """
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     feats: list[torch.Tensor] = []
     hook = predictor.model.get_classifier().register_forward_pre_hook(
         lambda m, args: feats.append(args[0].detach().float().cpu()))
     logits = []
     try:
-        for b in tqdm(range(0, len(images), bs), desc="interpret", unit="batch", leave=False,
-                      disable=None if progress else True):
+        for b in progress_bar(range(0, len(images), bs), desc="interpret", unit="batch", enabled=progress):
             logits.append(predictor.logits(images[b : b + bs]))
     finally:
         hook.remove()
@@ -367,6 +401,20 @@ def format_summary(result: dict[str, Any], limit: int = 10) -> str:
     for r in result["per_class"]:
         lines.append(f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f} {bounds(r, 'recall'):13}"
                      f"  {r['f1']:6.4f} {bounds(r, 'f1'):13}  {r['support']:7d}")
+    if "balanced_accuracy" in result:
+        lines += ["", f"balanced accuracy {result['balanced_accuracy']:.4f} ({result['balanced_accuracy_low']:.2f}-"
+                      f"{result['balanced_accuracy_high']:.2f}), macro F1 {result['macro_f1']:.4f} "
+                      f"({result['macro_f1_low']:.2f}-{result['macro_f1_high']:.2f})"]
+    cal = result.get("calibration")
+    if cal:
+        lines.append(f"calibration: ECE {cal['ece']:.4f} at T={cal['temperature']:.3f}"
+                     + (f" (uncalibrated {cal['ece_before']:.4f})" if cal["temperature"] != 1.0 else "")
+                     + ", 15 bins; reliability.png")
+    if result.get("n_seen_in_training"):
+        lo, hi = result.get("accuracy_unseen_low"), result.get("accuracy_unseen_high")
+        unseen = (f"{result['accuracy_unseen']:.4f} ({lo:.2f}-{hi:.2f})" if "accuracy_unseen" in result else "none")
+        lines.append(f"{result['n_seen_in_training']} of {result['n_valid']} images were training images (same "
+                     f"bytes); accuracy on the {result['n_unseen']} unseen: {unseen}")
     pairs = result["most_confused"]
     lines += ["", "most confused (actual -> predicted: images):" if pairs else "most confused: none"]
     lines += [f"  {a} -> {p}: {n}" for a, p, n in pairs[:limit]]

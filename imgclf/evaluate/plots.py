@@ -166,3 +166,33 @@ def features_figure(pca: np.ndarray, tsne: np.ndarray | None, targets: np.ndarra
                title="actual class", markerscale=1.5)
     fig.suptitle(f"Pooled features of {len(targets)} validation images")
     return fig
+
+
+def reliability_figure(curves: Sequence[tuple[str, dict]], note: str = "") -> Figure:
+    """Reliability diagram: per bin of top-1 confidence, the accuracy (markers) against the diagonal a calibrated
+    model follows, one line per `(label, reliability dict)` (train/calibrate.py's `reliability`); below, how many
+    images fall in each bin. Points under the diagonal are over-confident."""
+    fig = Figure(figsize=(5.6, 6.2))
+    gs = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+    ax, axc = fig.add_subplot(gs[0]), fig.add_subplot(gs[1])
+    ax.plot([0, 1], [0, 1], ls="--", color="#888888", lw=1, label="calibrated")
+    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+    for k, (label, rel) in enumerate(curves):
+        edges = np.asarray(rel["edges"])
+        conf = [c for c in rel["confidence"] if c is not None]
+        acc = [a for a in rel["accuracy"] if a is not None]
+        colour = colours[k % len(colours)]
+        ax.plot(conf, acc, marker="o", ms=4, lw=1.4, color=colour, label=f"{label} (ECE {rel['ece']:.3f})")
+        width = (edges[1] - edges[0]) / (len(curves) + 0.5)
+        axc.bar(edges[:-1] + width * (k + 0.25), rel["count"], width=width, align="edge", color=colour, alpha=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_xticklabels([])
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Reliability: accuracy against confidence" + (f"\n{note}" if note else ""), fontsize=10)
+    axc.set_xlim(0, 1)
+    axc.set_xlabel("top-1 confidence (bins)")
+    axc.set_ylabel("images")
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.9, bottom=0.09)
+    return fig

@@ -120,6 +120,7 @@ def report_context(run: str | Path) -> dict[str, Any]:
         "top_losses_image": _image(folder / "top_losses.png", "top losses"),
         "n_misclassified": _count_rows(folder / "misclassified.csv"),
         "features_image": _image(folder / "features.png", "pooled features in 2-D"),
+        "calibration": _calibration(metrics, interp, folder),
         "model_line": _model_line(interp.get("model")),
         "model_summary": _text(folder / "model_summary.txt"),
         "interpret_folder": str(folder),
@@ -193,6 +194,11 @@ def _headline(metrics: dict, meta: dict, config: dict, accuracy: float | None) -
     else:
         figures = [("accuracy", "–" if accuracy is None else f"{100 * accuracy:.2f}%" + _bounds(metrics, "accuracy",
                                                                                                    pct=True))]
+        for name, key in (("balanced accuracy", "balanced_accuracy"), ("macro F1", "macro_f1")):
+            if metrics.get(key) is not None:  # runs from before these figures have none
+                figures.append((name, fmt(metrics[key]) + _bounds(metrics, key)))
+        if metrics.get("ece") is not None:
+            figures.append(("ECE", fmt(metrics["ece"]) + f" (T={metrics.get('temperature', 1.0):.2f})"))
     items = [
         *figures,
         ("valid loss", fmt(metrics.get("valid_loss"))),
@@ -204,6 +210,25 @@ def _headline(metrics: dict, meta: dict, config: dict, accuracy: float | None) -
         ("time", f"{metrics['total_seconds']:.0f} s" if "total_seconds" in metrics else "–"),
     ]
     return [(k, v) for k, v in items if v not in ("–", "? px")]
+
+
+def _calibration(metrics: dict, interp: dict, folder: Path) -> dict[str, Any] | None:
+    """The calibration section: the run's own figures (metrics.json: T fitted on selection data or cross-fitted
+    on validation halves, so honest) and interpret's reliability diagram; None when neither has any."""
+    run_cal, interp_cal = metrics.get("calibration"), interp.get("calibration")
+    image = _image(folder / "reliability.png", "reliability diagram")
+    if not run_cal and not interp_cal and not image:
+        return None
+    rows = []
+    if run_cal:
+        rows += [("temperature shipped", fmt(run_cal.get("temperature"))), ("temperature fitted", fmt(
+                     run_cal.get("fitted"))), ("ECE before → after", f"{fmt(run_cal.get('ece_before'))} → "
+                                                                   f"{fmt(run_cal.get('ece_after'))}"),
+                 ("NLL before → after", f"{fmt(run_cal.get('nll_before'))} → {fmt(run_cal.get('nll_after'))}"),
+                 ("how", fmt(run_cal.get("method"))), ("decision", fmt(run_cal.get("why")))]
+    if interp_cal:
+        rows.append(("ECE of the shipped probabilities (interpret, these images)", fmt(interp_cal.get("ece"))))
+    return {"rows": rows, "image": image}
 
 
 def _model_line(m: dict[str, Any] | None) -> str | None:
@@ -254,11 +279,20 @@ def _recipe(recipe: dict[str, Any]) -> dict[str, Any]:
             "valid_loss": c.get("valid_loss"), "accuracy": c.get("accuracy"), "seconds": c.get("seconds"),
             "head": detail.get("head", ""), "wd": detail.get("wd"), "epochs": detail.get("epochs"),
             "skipped": c.get("skipped", ""), "chosen": c.get("name") == chosen,
-            "tried": detail.get("tried", []),
+            "tried": [_tried(t) for t in detail.get("tried", [])],
         })
     facts = [(k, fmt(recipe[k])) for k in ("recipe", "budget_seconds", "seconds", "median_short_side",
                                            "recommended_size", "sizes", "lr", "lr_find") if recipe.get(k) is not None]
     return {"chosen": chosen, "why": recipe.get("why", []), "candidates": candidates, "facts": facts}
+
+
+def _tried(t: dict[str, Any]) -> dict[str, Any]:
+    """One head of a probe's grid: its validation figures, or (heads chosen by cross-validation on the training
+    split, train/probe.py's `select_probe`) its out-of-fold ones, marked as such."""
+    cv = "cv_loss" in t and "valid_loss" not in t
+    return {"head": t.get("head", "lbfgs"), "wd": t.get("wd"), "basis": "CV" if cv else "valid",
+            "valid_loss": t.get("cv_loss") if cv else t.get("valid_loss"),
+            "accuracy": t.get("cv_accuracy") if cv else t.get("accuracy")}
 
 
 def _csv(path: Path) -> dict[str, Any] | None:

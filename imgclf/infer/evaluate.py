@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..data.dedup import array_keys, check_seen
 from ..data.idx import is_idx_folder, load_idx, presize_arrays
-from ..data.sources import Items, Unused, items_from_csv, items_from_folder, label_from_re, scan_images
+from ..data.sources import Items, Unused, content_keys, items_from_csv, items_from_folder, label_from_re, scan_images
 from ..data.targets import encode_targets
 from ..errors import UserError
 from ..train.metrics import (
@@ -46,19 +48,26 @@ def labelled_items(path: str | Path, label_re: str | None = None, label_col: str
 
 
 def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None = None, bs: int = 64,
-             progress: bool = True, tta: bool = False, label_col: str | None = None) -> dict[str, Any]:
+             progress: bool = True, tta: bool = False, label_col: str | None = None,
+             run_dir: str | Path | None = None) -> dict[str, Any]:
     """The run's figures on labelled images it has not seen (class folders, or a CSV as it trained from).
 
     Classes: accuracy, loss (plain cross-entropy) and per-class accuracy; tags: accuracy_multi, f1_multi at
     the run's threshold, loss (binary cross-entropy) and per-tag F1; numbers: mae, rmse in the targets'
     units. With `tta` the same figures prefixed `tta_` (center + flip views averaged), from the same pass.
     Proportions carry 95% bounds, `<name>_low`/`<name>_high`: Wilson for accuracy and for each class's accuracy
-    (`per_class_accuracy_interval`), a 1000-resample bootstrap over images for accuracy_multi and f1_multi."""
+    (`per_class_accuracy_interval`), a 1000-resample bootstrap over images for accuracy_multi and f1_multi.
+
+    Images the run trained on (the same bytes: `RUN/train_content.json`, not names) are counted,
+    `n_seen_in_training`, and the figures are given again on the unseen ones alone (`accuracy_unseen` with
+    `accuracy_unseen_low`/`_high`; other tasks: `<figure>_unseen`), with one warning when any were seen.
+    `run_dir`: the run directory when `run` is a `Predictor` (else the check is unavailable, said once)."""
     predictor = run if isinstance(run, Predictor) else load_model(run)
+    run_dir = run_dir if run_dir is not None else (None if isinstance(run, Predictor) else run)
     names = TTA_VIEWS if tta else ("center",)
     unused = Unused()  # entries under `data` not used as images: one warning, and listed in the result
     if is_idx_folder(Path(data)):  # IDX files (Fashion-MNIST): the t10k test set, as arrays
-        view_probs, targets, skipped = _idx_outputs(predictor, data, bs, names, progress)
+        view_probs, targets, skipped, keys = _idx_outputs(predictor, data, bs, names, progress)
     else:
         items = labelled_items(data, label_re, label_col)
         unused = items.unused
@@ -68,6 +77,7 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
         view_probs, kept, skipped = predictor.probs_files(items.paths, bs=bs, progress=progress, names=names)
         row = {str(p): i for i, p in enumerate(items.paths)}
         targets = targets_all[[row[str(p)] for p in kept]]
+        keys = content_keys(kept)
     if len(targets) == 0:  # every file was skipped (and named): there is nothing to score
         raise UserError(f"{data}: none of the {len(skipped)} image file(s) could be decoded")
     task = predictor.task
@@ -81,17 +91,52 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     if tta:
         res.update({f"tta_{k}": v for k, v in _scores(combine(view_probs), targets, predictor).items()})
         res["tta_views"] = list(TTA_VIEWS)
+    res.update(seen_figures(run_dir, keys, view_probs[0], targets, predictor))
     return res
 
 
+def _unseen_name(k: str) -> str:
+    """accuracy -> accuracy_unseen; accuracy_low -> accuracy_unseen_low (the bounds stay last)."""
+    for end in ("_low", "_high"):
+        if k.endswith(end):
+            return k.removesuffix(end) + "_unseen" + end
+    return k + "_unseen"
+
+
+def seen_figures(run_dir: str | Path | None, keys: list[str], probs: torch.Tensor, targets: torch.Tensor,
+                 predictor: Predictor) -> dict[str, Any]:
+    """`n_seen_in_training` (None when the run has no record) and the figures on the images not trained on,
+    with one warning naming the counts when some were trained on."""
+    check = check_seen(run_dir, keys)
+    if not check.available:
+        return {"n_seen_in_training": None}
+    unseen = torch.tensor([not s for s in check.seen], dtype=torch.bool)
+    n, n_unseen = len(keys), int(unseen.sum())
+    out: dict[str, Any] = {"n_seen_in_training": check.n_seen, "n_unseen": n_unseen}
+    if n_unseen:
+        out.update({_unseen_name(k): v for k, v in _scores(probs[unseen], targets[unseen], predictor).items()
+                    if k != "threshold"})
+    if check.n_seen:
+        main = {"classify": "accuracy", "multi_label": "f1_multi", "regression": "mae"}[predictor.task]
+        if n_unseen:
+            lo, hi = out.get(f"{main}_unseen_low"), out.get(f"{main}_unseen_high")
+            figure = f"{out[main + '_unseen']:.2f}" + (f" ({lo:.2f}-{hi:.2f})" if lo is not None else "")
+        else:
+            figure = "none (every image was)"
+        warnings.warn(f"{check.n_seen} of {n} images scored were in this run's training set (same bytes); "
+                      f"{main} on the {n_unseen} unseen: {figure}", stacklevel=3)
+    return out
+
+
 def _idx_outputs(predictor: Predictor, folder: str | Path, bs: int, names: tuple[str, ...], progress: bool):
-    """Outputs (V, N, C) and targets of an IDX folder's test split, presized as training presized it."""
+    """Outputs (V, N, C), targets, skipped files (none) and content keys of an IDX folder's test split,
+    presized as training presized it."""
     if predictor.task != "classify":
         raise UserError(f"{folder}: IDX files hold one class per image; this run's task is {predictor.task}")
     s = load_idx(folder, classes=predictor.classes)
     images = presize_arrays(s.valid_images, predictor.presize, progress=progress, desc="presize test")
     out = torch.cat([predictor.view_probs(images[b : b + bs], names) for b in range(0, len(images), bs)], 1)
-    return out, s.valid_labels, []
+    return out, s.valid_labels, [], array_keys(s.valid_images)
 
 
 _PER_CLASS = {"classify": "accuracy", "multi_label": "f1"}

@@ -59,6 +59,7 @@ class Deployable(nn.Module):
         self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1))
         self.target_mean = float(meta.get("target_mean", 0.0))
         self.target_std = float(meta.get("target_std", 1.0))
+        self.temperature = float(meta.get("temperature", 1.0))  # classes: softmax(logits / T), as the Predictor
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         top = (self.presize - self.size) // 2
@@ -68,7 +69,7 @@ class Deployable(nn.Module):
             return out.sigmoid()
         if self.task == "regression":
             return out * self.target_std + self.target_mean
-        return out.softmax(-1)
+        return (out / self.temperature).softmax(-1)
 
 
 def file_meta(meta: dict[str, Any], fmt: str) -> dict[str, str]:
@@ -76,7 +77,7 @@ def file_meta(meta: dict[str, Any], fmt: str) -> dict[str, str]:
     from .. import __version__
 
     keys = ("arch", "task", "classes", "size", "presize", "crop_pct", "mean", "std", "threshold", "target_mean",
-            "target_std")
+            "target_std", "temperature")
     out = {k: meta[k] if isinstance(meta[k], str) else json.dumps(meta[k]) for k in keys if k in meta}
     out.update({"input": "uint8 RGB images (batch, presize, presize, 3): decoded, short side resized to presize, "
                          "center-cropped square",

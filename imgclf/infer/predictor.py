@@ -57,6 +57,8 @@ class Predictor:
         self.classes: list[str] = list(meta["classes"])
         self.task: str = meta.get("task", "classify")
         self.threshold = float(meta.get("threshold", 0.5))
+        # classes: softmax(logits / T), T fitted at training time (train/calibrate.py); runs from before: 1
+        self.temperature = float(meta.get("temperature", 1.0))
         self.size, self.presize = int(meta["size"]), int(meta["presize"])
         self.device = pick_device(device)
         self.dtype = resolve_precision(precision, self.device)
@@ -72,11 +74,13 @@ class Predictor:
             return self.model(x).float().cpu()
 
     def logits(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """Raw scores for a uint8 (B, 3, presize, presize) batch; with `tta` the log of the center and flip
-        views' mean softmax (scores whose softmax is the TTA prediction)."""
+        """Scores for a uint8 (B, 3, presize, presize) batch whose softmax is the prediction: the model's logits
+        divided by the run's temperature (classes; 1 when uncalibrated), with `tta` the log of the center and
+        flip views' mean softmax. Times `temperature`: the model's own logits."""
         if tta:
             return self.view_probs(images, TTA_VIEWS).mean(0).clamp_min(1e-12).log()
-        return self._forward(center_batch(images.to(self.device), self.size, self.mean, self.std))
+        out = self._forward(center_batch(images.to(self.device), self.size, self.mean, self.std))
+        return out / self.temperature if self.task == "classify" else out
 
     def view_probs(self, images: torch.Tensor, names: Sequence[str] = ("center",)) -> torch.Tensor:
         """Outputs of each named view (`infer.tta`) of a uint8 batch: (V, B, C), one forward pass. Class
@@ -90,7 +94,7 @@ class Predictor:
             return out.sigmoid()
         if self.task == "regression":
             return out * float(self.meta["target_std"]) + float(self.meta["target_mean"])
-        return out.softmax(-1)
+        return (out / self.temperature).softmax(-1)
 
     def _prediction(self, p: torch.Tensor, path: str | None) -> Prediction:
         scores = dict(zip(self.classes, p.tolist(), strict=True))
@@ -128,14 +132,14 @@ class Predictor:
     def probs_files(self, paths: Sequence[str | Path], bs: int = 64, progress: bool = True,
                     names: Sequence[str] = ("center",)) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
         """Per-view probabilities (V, N, C) of the files that decode, those files, and the skipped ones."""
-        from tqdm.auto import tqdm
+        from ..progress import bar as progress_bar
 
         paths = [Path(p) for p in paths]
         out: list[torch.Tensor] = []
         kept: list[Path] = []
         skipped: list[tuple[Path, str]] = []
         chunk = max(bs, 256)
-        with tqdm(total=len(paths), desc="predict", unit="img", disable=None if progress else True, leave=False) as bar:
+        with progress_bar(total=len(paths), desc="predict", unit="img", enabled=progress) as bar:
             for start in range(0, len(paths), chunk):
                 part = paths[start : start + chunk]
                 images, keep, bad = decode_all(part, self.presize, progress=False)

@@ -1,6 +1,6 @@
 """Models: the registry over timm, the embedded pretrained default, weights files, our own archs, LSUV."""
 
-from . import cnn, xresnet  # noqa: F401  (importing registers simple_cnn and xresnet18/34/50)
+from . import airnet, cnn, xresnet  # noqa: F401  (importing registers simple_cnn, xresnet18/34/50, airnet)
 from .init import lsuv_init
 from .registry import (
     DEFAULT_ARCH,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..progress import bar as progress_bar
 
 CACHE_DIR = Path(os.environ.get("IMGCLF_CACHE", Path.home() / ".cache" / "imgclf"))
 
@@ -88,8 +88,7 @@ def download(url: str, cache_dir: Path | None = None, progress: bool = True) -> 
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}",
-                       disable=None if progress else True, leave=False)
+            bar = progress_bar(total=total, unit="B", unit_scale=True, desc=f"download {name}", enabled=progress)
             with tempfile.NamedTemporaryFile(dir=cache_dir, delete=False, suffix=".part") as tmp, bar:
                 while chunk := resp.read(1 << 20):
                     tmp.write(chunk)

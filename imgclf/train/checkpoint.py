@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..rundir import CHECKPOINT_FILE, check_version, load_weights, publish
+from . import distributed as dist
 
 if TYPE_CHECKING:
     from .callbacks.core import Callback
@@ -217,12 +218,13 @@ class Checkpointer:
             raise UserError(f"{self.path}: the optimizer state does not fit this model ({e})") from None
         if learn.grad_scaler is not None and st.get("scaler"):
             learn.grad_scaler.load_state_dict(st["scaler"])
-        if st.get("train_dl") is not None and hasattr(learn.train_dl, "load_state_dict"):
-            learn.train_dl.load_state_dict(st["train_dl"])
+        dl_state = self._mine(st)["train_dl"]
+        if dl_state is not None and hasattr(learn.train_dl, "load_state_dict"):
+            learn.train_dl.load_state_dict(dl_state)
         for key, cb in _named(cbs).items():
             if key in st["cbs"]:
                 cb.load_state_dict(st["cbs"][key])
-        set_rng_state(st["rng"])
+        set_rng_state(self._mine(st)["rng"])
         learn.iter, learn.phase = st["iter"], st["phase"]
         return learn.n_epoch if st["fit_done"] else st["epoch"]
 
@@ -235,7 +237,26 @@ class Checkpointer:
         for key, cb in _named(learn.cbs).items():
             if key in st["cbs"]:
                 cb.load_state_dict(st["cbs"][key])
-        set_rng_state(st["rng"])
+        set_rng_state(self._mine(st)["rng"])
+
+    def _mine(self, st: dict[str, Any]) -> dict[str, Any]:
+        """This process's loader position and generators: a checkpoint of several processes holds each rank's
+        (`ranks`), and is resumed by as many."""
+        ranks = st.get("ranks")
+        if not ranks:
+            if dist.world_size() > 1:
+                raise UserError(f"{self.path}: written by one process; resume it without torchrun/--nproc")
+            return {"train_dl": st.get("train_dl"), "rng": st["rng"]}
+        if len(ranks) != dist.world_size():
+            raise UserError(f"{self.path}: written by {len(ranks)} processes; resume it with --nproc {len(ranks)}")
+        return ranks[dist.rank()]
+
+    @staticmethod
+    def _ranks(dl_state: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+        """Every rank's loader position and generators, gathered (None in a single process)."""
+        if not dist.is_distributed():
+            return None
+        return dist.gather_objects({"train_dl": dl_state, "rng": rng_state()})
 
     # ------------------------------------------------------------------ writing
     def save(self, learn: Learner, cbs: Sequence[Callback], where: str, fit_done: bool = False,
@@ -245,49 +266,68 @@ class Checkpointer:
         dl_state = dl.state_dict() if hasattr(dl, "state_dict") else None
         step = dl_state["batches"] if dl_state else 0
         desc = f"{learn.phase} epoch {learn.epoch + 1}" + (f" step {step}" if step else " end")
-        write_checkpoint(self.path, {
-            "fit_no": self.fit_no, "fit_done": fit_done, "where": desc, "reason": where,
-            "epoch": learn.epoch + 1 if next_epoch else learn.epoch, "iter": learn.iter, "n_epoch": learn.n_epoch,
-            "phase": learn.phase, "model": (self.model or learn.model).state_dict(),
-            "opt": learn.opt.state_dict(), "scaler": learn.grad_scaler.state_dict() if learn.grad_scaler else None,
-            "train_dl": dl_state, "cbs": {k: cb.state_dict() for k, cb in _named(cbs).items()},
-            "rng": rng_state(), "extra": self.extra,
-        })
+        ranks = self._ranks(dl_state)  # several processes: each one's position; rank 0 alone writes
+        if dist.is_main():
+            write_checkpoint(self.path, {
+                "fit_no": self.fit_no, "fit_done": fit_done, "where": desc, "reason": where,
+                "epoch": learn.epoch + 1 if next_epoch else learn.epoch, "iter": learn.iter,
+                "n_epoch": learn.n_epoch, "phase": learn.phase, "model": (self.model or learn.model).state_dict(),
+                "opt": learn.opt.state_dict(), "scaler": learn.grad_scaler.state_dict() if learn.grad_scaler else None,
+                "train_dl": dl_state, "cbs": {k: cb.state_dict() for k, cb in _named(cbs).items()},
+                "rng": rng_state(), "extra": self.extra, **({"ranks": ranks} if ranks else {}),
+            })
         self._wrote(desc, t)
 
     def save_between_fits(self, learn: Learner, where: str) -> None:
         """A checkpoint outside any fit (after the auto recipe's probe): weights, `extra`, the learner's
         callback states."""
         t = time.perf_counter()
-        write_checkpoint(self.path, {
-            "fit_no": self.fit_no, "fit_done": True, "where": where, "reason": "between fits",
-            "model": (self.model or learn.model).state_dict(),
-            "cbs": {k: cb.state_dict() for k, cb in _named(learn.cbs).items()}, "rng": rng_state(), "extra": self.extra,
-        })
+        ranks = self._ranks(None)
+        if dist.is_main():
+            write_checkpoint(self.path, {
+                "fit_no": self.fit_no, "fit_done": True, "where": where, "reason": "between fits",
+                "model": (self.model or learn.model).state_dict(),
+                "cbs": {k: cb.state_dict() for k, cb in _named(learn.cbs).items()}, "rng": rng_state(),
+                "extra": self.extra, **({"ranks": ranks} if ranks else {}),
+            })
         self._wrote(where, t)
 
     def _wrote(self, desc: str, t: float) -> None:
+        dist.barrier()  # several processes: the file is whole before any of them goes on (and might read it)
         self.last, self._t_last = desc, time.monotonic()
         self.n_written += 1
         self.seconds += time.perf_counter() - t
 
     # ------------------------------------------------------------------ the loop's three calls
     def after_step(self, learn: Learner, cbs: Sequence[Callback]) -> None:
-        """After each training step: Ctrl-C pressed -> checkpoint and stop; else a checkpoint when due."""
+        """After each training step: Ctrl-C pressed -> checkpoint and stop; else a checkpoint when due.
+        Between the batches of a gradient accumulation nothing is saved (their gradients are not state)."""
+        if getattr(learn, "accumulating", False):
+            return
+        if dist.is_distributed():  # all ranks save together or none: rank 0's clock decides, any rank's Ctrl-C
+            due = self._due(learn) if dist.is_main() else False
+            due, self.stop_requested = dist.any_rank(due, self.stop_requested)
+        else:
+            due = self._due(learn)
         if self.stop_requested:
             self.save(learn, cbs, "interrupt")
             raise TrainingInterrupted(self.last or "")
+        if due:
+            self.save(learn, cbs, "step")
+
+    def _due(self, learn: Learner) -> bool:
         at_end = getattr(learn.train_dl, "position", None) is not None and \
             learn.train_dl.position.batches >= len(learn.train_dl)
         if self.every:
             due = learn.iter % self.every == 0
         else:
             due = self.every is None and time.monotonic() - self._t_last > STEP_SECONDS
-        if due and not at_end:  # the epoch's own checkpoint follows shortly
-            self.save(learn, cbs, "step")
+        return due and not at_end  # at the end, the epoch's own checkpoint follows shortly
 
     def after_epoch(self, learn: Learner, cbs: Sequence[Callback]) -> None:
         self.save(learn, cbs, "epoch", next_epoch=True)
+        if dist.is_distributed():
+            (self.stop_requested,) = dist.any_rank(self.stop_requested)
         if self.stop_requested:
             raise TrainingInterrupted(self.last or "")
 

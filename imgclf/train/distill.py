@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import RunConfig
+from ..config import DISTILL_ALPHA, DISTILL_TEMPERATURE, RunConfig
 from ..data.core import ImageData
 from ..data.loaders import BatchLoader
 from ..errors import UserError
@@ -57,7 +57,7 @@ from .learner import pick_device
 from .schedule import get_schedule
 from .vision import VisionLearner, vision_learner
 
-TEMPERATURE, ALPHA = 4.0, 0.9
+TEMPERATURE, ALPHA = DISTILL_TEMPERATURE, DISTILL_ALPHA  # the defaults live in config.py (light to import)
 
 
 def distill_loss(student: torch.Tensor, teacher_logp: torch.Tensor, target: torch.Tensor,
@@ -144,7 +144,7 @@ def teacher_log_probs(teacher: Teacher, data: ImageData, split: str, views: tupl
 
     `data` must be presized for the teacher (its size and crop, see `distill`). Runs under the device's best
     autocast dtype (bf16 on recent CPUs and GPUs), as prediction does."""
-    from tqdm.auto import tqdm
+    from ..progress import bar as progress_bar
 
     dev = pick_device(device)
     model = teacher.model.to(dev, memory_format=torch.channels_last).eval()
@@ -154,8 +154,7 @@ def teacher_log_probs(teacher: Teacher, data: ImageData, split: str, views: tupl
     for view in views:
         dl = data.loader(split, mean, std, view=view, device=dev)
         lps = []
-        for xb, _ in tqdm(dl, desc=f"teacher {split}/{view}", leave=False, unit="batch",
-                          disable=None if progress else True):
+        for xb, _ in progress_bar(dl, desc=f"teacher {split}/{view}", unit="batch", enabled=progress):
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                 lps.append(model(xb).float().log_softmax(-1).cpu())
         outs.append(torch.cat(lps))

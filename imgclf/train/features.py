@@ -2,31 +2,244 @@
 
 Training the head of a frozen body on cached features costs one forward pass over the data instead
 of one per epoch: on hymenoptera (245 train images, 2 CPU cores) the head phase drops from ~40 s per
-epoch to a one-off ~7 s pass (both the image and its mirror) plus milliseconds per epoch.
+epoch to a one-off pass over the image and its mirror plus milliseconds per epoch.
+
+The frozen body needs no autograd and no eager dispatch, so the pass runs on the fastest engine at hand
+(`pick_engine`). Measured on the default body (EfficientNet-Lite0) at 256 px, one thread, batch 32, CPU ms per
+image on the 2-core Xeon under load ~10 (`bench/limits.py`): eager fp32 83, eager autocast bf16 58, eager bf16
+weights 47, TorchScript trace+freeze bf16 33 (9 s to build), onnxruntime fp32 15 (the graph exported by
+torch.onnx's TorchScript-based exporter after `static_padding`: 1.3 CPU s to export; the dynamo exporter's graph
+runs the same but took 94 s to export), onnxruntime int8 17.5 (no faster, and calibration costs). So onnxruntime
+fp32 when it is installed (`imgclf[export]`), checked against eager fp32 on the first images before it is used,
+else eager with the learner's autocast dtype.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+import hashlib
+import io
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
+ENGINES = ("auto", "onnx", "eager")
+# parity of an engine's features with eager fp32 on the first batch's images: cosine of each image's feature
+# vectors, and max |diff| relative to the largest |feature|. onnxruntime fp32 on Lite0: cosine 1 - 1e-9, max
+# diff 1e-5 of features up to ~10; eager bf16 autocast (today's fallback) is 1e-2 away, so this bar is strict.
+MIN_COSINE, MAX_REL_DIFF = 0.999, 0.02
+PARITY_IMAGES = 8
+CACHE_FILES = 4  # exported graphs kept in engine_cache(), most recently used first
+ENGINE_FORMAT = 1  # bump when the exported graph changes (static_padding, opset): old cached files are not read
 
-@torch.no_grad()
+
+class Pooled(nn.Module):
+    """The body's pooled output (`forward_head(pre_logits=True)`): what a feature engine computes."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+@dataclass
+class FeatureEngine:
+    """A callable from a normalised float batch (B, 3, S, S) to float32 features (B, D), and how it was made."""
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    setup_seconds: float = 0.0
+    parity: dict = field(default_factory=dict)  # cosine / max_rel_diff vs eager fp32, when checked
+    note: str = ""  # why this engine (a fallback says what failed)
+    channels_last: bool = True  # the input layout it wants (onnxruntime: plain NCHW, no copy)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def eager_engine(model: nn.Module, dtype: torch.dtype | None = None) -> FeatureEngine:
+    """The module itself without autograd, in `dtype` autocast (None: fp32)."""
+    pooled = Pooled(model)
+
+    @torch.no_grad()
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=dtype) if dtype else nullcontext():
+            return pooled(x).float()
+
+    return FeatureEngine("eager" + (f" {str(dtype).removeprefix('torch.')} autocast" if dtype else " fp32"), run)
+
+
+def static_padding(model: nn.Module, size: int) -> nn.Module:
+    """A copy of `model` in eval mode whose TF-style "same" convolutions (timm's `Conv2dSame`, the default body's)
+    pad by constants worked out for `size` px inputs, instead of from the input's shape at each call.
+
+    Exported as is, each such convolution becomes a Shape/Ceil/Pad chain that onnxruntime cannot fold (38 CPU
+    ms per image at 256 px vs 15 with constant pads); a plain `nn.ZeroPad2d` + `nn.Conv2d` exports as Pad + Conv,
+    which onnxruntime fuses into one convolution."""
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import get_same_padding
+
+    model = copy.deepcopy(model).eval().requires_grad_(False)
+    shapes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: shapes.__setitem__(n, tuple(a[0].shape[-2:])))
+             for n, m in model.named_modules() if isinstance(m, Conv2dSame)]
+    with torch.inference_mode():
+        Pooled(model)(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    for name, (h, w) in shapes.items():
+        parent, _, leaf = name.rpartition(".")
+        conv = model.get_submodule(name)
+        ph = get_same_padding(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
+        pw = get_same_padding(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                          conv.groups, bias=conv.bias is not None)
+        plain.weight, plain.bias = conv.weight, conv.bias  # shared, not copied
+        pad = nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        (model.get_submodule(parent) if parent else model).register_module(leaf, nn.Sequential(pad, plain))
+    return model
+
+
+def engine_cache() -> Path:
+    """Where exported feature graphs are kept: `$IMGCLF_CACHE/engines`, default ~/.cache/imgclf/engines."""
+    return Path(os.environ.get("IMGCLF_CACHE") or Path.home() / ".cache/imgclf").expanduser() / "engines"
+
+
+def body_key(model: nn.Module, size: int) -> str:
+    """A name for the body's exported graph: a hash of its weights, buffers, class, input size and torch version
+    but not the classifier's (~20 ms for Lite0's 18 MB). Another body, even one step of training away, gets
+    another name."""
+    h = hashlib.sha256(f"{type(model).__name__}|{size}|{torch.__version__}|{ENGINE_FORMAT}".encode())
+    head = {p.data_ptr() for p in model.get_classifier().parameters()}  # not in the graph: the probe changes it
+    for name, t in model.state_dict().items():
+        if t.data_ptr() in head:
+            continue
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def onnx_engine(model: nn.Module, size: int, threads: int | None = None, cache: bool = True) -> FeatureEngine:
+    """The body exported to ONNX (batch dimension free, `size` px fixed) and run by onnxruntime fp32.
+
+    The export (~1.7 CPU s for Lite0) is kept in `engine_cache()` under `body_key`, so the next run on the same
+    pretrained body loads it instead (`cache=False`: always export, keep nothing).
+
+    Raises ImportError without onnxruntime (the `imgclf[export]` extra) and whatever the export raises on an
+    architecture it cannot trace: `pick_engine` falls back to eager then."""
+    import onnxruntime as ort
+
+    t = time.perf_counter()
+    path = engine_cache() / f"{body_key(model, size)}.onnx" if cache else None
+    if path is not None and path.is_file():
+        graph = path.read_bytes()
+        path.touch()  # recently used: kept by the pruning below
+    else:
+        pooled = Pooled(static_padding(model, size)).eval()
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's business
+            torch.onnx.export(pooled, (torch.zeros(2, 3, size, size),), buf, dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=["f"],
+                              dynamic_axes={"x": {0: "batch"}, "f": {0: "batch"}})
+        graph = buf.getvalue()
+        if path is not None:
+            try:  # written whole then renamed: a concurrent run never reads half a file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(graph)
+                tmp.replace(path)
+                # bodies that were trained are exported too and never seen again: keep the newest few (13 MB each)
+                for old in sorted(path.parent.glob("*.onnx"), key=lambda f: f.stat().st_mtime)[:-CACHE_FILES]:
+                    old.unlink(missing_ok=True)
+            except OSError:  # a read-only home: the engine works without its cache
+                pass
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {"x": x.detach().float().contiguous().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    return FeatureEngine("onnxruntime fp32", run, time.perf_counter() - t, channels_last=False)
+
+
+def check_parity(engine: FeatureEngine, model: nn.Module, x: torch.Tensor) -> dict:
+    """The engine's features of `x` beside eager fp32's: the lowest per-image cosine and max |diff| / max |f|."""
+    ref = eager_engine(model)(x)
+    got = engine(x.contiguous())
+    cos = float(nn.functional.cosine_similarity(got, ref, dim=1).min())
+    rel = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+    return {"cosine": cos, "max_rel_diff": rel, "images": len(x),
+            "ok": bool(cos >= MIN_COSINE and rel <= MAX_REL_DIFF)}
+
+
+def pick_engine(model: nn.Module, sample: torch.Tensor, dtype: torch.dtype | None = None, engine: str = "auto",
+                candidate: FeatureEngine | None = None) -> FeatureEngine:
+    """The engine that computes `model`'s pooled features: onnxruntime when importable, on a CPU, and its features
+    of `sample` (a few normalised images) match eager fp32's; else eager in `dtype` autocast, with a note why.
+
+    `engine`: "auto", "onnx" (the same checks, a warning when it cannot be used) or "eager". `candidate`: an engine
+    built elsewhere (e.g. kept from another body) to check instead of building one: one that fails parity is
+    never used."""
+    if engine not in ENGINES:
+        raise ValueError(f"feature engine {engine!r}: choose {', '.join(ENGINES)}")
+    model.eval()  # features are the eval-mode body's (batch-norm running statistics): the reference's too
+    device = sample.device
+    if engine == "eager" or (candidate is None and device.type != "cpu"):
+        return eager_engine(model, dtype)  # on a GPU eager autocast is the fast path
+    why = ""
+    try:
+        cand = candidate or onnx_engine(model, int(sample.shape[-1]))
+        cand.parity = check_parity(cand, model, sample[:PARITY_IMAGES])
+        if cand.parity["ok"]:
+            return cand
+        why = (f"{cand.name} features off eager fp32 (cosine {cand.parity['cosine']:.4f}, max rel diff "
+               f"{cand.parity['max_rel_diff']:.3g})")
+    except ImportError:
+        why = "onnxruntime is not installed (pip install 'imgclf[export]')"
+    except Exception as e:  # an arch the exporter cannot trace, a runtime error: eager always works
+        why = f"ONNX export failed ({type(e).__name__}: {str(e)[:120]})"
+    if engine == "onnx" or candidate is not None:
+        warnings.warn(f"feature engine: {why}; using eager", stacklevel=2)
+    out = eager_engine(model, dtype)
+    out.note = why
+    return out
+
+
 def extract_features(model: nn.Module, loader: Iterable, dtype: torch.dtype | None = None,
-                     device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, targets): the body's pooled output (`forward_head(pre_logits=True)`) in eval mode."""
+                     device: torch.device | None = None, engine: FeatureEngine | None = None,
+                     flip: bool = False) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, ...]:
+    """(features, targets): the body's pooled output (`forward_head(pre_logits=True)`) in eval mode.
+
+    `engine`: what computes them (default: eager in `dtype` autocast). `flip=True` also returns the features of
+    each batch mirrored, from the same batch (one crop and normalisation for both views): (features, targets,
+    mirrored features)."""
     model.eval()
-    device = device or next(model.parameters()).device
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-    feats, targets = [], []
+    engine = engine or eager_engine(model, dtype)
+    feats, flipped, targets = [], [], []
     for xb, yb in loader:
-        with ctx:
-            f = model.forward_head(model.forward_features(xb), pre_logits=True)
-        feats.append(f.float())
+        if flip:
+            f = engine(torch.cat([xb, xb.flip(-1)]))
+            feats.append(f[: len(xb)])
+            flipped.append(f[len(xb):])
+        else:
+            feats.append(engine(xb))
         targets.append(yb)
+    if flip:
+        return torch.cat(feats), torch.cat(targets), torch.cat(flipped)
     return torch.cat(feats), torch.cat(targets)
 
 
@@ -37,20 +250,38 @@ def body_version(model: nn.Module) -> int:
 
 
 class FeatureCache:
-    """Features per (split, view), thrown away when the body's weights change."""
+    """Features per (split, view), and the engine that computed them, thrown away when the body's weights change."""
 
     def __init__(self) -> None:
         self._store: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._version: int | None = None
-        self.computed = 0  # how many feature passes ran: tests check reuse with it
+        self.computed = 0  # how many feature sets were computed: tests check reuse with it
+        self.passes = 0  # how many passes over images computed them (the train split's two views: one)
+        self.engine: FeatureEngine | None = None
+        self.engine_name = "auto"  # what `pick_engine` may choose: "auto", "onnx" or "eager"
 
-    def get(self, key: tuple[str, str], model: nn.Module, make) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check(self, model: nn.Module) -> None:
         v = body_version(model)
         if v != self._version:
             self._store.clear()
+            self.engine = None
             self._version = v
+
+    def get(self, key: tuple[str, str], model: nn.Module, make) -> tuple[torch.Tensor, torch.Tensor]:
+        """`make()` gives the features of `key`, or a dict {key: features} of several views from one pass."""
+        self._check(model)
         if key not in self._store:
-            self._store[key] = make()
-            self.computed += 1
+            made = make()
+            made = made if isinstance(made, dict) else {key: made}
+            self._store.update(made)
+            self.computed += len(made)
+            self.passes += 1
             self._version = body_version(model)
         return self._store[key]
+
+    def get_engine(self, model: nn.Module, make: Callable[[], FeatureEngine]) -> FeatureEngine:
+        """The feature engine for this body, built once while the body is unchanged."""
+        self._check(model)
+        if self.engine is None:
+            self.engine = make()
+        return self.engine

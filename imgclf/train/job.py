@@ -11,8 +11,10 @@ goes on from RUN's last checkpoint with RUN's own config.
 
 from __future__ import annotations
 
+import gzip
 import random
 import shutil
+import struct
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -22,15 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import RunConfig
+from ..config import ModelConfig, RunConfig
 from ..data.augment import Augment
-from ..data.core import CROP_PCT, ImageData
-from ..data.decode import median_short_side
-from ..data.idx import is_idx_folder, load_idx
+from ..data.core import CROP_PCT, ImageData, presize_for
+from ..data.decode import default_workers, median_short_side
+from ..data.dedup import write_training_content
+from ..data.idx import idx_files, is_idx_folder, load_idx
+from ..data.samplers import balance_plan
+from ..data.shards import ShardData, is_shard_dir, read_manifest
 from ..data.sources import items_from_csv, items_from_folder
 from ..data.targets import check_task
 from ..errors import UserError
-from ..models import recommended_size
+from ..models import create_model, recommended_size
 from ..models.init import summarize_lsuv
 from ..models.registry import check_pretrained, own_models
 from ..rundir import (
@@ -43,22 +48,37 @@ from ..rundir import (
     update_config,
     write_json,
 )
+from . import distributed as dist
+from .calibrate import evaluate_classes
 from .callbacks import Callback, CSVLogger, CutMix, EarlyStopping, MixUp, NonFiniteLoss, SaveBestModel
 from .checkpoint import Checkpointer, TrainingInterrupted
+from .learner import pick_device, resolve_precision
 from .metrics import add_intervals
-from .recipes import RECIPES, auto_fit
+from .plan import (
+    DataFacts,
+    Plan,
+    Rates,
+    choose_plan,
+    default_budget,
+    measure_decode,
+    measure_forward,
+    measure_training,
+    scratch_regime,
+)
+from .recipes import RECIPES, auto_fit, candidate_sizes
 from .schedule import get_schedule
+from .scratch import SCRATCH_EPOCHS, SCRATCH_LR, scratch_recipe
 from .vision import VisionLearner, vision_learner
 
 JOB_RECIPES = (*RECIPES, "scratch")
 # epochs when --epochs is not given: a pretrained body needs one unfrozen epoch after its head (more rarely
 # pays on small data: see bench/recipes.py); random weights need many (16 reach 94% on Fashion-MNIST)
-EPOCHS = {"fine_tune": 1, "scratch": 16}
+EPOCHS = {"fine_tune": 1, "scratch": SCRATCH_EPOCHS}  # scratch: see train/scratch.py
 
 
 # peak learning rates when --lr is not given: a pretrained body fine-tunes gently; BN nets from random weights
 # take ~4x more with one-cycle AdamW (Fashion-MNIST, xresnet_tiny, 16 epochs: 4e-3 93.9%, 8e-3 94.0%, 1.6e-2 94.0%)
-LRS = {"auto": 2e-3, "probe": 2e-3, "fine_tune": 2e-3, "scratch": 8e-3}
+LRS = {"auto": 2e-3, "probe": 2e-3, "fine_tune": 2e-3, "scratch": SCRATCH_LR}
 
 
 def recipe_epochs(cfg: RunConfig, recipe: str) -> int:
@@ -86,6 +106,9 @@ def seed_everything(seed: int) -> None:
 def native_short_side(cfg: RunConfig) -> float:
     """The images' own short side (median over a sample, from file headers; IDX from its header), or 0."""
     d, path = cfg.data, Path(cfg.data.path)
+    if not d.csv and is_shard_dir(d.path):
+        m = read_manifest(d.path)  # the originals' median short side, as the shards hold them (presized or not)
+        return min(m["short_side"], m["presize"] or m["short_side"])
     csv_file = d.csv or (d.path if path.suffix.lower() == ".csv" else None)
     if csv_file:
         paths = items_from_csv(csv_file, folder=path if path.is_dir() else None, label_col=d.label_col,
@@ -112,6 +135,98 @@ def resolve_size(cfg: RunConfig, scratch: bool) -> tuple[int, float]:
     return size, crop
 
 
+def _idx_count(path: Path) -> tuple[int, ...] | None:
+    """An IDX file's dimensions from its header alone (Fashion-MNIST's train images: (60000, 28, 28))."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            head = f.read(4)
+            return struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
+    except (OSError, EOFError, struct.error, IndexError):
+        return None  # load_data says what is wrong with the file
+
+
+def data_facts(cfg: RunConfig) -> tuple[DataFacts, list[Path]] | None:
+    """What the auto recipe's planner needs before any image is decoded: the counts per split and the native short
+    side (file listings and headers; IDX from its header), and the file paths (a few are decoded to time it).
+    None when they cannot be had this way (the planner then stands aside)."""
+    from ..data.store import available_memory
+
+    d, path = cfg.data, Path(cfg.data.path)
+    csv_file = d.csv or (d.path if path.suffix.lower() == ".csv" else None)
+    if csv_file:
+        items = items_from_csv(csv_file, folder=path if path.is_dir() else None, label_col=d.label_col,
+                               valid_pct=d.valid_pct, seed=d.seed, split="random")
+    elif is_idx_folder(path):
+        files = idx_files(path)
+        train, valid = (_idx_count(files[k]) if k in files else None for k in ("train-images", "t10k-images"))
+        if not train or not valid or len(train) < 3:
+            return None
+        n_all = train[0] + valid[0]
+        max_presize = int((0.5 * available_memory() / (3 * max(n_all, 1))) ** 0.5)  # store.fits_in_memory's rule
+        return DataFacts(train[0], valid[0], float(min(train[1:3])), arrays=True, max_presize=max_presize), []
+    else:
+        items = items_from_folder(path, valid=d.valid, valid_pct=d.valid_pct, seed=d.seed, label_re=d.label_re,
+                                  split="random")
+    train_paths = [p for p, v in zip(items.paths, items.is_valid, strict=True) if not v]
+    n_valid = len(items.paths) - len(train_paths)
+    return DataFacts(len(train_paths), n_valid, median_short_side(train_paths, sample=64)), list(items.paths)
+
+
+def plan_job(cfg: RunConfig) -> Plan | None:
+    """The auto recipe's plan (train/plan.py), printed before anything runs; None when the job runs another recipe.
+
+    Priced from throughput measured now: a warm-up and two batches of 8 through the backbone at the smallest
+    candidate size (random pixels: ~1 s on two cores; larger sizes priced by their pixels, which overestimates them
+    a little: per pixel a conv net runs faster on larger images), a few training steps of the from-scratch net at
+    the images' own size when there are many small images, and a few files decoded. The from-scratch candidate is
+    priced only when the user left the model and size to the recipe (the default backbone, no --size, no --weights).
+    """
+    tc, d = cfg.train, cfg.data
+    if (tc.recipe not in ("auto", "probe") or is_scratch(cfg) or d.task != "classify" or tc.mixup or tc.cutmix
+            or tc.schedule != "one_cycle" or (not d.csv and is_shard_dir(d.path))):
+        return None
+    found = data_facts(cfg)
+    if found is None:
+        return None
+    facts, paths = found
+    sizes = [d.size] if d.size else candidate_sizes(facts.short_side, recommended_size(cfg.model.arch))
+    device = pick_device(tc.device)
+    dtype = resolve_precision(tc.precision, device)
+    model, _ = create_model(cfg.model.arch, 2, pretrained=False)  # the speed does not depend on the weights
+    forward = measure_forward(model, sizes[0], device, dtype)  # the smallest: cheap; larger ones priced by pixels
+    del model
+    presize = presize_for(sizes[0], d.crop_pct or CROP_PCT)
+    # arrays presize at ~20,000 images/s (70,000 Fashion-MNIST images in 3.7 s at 64 px: data/core.from_idx)
+    decode = measure_decode(paths, presize, d.workers or default_workers()) if paths else 20000.0 * (73 / presize) ** 2
+    scratch, scratch_rate = None, None
+    may_scratch = (tc.recipe == "auto" and d.size is None and cfg.model.weights is None
+                   and cfg.model.arch == ModelConfig.arch)
+    if may_scratch and scratch_regime(facts):
+        scratch = scratch_recipe(facts.n_train, facts.short_side)
+        net, _ = create_model(scratch["arch"], 10, pretrained=False)
+        scratch_rate = measure_training(net, scratch["size"], 10, device, dtype, bs=scratch["bs"])
+    budget = tc.budget if tc.budget is not None else default_budget(facts.n_train)
+    plan = choose_plan(facts, Rates(forward, sizes[0], decode, scratch_rate), budget, sizes, tc.recipe, scratch,
+                       tc.max_epochs)
+    print(plan.text(), flush=True)
+    for line in plan.why:
+        print(f"plan: {line}", flush=True)
+    return plan
+
+
+def scratch_config(cfg: RunConfig, settings: dict[str, Any]) -> RunConfig:
+    """The config of the from-scratch run the plan chose (`scratch.scratch_recipe`'s settings): what config.json
+    records, so that a resume trains it the same way."""
+    return replace(
+        cfg,
+        data=replace(cfg.data, size=settings["size"], crop_pct=settings["crop_pct"], bs=settings["bs"],
+                     augment=settings["augment"]),
+        model=replace(cfg.model, arch=settings["arch"], pretrained=False, weights=None),
+        train=replace(cfg.train, recipe="scratch", epochs=settings["epochs"], lr=settings["lr"],
+                      label_smoothing=settings["label_smoothing"], schedule=settings["schedule"]),
+    )
+
+
 def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
     """The `ImageData` a config describes: a CSV, IDX files (Fashion-MNIST), a regex on names, or class folders."""
     d = cfg.data
@@ -119,6 +234,8 @@ def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
                   task=check_task(d.task), augment=Augment.parse(d.augment),
                   crop_pct=CROP_PCT if d.crop_pct is None else d.crop_pct)
     path = Path(d.path)
+    if not d.csv and is_shard_dir(d.path):  # written by `imgclf shard`: streamed, split as written (data/shards.py)
+        return ShardData(d.path, **common)
     csv_file = d.csv or (d.path if path.suffix.lower() == ".csv" else None)
     if csv_file:
         folder = path if path.is_dir() else None
@@ -151,7 +268,11 @@ def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | Non
     elif not Path(cfg.data.csv or cfg.data.path).exists():
         raise UserError(f"{run}: its training data {cfg.data.csv or cfg.data.path} is not there "
                         "(moved, or a relative path from another folder); pass the data")
-    return load_data(cfg, progress)
+    data = load_data(cfg, progress)
+    if isinstance(data, ShardData):
+        raise UserError(f"{cfg.data.path}: tar shards are streamed, not held for interpretation or export; pass the "
+                        "image folder the shards were written from (DATA)")
+    return data
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -183,34 +304,49 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
         raise UserError(f"--lr {tc.lr}: give a number or 'auto'")
     if tc.recipe not in JOB_RECIPES:
         raise UserError(f"--recipe {tc.recipe}: choose {', '.join(JOB_RECIPES)}")
+    if tc.selection not in ("cv", "valid"):
+        raise UserError(f"--selection {tc.selection}: choose cv or valid")
     get_schedule(tc.schedule)  # a bad name fails before the data loads
     check_pretrained(cfg.model.arch, cfg.model.pretrained, cfg.model.weights)  # so do weights that cannot be had
     if tc.mixup < 0 or tc.cutmix < 0:
         raise UserError("--mixup and --cutmix take an alpha >= 0 (0: off)")
+    dist.setup(tc.device)  # under torchrun: join the process group; rank 0 alone writes the run directory
+    progress = progress and dist.is_main()
     from ..data.datasets import resolve_config  # a known data set's name -> its cached folder (downloaded first)
 
     cfg = resolve_config(cfg, progress)
     seed_everything(cfg.data.seed)
+    plan = _job_plan(cfg, out)  # the auto recipe's: priced and printed before any image is decoded
+    if plan and plan["kind"] == "scratch":
+        cfg = scratch_config(cfg, plan["scratch"])
     size, crop = resolve_size(cfg, is_scratch(cfg))
+    if plan and plan["kind"] != "scratch" and cfg.data.size is None:
+        size = plan["sizes"][0]  # the probe's first size: the others are decoded when their turn comes
     data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
     fresh = out is None
-    out = out or new_run_dir(cfg.out or default_out(cfg))
+    out = out or dist.agree(new_run_dir(cfg.out or default_out(cfg)) if dist.is_main() else None)
     ckpt_every = cfg.train.ckpt_every
     ck = Checkpointer(out, ckpt_every)
     if fresh:
-        write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "running"})
+        if dist.is_main():
+            write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "running",
+                                           **({"plan": plan} if plan else {})})
+            if plan:
+                with open(out / "train.log", "a") as log:
+                    log.write("\n".join([plan["text"], *(f"plan: {w}" for w in plan["why"])]) + "\n")
     else:
-        update_config(out, status="running")
-        if not ck.load():  # killed before its first checkpoint: the run starts over, in its own directory
+        if dist.is_main():
+            update_config(out, status="running")
+        if not ck.load() and dist.is_main():  # killed before its first checkpoint: the run starts over
             (out / "history.csv").unlink(missing_ok=True)
     try:
-        with ck.catch_interrupts(), log_to(out / "train.log"):
+        with ck.catch_interrupts(), log_to(out / "train.log") if dist.is_main() else dist.silenced():
             print(f"{'resuming' if not fresh else 'training'} {out}: checkpoints at each epoch's end"
                   + (f" and every {ckpt_every} steps" if ckpt_every else " and every 5 minutes" if ckpt_every is None
                      else "") + f"; Ctrl-C stops cleanly, `imgclf train --resume {out}` goes on")
             if ck.last:
                 print(f"resuming from the checkpoint at {ck.last}")
-            return _run(cfg, data, out, ck, progress, t_start)
+            return _run(cfg, data, out, ck, progress, t_start, plan)
     except TrainingInterrupted:
         _stopped(out, ck, "interrupted", keep_best=True)
         raise
@@ -222,7 +358,8 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
         raise
     except UserError as e:
         if fresh and ck.n_written == 0:  # a user error before training began: leave nothing behind
-            shutil.rmtree(out, ignore_errors=True)
+            if dist.is_main():
+                shutil.rmtree(out, ignore_errors=True)
         else:
             _stopped(out, ck, f"failed: {e}", keep_best=False)
         raise
@@ -231,8 +368,17 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
         raise
 
 
-def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress: bool, t_start: float
-         ) -> TrainResult:
+def _job_plan(cfg: RunConfig, out: Path | None) -> dict[str, Any] | None:
+    """The plan a fresh job makes (on rank 0, shared with the others), or the one a resumed run recorded."""
+    if out is not None:
+        saved = read_json(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else {}
+        return saved.get("plan")
+    plan = plan_job(cfg) if dist.is_main() else None
+    return dist.agree(plan.to_dict() if plan else None)
+
+
+def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress: bool, t_start: float,
+         plan: dict[str, Any] | None = None) -> TrainResult:
     """The recipe, then the run directory's files: the part of `train` that a resume replays."""
     tc = cfg.train
     recipe, why = _pick_recipe(cfg, data)
@@ -242,27 +388,54 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         pretrained=cfg.model.pretrained, weights=cfg.model.weights, label_smoothing=tc.label_smoothing,
         seed=cfg.data.seed, loss=tc.loss, opt=tc.opt, lr=0.0 if lr_auto else lr, wd=tc.wd, wd_mode=tc.wd_mode,
         clip=tc.clip, drop_rate=cfg.model.drop_rate, device=tc.device, precision=tc.precision,
-        channels_last=tc.channels_last, progress=progress, init=tc.init,
+        channels_last=tc.channels_last, progress=progress, init=tc.init, accum=tc.accum,
     )
+    balance = balance_plan(data, tc.balance)  # --balance: data/samplers.py
+    learner_kwargs["balance"] = balance["method"]
+    if balance["ratio"] is not None:
+        print(f"classes: imbalance ratio {balance['ratio']:.2f} (largest/smallest in training); "
+              f"balance {balance['method']} — {balance['why']}")
+    selection = (None, None)  # logits the temperature is fitted on: the auto recipe's out-of-fold ones
     t_fit = time.perf_counter()
     if recipe in ("fine_tune", "scratch"):
-        fit = _fine_tune_recipe if recipe == "fine_tune" else _scratch_recipe
-        learn, resolved, finder = fit(cfg, data, out, learner_kwargs, ck)
+        planned = bool(plan and plan["kind"] == "scratch")
+        if planned:  # the auto recipe's plan chose a from-scratch run: its reasons, in recipe.json too
+            assert plan is not None
+            why = "; ".join(plan["why"])
+            if dist.is_main():
+                write_json(out / "recipe.json", {
+                    "recipe": "auto", "selection": tc.selection, "budget_seconds": plan["budget"], "plan": plan,
+                    "candidates": plan["priced"], "chosen": f"scratch@{cfg.data.size}", "why": plan["why"]})
+        if recipe == "fine_tune":
+            learn, resolved, finder = _fine_tune_recipe(cfg, data, out, learner_kwargs, ck)
+        else:  # planned under selection="cv": the last epoch, not the best on validation (one-cycle ends best)
+            learn, resolved, finder = _scratch_recipe(cfg, data, out, learner_kwargs, ck,
+                                                      keep_best=not (planned and tc.selection == "cv"))
         if why:
             resolved["why"] = [why]
             print(f"recipe: {recipe} — {why}")
     else:
         res = auto_fit(
-            data, cfg.model.arch, budget=tc.budget, recipe=tc.recipe, sizes=[cfg.data.size] if cfg.data.size else None,
-            max_epochs=tc.max_epochs, base_lr=None if lr_auto else float(lr), log_csv=out / "history.csv",
+            data, cfg.model.arch, budget=plan["budget"] if plan else tc.budget, recipe=tc.recipe,
+            sizes=plan["sizes"] if plan else [cfg.data.size] if cfg.data.size else None,
+            max_epochs=tc.max_epochs, base_lr=None if lr_auto else float(lr), selection=tc.selection,
+            spent=time.perf_counter() - t_start,
+            log_csv=out / "history.csv" if dist.is_main() else None,
             checkpointer=ck,
             **{k: v for k, v in learner_kwargs.items() if k != "seed"}, seed=cfg.data.seed,
         )
         learn, finder = res.learner, res.lr_find
         ck.learner = learn
-        write_json(out / "recipe.json", res.report)
+        if plan:
+            res.report["plan"] = plan
+        if dist.is_main():
+            write_json(out / "recipe.json", res.report)
         resolved = {"recipe": res.report["chosen"], "why": res.report["why"], "lr": res.report.get("lr")}
         print(f"recipe: {res.report['chosen']} — " + "; ".join(res.report["why"]))
+        if res.report["chosen"].startswith("probe"):  # they describe the probe, not a fine-tune that beat it
+            selection = (getattr(res, "selection_logits", None), getattr(res, "selection_targets", None))
+    if not dist.is_main():  # under torchrun the other ranks are done: rank 0 scores and writes the run
+        return TrainResult(out, dict(learn.last_validation), learn)
     if finder is not None:
         _save_fig(finder.plot(), out / "lr_find.png")
         resolved["lr_find"] = finder.suggestions
@@ -276,9 +449,17 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
                      "crop_pct": data.crop_pct, "task": data.task, "loss": type(learn.loss_func).__name__})
     if data.task == "regression":
         resolved["target_mean"], resolved["target_std"] = data.target_stats
-    final = learn.choose_threshold() if data.task == "multi_label" else learn.validate()
+    resolved["balance"] = balance
+    if data.task == "classify":  # + balanced accuracy, macro F1, the temperature and ECE (train/calibrate.py)
+        final = evaluate_classes(learn, tc.calibrate, *selection, seed=cfg.data.seed)
+        resolved["calibration"] = final["calibration"]
+        print(f"calibration: {final['calibration']['why']}; ECE {final['calibration']['ece_before']:.4f} -> "
+              f"{final['calibration']['ece_after']:.4f} ({final['calibration']['method']})")
+    else:
+        final = learn.choose_threshold() if data.task == "multi_label" else learn.validate()
     add_intervals(final, data.n_valid)  # 95% Wilson bounds of accuracy (multi-label: choose_threshold's bootstrap)
     learn.export(out)
+    content = write_training_content(out, data)  # train_content.json: evaluate warns when it scores these
     write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "done", "resolved": resolved})
     metrics = {
         **final, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start,
@@ -287,6 +468,9 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         "kept": resolved.get("kept") or resolved.get("recipe"),
         "skipped_files": [{"path": str(p), "reason": r} for p, r in data.skipped],
         "unused_entries": data.unused.to_dict(),  # entries under DATA not used as images, by kind
+        # near duplicates across the split (data/dedup.py): moved to train when we drew the split
+        "near_duplicates_moved": near.to_dict() if (near := getattr(data, "near_duplicates", None)) else None,
+        "train_content": content,
     }
     write_json(out / "metrics.json", metrics)
     if learn.recorder.history:
@@ -334,7 +518,9 @@ def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunCon
 
 def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool) -> None:
     """A run that stops before its end: the best weights so far into the run directory (when an epoch
-    finished and `keep_best`), the status into config.json, and how to go on."""
+    finished and `keep_best`), the status into config.json, and how to go on. Rank 0's job under torchrun."""
+    if not dist.is_main():
+        return
     learn = ck.learner
     lines = []
     if keep_best and learn is not None and learn.recorder.history and hasattr(learn, "export"):
@@ -365,6 +551,9 @@ def _pick_recipe(cfg: RunConfig, data: ImageData) -> tuple[str, str | None]:
     tc, asked = cfg.train, cfg.train.recipe
     if asked in ("fine_tune", "scratch"):
         return asked, None
+    if getattr(data, "streaming", False) and not is_scratch(cfg):
+        return "fine_tune", ("streamed shards: the auto recipe's search decodes the training set at several sizes; "
+                             "fine_tune streams it once per epoch (--recipe scratch for random weights)")
     if is_scratch(cfg):
         return "scratch", (f"{cfg.model.arch} starts from random weights: the whole model trains from the first "
                            f"step ({recipe_epochs(cfg, 'scratch')} epochs of {tc.schedule}, --epochs to change)")
@@ -413,15 +602,20 @@ def _fine_tune_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs
     return learn, resolved, finder
 
 
-def _scratch_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any], ck: Checkpointer):
-    """Random weights: the whole model from the first step, `--epochs` of `--schedule`, best epoch kept.
+def _scratch_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any], ck: Checkpointer,
+                    keep_best: bool = True):
+    """Random weights: the whole model from the first step, `--epochs` of `--schedule`, best epoch kept
+    (`keep_best=False`: the last epoch, where nothing may be chosen on the validation split).
     No frozen phase (a random body's features are not worth a head) and one rate for every layer group."""
     tc = cfg.train
     learn, lr, finder = _learner_and_lr(cfg, data, out, learner_kwargs, "scratch", ck)
     best, fit_cbs = _fit_cbs(cfg, learn)
+    if not keep_best:
+        fit_cbs = [cb for cb in fit_cbs if cb is not best]
     learn.phase = "scratch"
     epochs = max(1, recipe_epochs(cfg, "scratch"))
     print(f"scratch: {epochs} epoch(s) x {len(learn.train_dl)} steps of {tc.schedule}, peak lr {lr:.3g}")
     learn.fit_schedule(epochs, lr, tc.schedule, cbs=fit_cbs)
-    resolved = {"recipe": "scratch", "lr": lr, "kept": f"epoch {best.best_epoch} ({best.best_phase})"}
+    kept = f"epoch {best.best_epoch} ({best.best_phase})" if keep_best else f"the last epoch ({epochs}, scratch)"
+    resolved = {"recipe": "scratch", "lr": lr, "kept": kept}
     return learn, resolved, finder

@@ -2,6 +2,12 @@
 
 Read `fit` top to bottom to know the loop. Everything else that hooks into training (schedules,
 precision, progress, logging, early stopping, save-best) is a callback in `callbacks/`.
+
+Under torchrun (see train/distributed.py) the same loop trains with DistributedDataParallel: each process takes
+its share of every epoch (`BatchLoader.shard`), its forward passes go through a DDP wrapper made at the start of
+each fit (so it knows which parameters that fit trains), gradients are averaged across processes in backward,
+and only rank 0 shows progress and writes logs. `accum=K` steps the optimizer every K batches (skipping DDP's
+gradient all-reduce on the K-1 batches between: `no_sync`).
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from . import distributed as dist
 from .callbacks import (
     Callback,
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    CSVLogger,
     MixedPrecision,
     ParamScheduler,
     ProgressCallback,
@@ -35,6 +43,10 @@ from .optim import apply_decoupled_wd, make_optimizer
 from .schedule import constant, get_schedule, one_cycle_lr, one_cycle_mom
 
 LR = float | slice | Sequence[float]
+# per-process batches smaller than this synchronise batch-norm statistics across processes (SyncBatchNorm, CUDA
+# only in PyTorch): below ~32 images a batch's mean and variance get noisy enough to hurt; above, the extra
+# all-reduce per BN layer costs time for nothing
+SYNC_BN_BELOW = 32
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -87,7 +99,11 @@ class Learner:
         clip: float | None = None,
         progress: bool = True,
         recorder: Recorder | None = None,
+        accum: int = 1,
+        distributed: bool | None = None,
     ):
+        if accum < 1:
+            raise UserError(f"--accum {accum}: give a whole number of batches >= 1")
         self.device = pick_device(device)
         self.model = model.to(self.device)
         if channels_last:
@@ -107,13 +123,50 @@ class Learner:
         self.cbs: list[Callback] = [self.recorder, TerminateOnNaN()]
         if self.dtype is not None:
             self.cbs.append(MixedPrecision(self.dtype))
-        if progress:
+        # several processes: progress and logs come from rank 0 only; the others train silently
+        self.distributed = dist.is_distributed() if distributed is None else distributed
+        if progress and dist.is_main():
             self.cbs.append(ProgressCallback())
-        self.cbs += list(cbs)
+        self.cbs += [cb for cb in cbs if dist.is_main() or not isinstance(cb, CSVLogger)]
+        self.accum, self.accumulating = accum, False
+        self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of the fit in progress
+        if self.distributed:
+            self._distribute()
         self.phase = "train"
         self.epoch, self.n_epoch, self.iter, self.pct_train, self.training = 0, 0, 0, 0.0, False
         self.last_validation: dict[str, float] = {}
         self.checkpointer: Checkpointer | None = None  # checkpoints and resume: see `save_checkpoints`
+
+    # ------------------------------------------------------------------ several processes
+    def _distribute(self) -> None:
+        """Take this rank's share of the training data; on CUDA with small per-process batches, share batch-norm
+        statistics across processes (on the CPU PyTorch's SyncBatchNorm does not run: each process normalises
+        with its own batch's statistics, as a 1-process run with that batch would)."""
+        if hasattr(self.train_dl, "shard") and getattr(self.train_dl, "world", 1) == 1:
+            self.train_dl.shard(dist.rank(), dist.world_size())
+        bs = getattr(self.train_dl, "bs", SYNC_BN_BELOW)
+        if self.device.type == "cuda" and bs < SYNC_BN_BELOW:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
+    def _wrap_ddp(self) -> nn.Module | None:
+        """A DDP wrapper over the parameters this fit trains (made per fit: freezing changes them). Making it
+        broadcasts rank 0's weights and buffers, so every fit starts from identical models on all ranks."""
+        if not self.distributed or not any(p.requires_grad for p in self.model.parameters()):
+            return None
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    def _step_due(self, i: int) -> bool:
+        """Whether batch `i` of this pass (0-based) ends an accumulation: every `accum` batches of the epoch
+        (counted by the loader's position, so a resumed epoch counts alike) and at the epoch's last batch."""
+        if self.accum <= 1:
+            return True
+        pos = getattr(self.train_dl, "position", None)
+        k = pos.batches if pos is not None and pos.batches else i + 1
+        return k % self.accum == 0 or k >= len(self.train_dl)
 
     # ------------------------------------------------------------------ events
     def _event(self, name: str, cbs: Sequence[Callback]) -> None:
@@ -156,16 +209,20 @@ class Learner:
         sched = ParamScheduler(self.group_lrs(self.lr if lr is None else lr), lr_sched, mom_sched)
         all_cbs = sorted([*self.cbs, sched, *cbs], key=lambda c: c.order)
         self.n_epoch, self.iter = n_epoch, 0
+        if self.distributed and hasattr(self.train_dl, "shard") and getattr(self.train_dl, "world", 1) == 1:
+            self.train_dl.shard(dist.rank(), dist.world_size())  # a loader set after __init__ gets its share too
         self._n_iter = max(1, n_epoch * len(self.train_dl))
         # CPU: flush denormal floats to zero while training. Tiny gradients late in training turn denormal
         # and x86 computes on them ~100x slower: Fashion-MNIST epochs took 27 s with this, 35 s without.
         flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
+        self.ddp = self._wrap_ddp()
         try:
             self._event("before_fit", all_cbs)
             start = ck.restore(self, all_cbs) if mode == "restore" else 0
             if ck:
                 ck.in_fit = True
             for self.epoch in range(start, n_epoch):
+                stop = False
                 try:
                     self._event("before_epoch", all_cbs)
                     self._train_epoch(all_cbs)
@@ -174,11 +231,20 @@ class Learner:
                     self._event("after_epoch", all_cbs)
                 except CancelEpochException:
                     pass
+                except CancelFitException:
+                    if self.ddp is None:
+                        raise
+                    stop = True
+                if self.ddp is not None:  # a rank that stops (a deadline on its own clock) stops them all
+                    (stop,) = dist.any_rank(stop)
+                if stop:
+                    raise CancelFitException
                 if ck:
                     ck.after_epoch(self, all_cbs)
         except CancelFitException:
             pass
         finally:
+            self.ddp = None
             if ck:
                 ck.in_fit = False
             self._event("after_fit", all_cbs)
@@ -191,14 +257,18 @@ class Learner:
         self.training = True
         self.model.train()
         self._event("before_train", cbs)
-        for xb, yb in self.train_dl:
+        forward = self.ddp if self.ddp is not None else self.model
+        for i, (xb, yb) in enumerate(self.train_dl):
             self.xb, self.yb = xb, yb
             self.pct_train = self.iter / self._n_iter
+            self.accumulating = not self._step_due(i)
             try:
                 self._event("before_batch", cbs)
-                self.pred = self.model(self.xb)
+                self.pred = forward(self.xb)
                 self._event("after_pred", cbs)
                 self.loss = self.loss_func(self.pred.float(), self.yb)
+                if self.ddp is not None:  # the loss over all ranks' batches: logs, NaN checks and lr_find agree
+                    self.loss = dist.global_mean(self.loss)
                 self._event("after_loss", cbs)
                 self._backward_step(cbs)
             except CancelBatchException:
@@ -207,12 +277,21 @@ class Learner:
             self.iter += 1
             if self.checkpointer:
                 self.checkpointer.after_step(self, cbs)
+        if self.ddp is not None:  # one set of batch-norm statistics on all ranks before validating
+            dist.average_buffers(self.model)
         self._event("after_train", cbs)
         self.training = False
 
     def _backward_step(self, cbs: Sequence[Callback]) -> None:
+        """Backward; then, unless the batch is one of an accumulation's first K-1, clip and step. Accumulated
+        losses are divided by K: K batches of b step as one batch of K*b would (batch-norm statistics aside)."""
         scaler = self.grad_scaler
-        (scaler.scale(self.loss) if scaler else self.loss).backward()
+        loss = self.loss / self.accum if self.accum > 1 else self.loss
+        sync = self.ddp.no_sync() if self.ddp is not None and self.accumulating else nullcontext()
+        with sync:
+            (scaler.scale(loss) if scaler else loss).backward()
+        if self.accumulating:
+            return
         if scaler:
             scaler.unscale_(self.opt)
         if self.clip:
@@ -331,6 +410,7 @@ class Learner:
         state = copy.deepcopy(self.model.state_dict())
         opt_state = copy.deepcopy(self.opt.state_dict()) if self.opt is not None else None
         finder = LRFinder(start_lr, end_lr, num_it)
+        n_accum, self.accum = self.accum, 1  # the sweep steps every batch
         # the sweep is not training: no history, no logs, no validation; precision stays as it is
         # the sweep is not checkpointed either: a resumed job sweeps again (seconds; same seed, same result)
         saved_cbs, saved_valid, saved_ck = self.cbs, self.valid_dl, self.checkpointer
@@ -340,12 +420,15 @@ class Learner:
             self.fit(math.ceil(num_it / max(1, len(self.train_dl))), start_lr, cbs=[finder])
         finally:
             self.cbs, self.valid_dl, self.checkpointer = saved_cbs, saved_valid, saved_ck
+            self.accum = n_accum
             self.model.load_state_dict(state)
             if opt_state is not None:
                 self.opt.load_state_dict(opt_state)
             else:
                 self.opt = None
-        return LRFind(finder.lrs, finder.losses)
+        # each rank swept on its own shard: rank 0's curve is everyone's, so all pick the same rate
+        lrs, losses = dist.agree((finder.lrs, finder.losses))
+        return LRFind(lrs, losses)
 
     def state(self) -> dict[str, Any]:
         """What a resumed run needs from the callbacks (Lightning's habit)."""

@@ -172,6 +172,79 @@ def bootstrap_f1_per_class(preds: torch.Tensor, targets: torch.Tensor, n_classes
     return q[0].tolist(), q[1].tolist()
 
 
+def confusion(preds: torch.Tensor, targets: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(n_classes, n_classes) counts: row = actual class, column = predicted."""
+    preds, targets = torch.as_tensor(preds).long().flatten(), torch.as_tensor(targets).long().flatten()
+    return torch.bincount(targets * n_classes + preds, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _balanced_and_f1(tp: torch.Tensor, support: torch.Tensor, predicted: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Balanced accuracy (mean recall over classes with images) and macro F1 (mean F1 over classes that have
+    images or predictions, as scikit-learn), from per-class counts; the last dimension is the class."""
+    present = support > 0
+    recall = tp / support.clamp_min(1)
+    bal = (recall * present).sum(-1) / present.sum(-1).clamp_min(1)
+    seen = (support + predicted) > 0
+    f1 = 2 * tp / (support + predicted).clamp_min(1)
+    macro = (f1 * seen).sum(-1) / seen.sum(-1).clamp_min(1)
+    return bal, macro
+
+
+def class_recall(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """Each class's recall (right / images of the class; nan for a class with no images)."""
+    cm = confusion(logits.argmax(-1), targets, logits.shape[-1]).float()
+    support = cm.sum(1)
+    return torch.where(support > 0, cm.diag() / support.clamp_min(1), torch.full_like(support, math.nan)).tolist()
+
+
+def balanced_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean of the per-class recalls: accuracy as if every class had as many images. With one class at a tenth
+    of the other, always answering the majority scores accuracy 0.91 but balanced accuracy 0.5."""
+    cm = confusion(logits.argmax(-1), targets, logits.shape[-1]).float()
+    return float(_balanced_and_f1(cm.diag(), cm.sum(1), cm.sum(0))[0])
+
+
+def macro_f1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Unweighted mean over classes of F1 = 2 TP / (2 TP + FP + FN): each class counts the same."""
+    cm = confusion(logits.argmax(-1), targets, logits.shape[-1]).float()
+    return float(_balanced_and_f1(cm.diag(), cm.sum(1), cm.sum(0))[1])
+
+
+METRICS.update(balanced_accuracy=balanced_accuracy, macro_f1=macro_f1)
+
+
+def class_figures(logits: torch.Tensor, targets: torch.Tensor, n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> dict[str, Any]:
+    """balanced_accuracy and macro_f1 with percentile bootstrap bounds (`_low`/`_high`, images resampled, fixed
+    seed), and per-class recall: the single-label figures that do not let a large class hide a small one.
+
+    Neither is a proportion of independent successes, so no Wilson interval: all resamples are counted in one
+    bincount (1000 x 153 images: milliseconds)."""
+    logits, targets = logits.float().cpu(), torch.as_tensor(targets).long().flatten().cpu()
+    k, n = logits.shape[-1], len(targets)
+    preds = logits.argmax(-1)
+    out: dict[str, Any] = {"balanced_accuracy": balanced_accuracy(logits, targets),
+                           "macro_f1": macro_f1(logits, targets), "class_recall": class_recall(logits, targets)}
+    if n == 0:
+        return out
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(n, (n_boot, n), generator=g)
+    t, p = targets[idx], preds[idx]
+    base = torch.arange(n_boot)[:, None] * k
+
+    def count(cls: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        flat = (base + cls)[mask] if mask is not None else (base + cls).flatten()
+        return torch.bincount(flat, minlength=n_boot * k).reshape(n_boot, k).float()
+
+    bal, macro = _balanced_and_f1(count(t, t == p), count(t), count(p))
+    a = (1 - level) / 2
+    q = torch.tensor([a, 1 - a])
+    out["balanced_accuracy_low"], out["balanced_accuracy_high"] = torch.quantile(bal, q).tolist()
+    out["macro_f1_low"], out["macro_f1_high"] = torch.quantile(macro, q).tolist()
+    return out
+
+
 def format_figure(name: str, value: float, lo: float | None = None, hi: float | None = None,
                   n: int | None = None) -> str:
     """`accuracy 0.9673 (0.93-0.99, 153 images)`; just `accuracy 0.9673` without bounds."""

@@ -2,18 +2,25 @@
 
 A fixed recipe (fastai's `fine_tune`, ours) loses badly on two common kinds of data: few images per
 class, and small or blurred images. There a linear probe on frozen, cached features (image + mirror)
-beats a full fine-tune in a tenth of the time. So the default:
+beats a full fine-tune in a tenth of the time. So the default (after `plan.choose_plan` priced it, and chose
+a from-scratch run instead where images are many and small):
 
 1. picks candidate sizes from the images (never shrinking photos below what the backbone saw, never
    blowing 28 px images up to 256 px without checking that it helps);
-2. probes each size on cached features, its weight decay chosen on validation (seconds);
-3. tries a fine-tune from the best probe only when the validation set can show a gain (enough errors
-   left to fix) and the time budget allows an epoch, with early stopping;
-4. keeps the fine-tuned weights only if validation loss improves and accuracy does not drop;
-5. writes every candidate, its figures and seconds, the choice and why into `recipe.json`.
+2. probes each size on cached features, its weight decay and the size chosen by 5-fold cross-validation on
+   the TRAINING features (an image and its mirror in one fold; seconds): the validation split is not seen;
+3. tries a fine-tune from the chosen probe only when an inner holdout of the training split can show a gain
+   and the budget allows a trial and an epoch; a trial of 1/8 epoch, judged on that holdout against the
+   probe refitted without it, decides whether the epochs run at all (on small blurred photos three epochs
+   scored 0.61-0.65 against the probe's 0.77: the trial stops that after ~45 s instead of ~1,100 s);
+4. keeps the fine-tuned weights only if the holdout loss improves and its accuracy does not drop;
+5. writes every candidate, its selection figures beside its validation figures, the seconds, the choice
+   and why into `recipe.json`; the validation split is scored for the record, never to choose.
 
+`selection="valid"` is the behaviour before (every choice on the validation split): bench/trust.py compares.
 With a `Checkpointer`, the probe's result (its size, weights, report and the plan for a fine-tune) is saved
-as soon as it is known, so a resumed job goes straight to the fine-tune, itself checkpointed per epoch/steps.
+as soon as it is known, so a resumed job goes straight to the fine-tune (under `selection="cv"` the fine-tune
+then starts over from the probe: its trial and epochs run on an inner split that a resume rebuilds).
 """
 
 from __future__ import annotations
@@ -21,37 +28,45 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..data.core import ImageData
+from ..data.store import LazyImages
 from ..models import recommended_size
-from .callbacks import CSVLogger, EarlyStopping, SaveBestModel
+from . import distributed as dist
+from .callbacks import Callback, CancelFitException, CSVLogger, EarlyStopping, SaveBestModel
 from .checkpoint import Checkpointer
 from .lr_finder import LRFind
-from .probe import best_fit, fit_linear_probe, load_head
+from .plan import EXPORT_SECONDS, HOLDOUT, TRAIN_COST, TRIAL_FRACTION, default_budget
+from .probe import ProbeSelection, best_fit, fit_linear_probe, load_head, select_probe
 from .vision import VisionLearner, vision_learner
 
-MIN_ERRORS = 10  # a fine-tune is tried only if the probe leaves this many validation errors to fix
-TRAIN_COST = 3.5  # a training step costs about this many forward passes (forward + backward + step)
+MIN_ERRORS = 10  # a fine-tune is tried only if the probe leaves this many errors to fix where it is judged
 RECIPES = ("auto", "probe", "fine_tune")
+SELECTIONS = ("cv", "valid")
+__all__ = ["RECIPES", "SELECTIONS", "AutoFit", "Candidate", "auto_fit", "candidate_sizes", "default_budget",
+           "keep_fine_tune", "should_try_fine_tune"]
 
 
 @dataclass
 class Candidate:
-    """One recipe tried, with its validation figures."""
+    """One recipe tried: its validation figures (for the record) and, beside them, the figures it was chosen on
+    (`selection`: method, loss, loss_se, accuracy; empty when chosen on validation, `selection="valid"`)."""
 
     name: str
     kind: str  # "probe" or "fine_tune"
     size: int
-    valid_loss: float
-    accuracy: float
+    valid_loss: float | None
+    accuracy: float | None
     seconds: float
     detail: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 def candidate_sizes(short_side: float, recommended: int) -> list[int]:
@@ -65,21 +80,18 @@ def candidate_sizes(short_side: float, recommended: int) -> list[int]:
     return sorted(sizes)
 
 
-def default_budget(n_train: int) -> float:
-    """Seconds for the whole job when none is given: a minute, plus a quarter second per training image."""
-    return 60.0 + 0.25 * n_train
-
-
 def should_try_fine_tune(probe: Candidate, n_valid: int, epoch_seconds: float, remaining: float,
-                         min_errors: int = MIN_ERRORS) -> tuple[bool, str]:
-    """Whether a fine-tune is worth its time: a measurable gain must be possible, and an epoch must fit."""
+                         min_errors: int = MIN_ERRORS, where: str = "validation") -> tuple[bool, str]:
+    """Whether a fine-tune is worth its time: a measurable gain must be possible among the `n_valid` images it is
+    judged on (`where`: the validation split, or the inner holdout), and an epoch (with its trial) must fit."""
+    assert probe.accuracy is not None
     errors = round((1 - probe.accuracy) * n_valid)
     if errors < min_errors:
-        return False, (f"the probe leaves {errors} validation error(s); fewer than {min_errors} cannot show "
-                       "a fine-tune's gain, so the probe is kept")
+        return False, (f"the probe leaves ~{errors} {where} error(s) of {n_valid}; fewer than {min_errors} cannot "
+                       "show a fine-tune's gain, so the probe is kept")
     if epoch_seconds > remaining:
         return False, f"one fine-tune epoch (~{epoch_seconds:.0f}s) does not fit the {remaining:.0f}s left"
-    return True, f"the probe leaves {errors} validation errors and ~{remaining:.0f}s of budget"
+    return True, f"the probe leaves ~{errors} {where} errors of {n_valid} and ~{remaining:.0f}s of budget"
 
 
 def keep_fine_tune(probe: Candidate, tuned: Candidate | None) -> tuple[bool, str]:
@@ -107,7 +119,8 @@ def probe_learner(learn: VisionLearner, head_epochs: int = 8, head_lr: float = 2
     x2, y2 = learn.cached_features("train", "flip")
     xv, yv = learn.cached_features("valid", "center")
     feat_seconds = time.perf_counter() - t
-    fits = fit_linear_probe(torch.cat([x1, x2]), torch.cat([y1, y2]), xv, yv, len(learn.data.classes))
+    fits = fit_linear_probe(torch.cat([x1, x2]), torch.cat([y1, y2]), xv, yv, len(learn.data.classes),
+                            class_weights=learn.class_weights)  # --balance: see vision_learner
     tried = [{"head": "lbfgs", "wd": f.wd, "valid_loss": f.valid_loss, "accuracy": f.accuracy} for f in fits]
     lbfgs = best_fit(fits)
     head = learn.head_learner(log=False)
@@ -129,13 +142,77 @@ def probe_learner(learn: VisionLearner, head_epochs: int = 8, head_lr: float = 2
     return cand, rate
 
 
+def probe_cv(learn: VisionLearner, folds: int = 5) -> tuple[Candidate, float, ProbeSelection]:
+    """Probe `learn`'s data on cached features, the weight decay chosen by grouped k-fold CV on the training
+    features alone (an image and its mirror in one fold), and load that head (refitted on all of them).
+
+    The validation features are scored once, for the record. One kind of head only: the one-cycle head of
+    `probe_learner` was chosen by its best validation epoch, and a CV of it would cost 5 fits per size for a
+    gain of two images in 153 (hymenoptera at 48 px). Returns the candidate, the measured forward throughput
+    (images/s) and the selection (its out-of-fold logits calibrate the model: interfaces.md 3).
+    """
+    t = time.perf_counter()
+    x1, y1 = learn.cached_features("train", "center")
+    x2, y2 = learn.cached_features("train", "flip")
+    xv, yv = learn.cached_features("valid", "center")
+    feat_seconds = time.perf_counter() - t
+    n = len(y1)
+    sel = select_probe(torch.cat([x1, x2]), torch.cat([y1, y2]), len(learn.data.classes),
+                       groups=torch.arange(n).repeat(2), folds=folds, seed=learn.seed,
+                       class_weights=learn.class_weights)  # --balance: see vision_learner
+    load_head(learn.model.get_classifier(), sel.fit)
+    valid_loss, accuracy = _score(xv, yv, sel.fit.weight, sel.fit.bias)
+    k = int(sel.folds.max()) + 1 if sel.folds is not None else folds
+    cand = Candidate(
+        f"probe@{learn.data.size}", "probe", learn.data.size, valid_loss, accuracy, time.perf_counter() - t,
+        {"head": "lbfgs", "wd": sel.wd, "train_loss": sel.fit.train_loss, "feature_seconds": feat_seconds,
+         "tried": sel.table},
+        {"method": f"{k}-fold CV on the training features (an image and its mirror in one fold)",
+         "loss": sel.cv_loss, "loss_se": sel.cv_loss_se, "accuracy": sel.cv_accuracy, "n": n},
+    )
+    rate = (2 * n + len(yv)) / max(feat_seconds, 1e-3)
+    return cand, rate, sel
+
+
+def _score(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
+    logits = x.float().cpu() @ weight.T + bias
+    y = y.cpu()
+    return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+
+def clearly_better(new: Candidate, old: Candidate) -> bool:
+    """A candidate replaces a cheaper one only when its selection loss is lower by more than the standard error
+    of the difference (the two fold-SEs combined): within it, the data cannot tell them apart."""
+    se = math.hypot(new.selection.get("loss_se", 0.0), old.selection.get("loss_se", 0.0))
+    return new.selection["loss"] < old.selection["loss"] - se
+
+
+def valid_cannot_tell(cands: Sequence[Candidate], n_valid: int) -> str | None:
+    """A reason when the validation accuracies of `cands` differ by less than one standard error of accuracy
+    on `n_valid` images: that split alone could not have chosen between them."""
+    accs = [c.accuracy for c in cands if c.accuracy is not None]
+    if len(accs) < 2 or n_valid <= 0:
+        return None
+    p = max(accs)
+    se = math.sqrt(max(p * (1 - p), 1 / n_valid) / n_valid)
+    if max(accs) - min(accs) < se:
+        return (f"the validation split ({n_valid} images) is too small to tell the candidates apart: accuracies "
+                f"{min(accs):.3f}-{max(accs):.3f} differ by less than one standard error (±{se:.3f}); the choice "
+                "rests on cross-validation of the training split")
+    return None
+
+
 @dataclass
 class AutoFit:
-    """What `auto_fit` returns: the learner with the kept weights, the report, and lr_find's result if run."""
+    """What `auto_fit` returns: the learner with the kept weights, the report, lr_find's result if run, and the
+    logits/targets the choice was made on, apart from validation (the chosen probe's out-of-fold logits of the
+    training images, or a kept fine-tune's inner-holdout logits): the temperature is fitted on them."""
 
     learner: VisionLearner
     report: dict[str, Any]
     lr_find: LRFind | None = None
+    selection_logits: torch.Tensor | None = None
+    selection_targets: torch.Tensor | None = None
 
 
 def auto_fit(
@@ -150,24 +227,35 @@ def auto_fit(
     progress: bool = True,
     log_csv: str | Path | None = None,
     checkpointer: Checkpointer | None = None,
+    selection: str = "cv",
+    spent: float = 0.0,
     **learner_kwargs: Any,
 ) -> AutoFit:
     """Train with the recipe chosen from the data: the learner holding the kept weights and the report
     that `recipe.json` records. `data` gives the items; other sizes are decoded from them.
 
     `recipe="probe"` stops after the probes; `"auto"` may go on to a fine-tune, at `base_lr` (None: the
-    valley of `lr_find` on the chosen probe's cached features). `checkpointer`: save the probe's result and
-    the fine-tune's progress there; one that holds a checkpoint (`Checkpointer.load`) resumes from it.
+    valley of `lr_find` on the chosen probe's cached training features). `selection`: "cv" chooses the size,
+    decay and whether to keep a fine-tune apart from the validation split (k-fold CV on training features, an
+    inner holdout); "valid" chooses on the validation split (the behaviour before; for comparisons).
+    `spent`: seconds of the budget the job already used (planning, decoding). `checkpointer`: save the probe's
+    result and the fine-tune's progress there; one that holds a checkpoint (`Checkpointer.load`) resumes.
     kwargs go to `vision_learner`.
     """
     if recipe not in ("auto", "probe"):
         raise ValueError(f"auto_fit runs the auto or probe recipe, not {recipe!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection {selection!r}: choose {' or '.join(SELECTIONS)}")
     cbs = [CSVLogger(log_csv)] if log_csv else []
+
+    def make_learner(d: ImageData, log: bool = True) -> VisionLearner:
+        return vision_learner(d, arch, seed=seed, progress=progress, cbs=cbs if log else [], **learner_kwargs)
+
     ck = checkpointer
     if ck is not None and "auto" in ck.extra:  # a resumed job: the probe is done
         saved = ck.extra["auto"]
         d = data if saved["size"] == data.size else data.resized(saved["size"])
-        learn = vision_learner(d, arch, seed=seed, progress=progress, cbs=cbs, **learner_kwargs)
+        learn = make_learner(d)
         ck.attach(learn)
         if ck.loaded and ck.loaded["reason"] == "between fits":
             ck.restore_between_fits(learn)
@@ -176,78 +264,136 @@ def auto_fit(
         finder = LRFind(saved["lr_find"][0], saved["lr_find"][1]) if saved.get("lr_find") else None
         print(f"resumed after the probe at {saved['size']}px ({'fine-tune next' if saved['epochs'] else 'kept'})")
         return _finish_auto(learn, saved["report"], Candidate(**saved["probe"]), saved["why"], saved["epochs"],
-                            saved["base_lr"], finder, saved["t_elapsed"])
-    t0 = time.perf_counter()
+                            saved["base_lr"], finder, saved["t_elapsed"], saved.get("selection", "valid"),
+                            saved.get("sel"), make_learner, saved["budget"] if "budget" in saved else math.inf)
+    t0 = time.perf_counter() - spent
     budget = default_budget(data.n_train) if budget is None else float(budget)
     short = data.native_short_side()
     rec = recommended_size(arch)
     sizes = list(sizes) if sizes else candidate_sizes(short, rec)
-    report: dict[str, Any] = {"recipe": recipe, "budget_seconds": budget, "median_short_side": short,
-                              "recommended_size": rec, "sizes": sizes, "candidates": []}
+    report: dict[str, Any] = {"recipe": recipe, "selection": selection, "budget_seconds": budget,
+                              "median_short_side": short, "recommended_size": rec, "sizes": sizes, "candidates": []}
 
     # smallest size first: it is the cheapest, and its measured speed prices the larger ones
-    best: tuple[Candidate, VisionLearner, float] | None = None
+    best: tuple[Candidate, VisionLearner, float, ProbeSelection | None] | None = None
     last: tuple[int, float] | None = None  # (size, forward images/s) of the last probe
     n_feats = 2 * data.n_train + data.n_valid
+    probes: list[Candidate] = []
     for size in sorted(sizes):
         elapsed = time.perf_counter() - t0
         est = n_feats / last[1] * (size / last[0]) ** 2 if last else 0.0
-        if best is not None and elapsed + est > budget:
+        if best is not None and dist.agree(elapsed + est > budget):  # torchrun: rank 0's clock decides
             report["candidates"].append({"name": f"probe@{size}", "skipped": (
                 f"budget: ~{est:.0f}s of features would pass the {budget:.0f}s budget at {elapsed:.0f}s")})
             continue
         d = data if size == data.size else data.resized(size)
-        learn = vision_learner(d, arch, seed=seed, progress=progress, cbs=cbs, **learner_kwargs)
-        cand, rate = probe_learner(learn)
+        learn = make_learner(d)
+        sel = None
+        if selection == "cv":
+            cand, rate, sel = probe_cv(learn)
+            better = best is None or clearly_better(cand, best[0])
+            print(f"probe@{size}: CV loss {cand.selection['loss']:.4f} ± {cand.selection['loss_se']:.4f}, "
+                  f"CV accuracy {cand.selection['accuracy']:.4f} (weight decay {cand.detail['wd']:g})", flush=True)
+        else:
+            cand, rate = probe_learner(learn)
+            better = best is None or cand.valid_loss < best[0].valid_loss
         report["candidates"].append(asdict(cand))
+        probes.append(cand)
         last = (size, rate)
-        if best is None or cand.valid_loss < best[0].valid_loss:
-            best = (cand, learn, rate)
+        if better:
+            best = (cand, learn, rate, sel)
         del learn
     assert best is not None
-    probe, learn, rate = best
+    probe, learn, rate, sel = best
+    probe, sel = dist.agree((probe, sel))  # torchrun: rank 0's probe on every rank (fits on identical features
+    dist.broadcast_module(learn.model)  # agree to the last bit on one machine, not always across machines)
     learn.phase = "probe"
     learn.recorder.history.append({"epoch": 0, "phase": "probe", "train_loss": probe.detail["train_loss"],
                                    "valid_loss": probe.valid_loss, "accuracy": probe.accuracy,
                                    "seconds": probe.seconds})
     for cb in cbs:
         cb.write_row(learn.recorder.history[-1])
-    why = [f"probe at {probe.size}px ({probe.detail['head']} head, weight decay {probe.detail['wd']:g}) had the "
-           f"lowest validation loss ({probe.valid_loss:.4f}) of sizes {sizes}"]
+    if selection == "cv":
+        why = [f"probe at {probe.size}px (weight decay {probe.detail['wd']:g}) chosen by cross-validation on the "
+               f"training split: CV loss {probe.selection['loss']:.4f} ± {probe.selection['loss_se']:.4f} of sizes "
+               f"{sizes}" + (" (a larger size is taken only when its CV loss is lower by more than the standard "
+                             "error of the difference: the cheaper one otherwise)" if len(probes) > 1 else "")]
+        close = [c.name for c in probes if c is not probe and not clearly_better(probe, c)
+                 and not clearly_better(c, probe)]
+        if close:
+            why.append(f"the training data cannot tell {', '.join(close)} from {probe.name} apart (CV losses within "
+                       "a standard error): the cheaper, smaller one is kept")
+        reason = valid_cannot_tell(probes, data.n_valid)
+        if reason:
+            why.append(reason)
+    else:
+        why = [f"probe at {probe.size}px ({probe.detail['head']} head, weight decay {probe.detail['wd']:g}) had "
+               f"the lowest validation loss ({probe.valid_loss:.4f}) of sizes {sizes}"]
     finder: LRFind | None = None
     epochs = 0  # of fine-tune: 0 keeps the probe
 
     if recipe == "auto":
         n_train, n_valid = learn.data.n_train, learn.data.n_valid
-        epoch_seconds = (n_train * TRAIN_COST + n_valid) / rate  # rate was measured at this size
-        remaining = budget - (time.perf_counter() - t0)
-        try_it, reason = should_try_fine_tune(probe, n_valid, epoch_seconds, remaining)
+        remaining = budget - (time.perf_counter() - t0) - EXPORT_SECONDS
+        remaining, rate = dist.agree((remaining, rate))  # under torchrun: rank 0's clock decides for all ranks
+        if selection == "cv":
+            n_hold = round(n_train * HOLDOUT)
+            fwd = rate  # measured at this size
+            trial_s = (n_train * (1 - HOLDOUT) * TRIAL_FRACTION * TRAIN_COST + n_hold) / fwd
+            epoch_s = (n_train * (1 - HOLDOUT) * TRAIN_COST + n_hold) / fwd
+            assert sel is not None
+            try_it, reason = should_try_fine_tune(
+                Candidate(probe.name, "probe", probe.size, None, sel.cv_accuracy, 0.0), n_hold, epoch_s + trial_s,
+                remaining, where="inner-holdout")
+            report["fine_tune_plan"] = {"trial_seconds": trial_s, "epoch_seconds": epoch_s, "holdout": n_hold}
+        else:
+            epoch_s = (n_train * TRAIN_COST + n_valid) / rate  # rate was measured at this size
+            try_it, reason = should_try_fine_tune(probe, n_valid, epoch_s, remaining)
+            trial_s = 0.0
         why.append(reason)
         if try_it:
             if base_lr is None:
                 finder = learn.lr_find()
                 base_lr = finder.valley
                 report["lr_find"] = finder.suggestions
+                report["lr_find_data"] = "training batches only (the head on cached training features)"
             report["lr"] = base_lr
-            epochs = min(max_epochs, max(1, math.floor(remaining / epoch_seconds)))
+            epochs = min(max_epochs, max(1, math.floor((remaining - trial_s) / epoch_s)))
+    sel_info = None
+    if sel is not None:
+        n = len(learn.data.train_y)
+        sel_info = {"wd": sel.wd, "cv_accuracy": sel.cv_accuracy, "oof_logits": sel.oof_logits[:n].clone(),
+                    "targets": learn.data.train_y.clone()}
     if ck is not None:
         ck.attach(learn)
         ck.extra["auto"] = {
             "size": probe.size, "probe": asdict(probe), "probe_state": copy.deepcopy(learn.model.state_dict()),
             "report": copy.deepcopy(report), "why": list(why), "epochs": epochs, "base_lr": base_lr,
-            "t_elapsed": time.perf_counter() - t0,
+            "t_elapsed": time.perf_counter() - t0, "selection": selection, "sel": sel_info, "budget": budget,
             "lr_find": [finder.lrs, finder.raw_losses] if finder else None,
         }
         ck.save_between_fits(learn, f"after the probe at {probe.size}px")
-    return _finish_auto(learn, report, probe, why, epochs, base_lr, finder, time.perf_counter() - t0)
+    return _finish_auto(learn, report, probe, why, epochs, base_lr, finder, time.perf_counter() - t0, selection,
+                        sel_info, make_learner, budget)
 
 
 def _finish_auto(learn: VisionLearner, report: dict[str, Any], probe: Candidate, why: list[str], epochs: int,
-                 base_lr: float | None, finder: LRFind | None, t_elapsed: float) -> AutoFit:
+                 base_lr: float | None, finder: LRFind | None, t_elapsed: float, selection: str = "valid",
+                 sel_info: dict[str, Any] | None = None,
+                 make_learner: Callable[..., VisionLearner] | None = None, budget: float = math.inf) -> AutoFit:
     """After the probe: the planned fine-tune (`epochs` > 0), kept only if it beats the probe."""
     t0 = time.perf_counter() - t_elapsed
     chosen = probe.name
-    if epochs:
+    logits = sel_info["oof_logits"] if sel_info else None
+    targets = sel_info["targets"] if sel_info else None
+    if epochs and selection == "cv":
+        assert sel_info is not None and make_learner is not None and base_lr is not None
+        tuned, hold = _cv_fine_tune(learn, probe, sel_info, epochs, base_lr, make_learner, t0 + budget, why)
+        report["candidates"].append(asdict(tuned))
+        if hold is not None:
+            chosen = tuned.name
+            logits, targets = hold
+    elif epochs:
         tuned = _fine_tune(learn, probe, epochs, base_lr)
         probe_state = tuned.detail.pop("probe_state")
         report["candidates"].append(asdict(tuned))
@@ -258,7 +404,138 @@ def _finish_auto(learn: VisionLearner, report: dict[str, Any], probe: Candidate,
         else:
             learn.model.load_state_dict(probe_state)
     report.update(chosen=chosen, why=why, seconds=time.perf_counter() - t0)
-    return AutoFit(learn, report, finder)
+    return AutoFit(learn, report, finder, logits, targets)
+
+
+def inner_holdout(y: torch.Tensor, frac: float = HOLDOUT, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit rows, holdout rows) of the training split: a seeded, stratified `frac` of each class held out."""
+    y = y.cpu()
+    g = torch.Generator().manual_seed(seed)
+    hold = []
+    for c in torch.unique(y).tolist():
+        rows = torch.nonzero(y == c).flatten()
+        rows = rows[torch.randperm(len(rows), generator=g)]
+        hold.append(rows[: int(round(len(rows) * frac))])
+    mask = torch.zeros(len(y), dtype=torch.bool)
+    mask[torch.cat(hold)] = True
+    return torch.nonzero(~mask).flatten(), torch.nonzero(mask).flatten()
+
+
+def subset_data(data: ImageData, train_rows: torch.Tensor, valid_rows: torch.Tensor) -> ImageData:
+    """The same data with train and valid both drawn from `data`'s TRAINING rows (an inner split): the
+    fine-tune's trial and epochs are judged on it, so the validation split stays unseen."""
+    out = copy.copy(data)
+    images, paths = data.train_images, data.train_paths
+
+    def take(rows: torch.Tensor):
+        if isinstance(images, LazyImages):
+            return LazyImages([images.paths[i] for i in rows.tolist()], images.size, data.workers)
+        return images[rows]
+
+    out.train_images, out.train_y = take(train_rows), data.train_y[train_rows]
+    out.train_paths = [paths[i] for i in train_rows.tolist()]
+    out.valid_images, out.valid_y = take(valid_rows), data.train_y[valid_rows]
+    out.valid_paths = [paths[i] for i in valid_rows.tolist()]
+    return out
+
+
+class _StopAtDeadline(Callback):
+    """Ends a fit at an epoch's end when another epoch like the last would pass `deadline` (perf_counter)."""
+
+    order = 90  # after save-best, the CSV log and early stopping have seen the epoch
+
+    def __init__(self, deadline: float):
+        self.deadline, self.started = deadline, 0.0
+        self.stopped = False
+
+    def before_epoch(self, learn) -> None:
+        self.started = time.perf_counter()
+
+    def after_epoch(self, learn) -> None:
+        now = time.perf_counter()
+        if learn.epoch + 1 < learn.n_epoch and now + (now - self.started) > self.deadline:
+            self.stopped = True
+            print("budget: another epoch would pass the budget; the fine-tune ends here")
+            raise CancelFitException()
+
+
+def _cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any], epochs: int, base_lr: float,
+                  make_learner: Callable[..., VisionLearner], deadline: float, why: list[str],
+                  ) -> tuple[Candidate, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Fine-tune on the fit part of an inner split of the training data, judged on its holdout against the
+    probe refitted on the fit part's cached features (the same decay: no extra forward pass). A trial of
+    TRIAL_FRACTION of an epoch first; the epochs run only when it beats the probe; early stopping, the best
+    epoch and the keep decision on the holdout. Kept weights are copied into `learn` (which holds the real
+    split); returns the candidate and, when kept, the holdout (logits, targets)."""
+    t = time.perf_counter()
+    data = learn.data
+    fit_rows, hold_rows = inner_holdout(data.train_y, HOLDOUT, learn.seed)
+    x1, y1 = learn.cached_features("train", "center")
+    x2, _ = learn.cached_features("train", "flip")
+    ref = fit_linear_probe(torch.cat([x1[fit_rows], x2[fit_rows]]), torch.cat([y1[fit_rows], y1[fit_rows]]),
+                           x1[hold_rows], y1[hold_rows], len(data.classes), wds=(sel_info["wd"],))[0]
+    tuner = make_learner(subset_data(data, fit_rows, hold_rows), log=False)
+    tuner.model.load_state_dict(learn.model.state_dict())
+    load_head(tuner.model.get_classifier(), ref)
+    g = torch.Generator().manual_seed(learn.seed)
+    n_trial = min(len(fit_rows), max(2 * data.bs, round(len(fit_rows) * TRIAL_FRACTION)))
+    trial_rows = fit_rows[torch.randperm(len(fit_rows), generator=g)[:n_trial]]
+    full_dl = tuner.train_dl
+    tuner.train_dl = subset_data(data, trial_rows, hold_rows).loader(
+        "train", tuner.meta.mean, tuner.meta.std, device=tuner.device, seed=learn.seed,
+        channels_last=tuner.model_channels_last)
+    lr = base_lr / 2
+    tuner.unfreeze()
+    tuner.phase = "trial"
+    frac = round(1 / TRIAL_FRACTION)
+    print(f"fine-tune trial: 1/{frac} epoch ({n_trial} images) from the probe, judged on an inner holdout of "
+          f"{len(hold_rows)} training images", flush=True)
+    tuner.fit_one_cycle(1, slice(lr / 100, lr))
+    trial = dict(tuner.last_validation)
+    trial_s = time.perf_counter() - t
+    tuner.train_dl = full_dl
+    detail: dict[str, Any] = {"holdout": len(hold_rows), "fit_images": len(fit_rows),
+                              "probe_holdout": {"loss": ref.valid_loss, "accuracy": ref.accuracy},
+                              "trial": {"images": n_trial, "loss": trial["valid_loss"],
+                                        "accuracy": trial["accuracy"], "seconds": trial_s},
+                              "epochs_planned": epochs, "epochs_run": 0}
+    sel_fig = {"method": f"inner holdout of {len(hold_rows)} training images", "loss": trial["valid_loss"],
+               "accuracy": trial["accuracy"], "probe_loss": ref.valid_loss, "probe_accuracy": ref.accuracy}
+    if not trial["valid_loss"] < ref.valid_loss:
+        saved = epochs * (trial_s / TRIAL_FRACTION)
+        why.append(f"trial: fine-tune loss {trial['valid_loss']:.2f} vs probe {ref.valid_loss:.2f} on the inner "
+                   f"holdout after 1/{frac} epoch: keeping the probe, {trial_s:.0f} s spent instead of "
+                   f"~{trial_s + saved:.0f} s")
+        print(why[-1], flush=True)
+        return Candidate(f"fine_tune@{data.size}", "fine_tune", data.size, None, None, trial_s,
+                         {**detail, "kept": False}, sel_fig), None
+    print(f"trial: fine-tune loss {trial['valid_loss']:.2f} vs probe {ref.valid_loss:.2f} on the inner holdout "
+          f"after 1/{frac} epoch: fine-tuning up to {epochs} epoch(s)", flush=True)
+    keep_best = SaveBestModel("valid_loss", model=tuner.model, across_fits=True)
+    keep_best.best, keep_best.best_state = trial["valid_loss"], copy.deepcopy(tuner.model.state_dict())
+    stop = _StopAtDeadline(deadline - EXPORT_SECONDS)
+    tuner.phase = "unfrozen"
+    tuner.fit_one_cycle(epochs, slice(lr / 100, lr), cbs=[keep_best, EarlyStopping("valid_loss", patience=1), stop])
+    rows = [r for r in tuner.recorder.history if r["phase"] == "unfrozen"]
+    logits, targets = tuner.get_preds()  # the best state is loaded: the holdout's figures at it
+    best = tuner.score(logits, targets)
+    detail.update(epochs_run=len(rows), stopped_by_budget=stop.stopped,
+                  history=[{k: r[k] for k in ("epoch", "train_loss", "valid_loss", "accuracy", "seconds") if k in r}
+                           for r in rows])
+    sel_fig.update(loss=best["valid_loss"], accuracy=best["accuracy"])
+    keep = best["valid_loss"] < ref.valid_loss and best["accuracy"] >= ref.accuracy
+    if keep:
+        learn.model.load_state_dict(tuner.model.state_dict())
+        valid = learn.validate()  # the validation split, for the record: the choice was made above
+        why.append(f"fine-tune improved the inner holdout's loss {ref.valid_loss:.4f} -> {best['valid_loss']:.4f}, "
+                   f"accuracy {ref.accuracy:.4f} -> {best['accuracy']:.4f}: kept")
+        cand = Candidate(f"fine_tune@{data.size}", "fine_tune", data.size, valid["valid_loss"], valid["accuracy"],
+                         time.perf_counter() - t, {**detail, "kept": True}, sel_fig)
+        return cand, (logits, targets)
+    why.append(f"fine-tune did not beat the probe on the inner holdout (loss {best['valid_loss']:.4f} vs "
+               f"{ref.valid_loss:.4f}, accuracy {best['accuracy']:.4f} vs {ref.accuracy:.4f}): the probe is kept")
+    return Candidate(f"fine_tune@{data.size}", "fine_tune", data.size, None, None, time.perf_counter() - t,
+                     {**detail, "kept": False}, sel_fig), None
 
 
 def _fine_tune(learn: VisionLearner, probe: Candidate, epochs: int, base_lr: float) -> Candidate:

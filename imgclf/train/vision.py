@@ -17,11 +17,13 @@ from torch import nn
 
 from ..data.core import ImageData
 from ..data.loaders import TensorLoader
+from ..data.samplers import BalancedSampler, class_counts, class_weights
 from ..errors import UserError
 from ..models import ModelMeta, create_model, layer_groups, lsuv_init
 from ..rundir import save_model
+from . import distributed as dist
 from .callbacks import Callback, CSVLogger, CutMix, MixUp
-from .features import FeatureCache, extract_features
+from .features import PARITY_IMAGES, FeatureCache, extract_features, pick_engine
 from .learner import Learner, pick_device
 from .metrics import METRICS, TASK_METRICS, accuracy_multi, best_threshold, fbeta_multi, multi_label_intervals, scaled
 
@@ -31,6 +33,9 @@ class VisionLearner(Learner):
 
     init_report: dict[str, Any] | None = None  # what `vision_learner(init=...)` did to the weights, for config.json
     threshold: float = 0.5  # multi-label: a tag is predicted above this sigmoid (`choose_threshold` sets it)
+    temperature: float = 1.0  # classes: probabilities are softmax(logits / T) (train/calibrate.py), in model.json
+    balance: str = "none"  # none | weights | sampler (data/samplers.py)
+    class_weights: torch.Tensor | None = None  # inverse-frequency weights when balancing (the probe uses them too)
 
     def __init__(self, data: ImageData, model: nn.Module, meta: ModelMeta, seed: int = 42,
                  progress: bool = True, channels_last: bool = True, device: str | torch.device | None = "auto",
@@ -46,12 +51,28 @@ class VisionLearner(Learner):
 
     # ------------------------------------------------------------------ cached features
     def cached_features(self, split: str, view: str = "center") -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled body features of `split` seen through `view` ("center" or "flip"), computed once."""
+        """Pooled body features of `split` seen through `view` ("center" or "flip"), computed once. Under
+        torchrun each rank computes its strided share and the shares are gathered: every rank holds them all.
+
+        The body runs on `features.pick_engine`'s choice (onnxruntime fp32 on a CPU when installed and its features
+        match eager fp32's on the first images; `self.features.engine_name = "eager"` forces eager), and the
+        training split's center and mirrored views come from one pass over its batches."""
+        pair = split == "train" and view in ("center", "flip")
+
         def make():
-            dl = self.data.loader(split, self.meta.mean, self.meta.std, view=view, device=self.device,
-                                  channels_last=self.model_channels_last)
-            return extract_features(self.model, _progress(dl, f"features {split}/{view}", self.progress),
-                                    self.dtype, self.device)
+            dl = self.data.loader(split, self.meta.mean, self.meta.std, view="center" if pair else view,
+                                  device=self.device, channels_last=self.model_channels_last)
+            engine = self.features.get_engine(self.model, lambda: pick_engine(
+                self.model, dl.transform(dl.images[:PARITY_IMAGES]), self.dtype, self.features.engine_name))
+            dl.channels_last = dl.channels_last and engine.channels_last  # onnxruntime reads NCHW: no layout copy
+            n, world = len(dl.images), dist.world_size()
+            if world > 1:
+                dl.shard(dist.rank(), world, bs=dl.bs)
+            desc = f"features {split}/{'center+flip' if pair else view} [{engine.name}]"
+            out = extract_features(self.model, _progress(dl, desc, self.progress), self.dtype, self.device,
+                                   engine=engine, flip=pair)
+            out = tuple(dist.gather_shards(t, n) for t in out) if world > 1 else out
+            return {(split, "center"): out[:2], (split, "flip"): (out[2], out[1])} if pair else out
 
         return self.features.get((split, view), self.model, make)
 
@@ -72,8 +93,11 @@ class VisionLearner(Learner):
         logs = [cb for cb in self.cbs if isinstance(cb, CSVLogger)] if log else []
         # small sets get smaller batches, so each head epoch still takes ~16 steps
         bs = max(8, min(self.data.bs, len(x1) * 2 // 16))
+        feats = TensorLoader(torch.cat([x1, x2]), torch.cat([y1, y2]), bs, shuffle=True, seed=self.seed)
+        if self.balance == "sampler":
+            feats.sampler = BalancedSampler(feats.y)
         learn = Learner(
-            head, TensorLoader(torch.cat([x1, x2]), torch.cat([y1, y2]), bs, shuffle=True, seed=self.seed),
+            head, feats,
             TensorLoader(xv, yv, 1024), loss_func=self.loss_func, valid_loss_func=self.valid_loss_func,
             metrics=[fn for _, fn in self.metrics],
             opt=self.opt_name, lr=self.lr, wd=self.wd, wd_mode=self.wd_mode, device=self.device, precision="fp32",
@@ -146,6 +170,8 @@ class VisionLearner(Learner):
         }
         if self.data.task == "multi_label":
             meta["threshold"] = self.threshold
+        if self.data.task == "classify":
+            meta["temperature"] = self.temperature
         if self.data.task == "regression":
             meta["target_mean"], meta["target_std"] = self.data.target_stats
         return meta
@@ -157,17 +183,18 @@ class VisionLearner(Learner):
 
 
 def _progress(dl, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from ..progress import bar
 
-    return tqdm(dl, desc=desc, leave=False, unit="batch", disable=None if enabled else True)
+    return bar(dl, desc=desc, unit="batch", enabled=enabled and dist.is_main())
 
 
-def task_losses(data: ImageData, label_smoothing: float = 0.1, loss: str = "auto") -> tuple[nn.Module, nn.Module]:
-    """(training loss, validation loss) for the data's task. Classes: cross-entropy, smoothed in training
-    only (validation reports the plain figure); tags: binary cross-entropy on each tag; numbers: MSE, or
-    L1 (`loss="l1"`, robust to outliers in the targets)."""
+def task_losses(data: ImageData, label_smoothing: float = 0.1, loss: str = "auto",
+                class_weights: torch.Tensor | None = None) -> tuple[nn.Module, nn.Module]:
+    """(training loss, validation loss) for the data's task. Classes: cross-entropy, smoothed and weighted by
+    `class_weights` (--balance weights) in training only (validation reports the plain figure); tags: binary
+    cross-entropy on each tag; numbers: MSE, or L1 (`loss="l1"`, robust to outliers in the targets)."""
     if data.task == "classify":
-        return nn.CrossEntropyLoss(label_smoothing=label_smoothing), nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing), nn.CrossEntropyLoss()
     if data.task == "multi_label":
         return nn.BCEWithLogitsLoss(), nn.BCEWithLogitsLoss()
     if loss not in ("auto", "mse", "l1"):
@@ -187,7 +214,8 @@ def task_metrics(data: ImageData) -> list[str | Callable]:
 def vision_learner(
     data: ImageData, arch: str = "efficientnet_lite0", metrics: Sequence[str | Callable] | None = None,
     pretrained: bool = True, weights: str | None = None, label_smoothing: float = 0.1, seed: int = 42,
-    init: str = "default", loss: str = "auto", drop_rate: float | None = None, **kwargs: Any,
+    init: str = "default", loss: str = "auto", drop_rate: float | None = None, balance: str = "none",
+    **kwargs: Any,
 ) -> VisionLearner:
     """A backbone (embedded ImageNet weights by default) with a new head for `data.classes`.
 
@@ -195,6 +223,8 @@ def vision_learner(
     `init="lsuv"` re-initialises a from-scratch model with LSUV on the first training batch (the
     statistics land in `learn.init_report`); on pretrained weights it warns and leaves them alone.
     `drop_rate`: dropout before the classifier (None keeps the arch's default).
+    `balance` (classes): "weights" weighs the training loss by inverse class frequency, "sampler" draws each
+    epoch's batches with classes evenly (data/samplers.py); either way the probe gets the class weights.
     kwargs go to `Learner`: opt, lr, wd, wd_mode, clip, cbs, device, precision, channels_last, progress.
     """
     if init not in ("default", "lsuv"):
@@ -202,9 +232,16 @@ def vision_learner(
     torch.manual_seed(seed)
     model_kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
     model, meta = create_model(arch, len(data.classes), pretrained=pretrained, weights=weights, **model_kwargs)
-    train_loss, valid_loss = task_losses(data, label_smoothing, loss)
+    if balance not in ("none", "weights", "sampler") or (balance != "none" and data.task != "classify"):
+        raise UserError(f"--balance {balance}: choose none, weights or sampler (single-label classes only)")
+    cw = class_weights(class_counts(data.train_y, len(data.classes))) if balance != "none" else None
+    train_loss, valid_loss = task_losses(data, label_smoothing, loss, cw if balance == "weights" else None)
     learn = VisionLearner(data, model, meta, seed=seed, metrics=metrics or task_metrics(data), loss_func=train_loss,
                           valid_loss_func=valid_loss, **kwargs)
+    learn.loss_func.to(learn.device)  # its class weights, if any, where the logits are
+    learn.balance, learn.class_weights = balance, cw
+    if balance == "sampler":
+        learn.train_dl.sampler = BalancedSampler(data.train_y)
     learn.init_report = {"method": "default"}
     if init == "lsuv":
         learn.init_report = _lsuv(learn, seed)

@@ -1,0 +1,242 @@
+"""Benchmark: what this CPU can do for the default job, and how close the default job comes to it.
+
+Measures, each beside its target:
+  1. start-up: `imgclf --help` wall time (Python + imports), best of 3;
+  2. decode: the shared hymenoptera photos presized for 256 px (`decode_all`, threads), images/s;
+  3. the default backbone's pooled features at 256 px on in-memory batches of those photos through each engine at
+     hand: eager fp32, eager bf16 autocast (the old path), eager bf16 weights, TorchScript trace+freeze (bf16),
+     onnxruntime fp32 (`features.onnx_engine`, what the job now uses) and int8 (static QDQ, calibrated on the
+     batch), torch.compile with --compile (slow to build). Each: images/s, CPU ms per image (a figure that
+     load on a shared machine disturbs less than wall time), the seconds to build it, and its parity with eager
+     fp32 (lowest cosine of an image's features);
+  4. the default job (`imgclf train DATA`, its own process) split into start, decode, features, probe and finish
+     (final validation, export, files), its feature pass's images/s against the fastest engine's
+     (target >= 0.9x), its accuracy (target >= 0.95) and its wall time against fastai `fine_tune(2)`'s
+     (bench/peers/fastai_hymenoptera.py, target <= 0.1x; --skip-fastai, or --fastai-seconds S to reuse a figure).
+
+Usage: python bench/limits.py [DATA] [--bs 32] [--threads N] [--compile] [--skip-job] [--skip-fastai]
+                              [--fastai-seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parents[1] / "shared/datasets/hymenoptera"
+SIZE = 256
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    return time.perf_counter() - t, p
+
+
+def startup() -> float:
+    return min(timed([sys.executable, "-m", "imgclf", "--help"])[0] for _ in range(3))
+
+
+def decode(data: Path) -> tuple[float, float, torch.Tensor]:
+    """(images/s, CPU ms per image, the presized photos) for every photo under `data`, at the job's presize."""
+    from imgclf.data.core import presize_for
+    from imgclf.data.decode import decode_all
+
+    paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    c, t = time.process_time(), time.perf_counter()
+    images, _, _ = decode_all(paths, presize_for(SIZE), progress=False)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return len(paths) / wall, 1000 * cpu / len(paths), images
+
+
+def engines(batch: torch.Tensor, compile_too: bool) -> list[dict]:
+    """Each engine's figures on `batch` (normalised, 256 px); the reference is eager fp32."""
+    from imgclf.models import create_model
+    from imgclf.train.features import Pooled, check_parity, eager_engine, onnx_engine
+
+    model, _ = create_model("efficientnet_lite0", 2, pretrained=True)
+    model.eval().requires_grad_(False)
+    model = model.to(memory_format=torch.channels_last)
+    cl = batch.contiguous(memory_format=torch.channels_last)
+    rows = []
+
+    def add(name: str, build, x: torch.Tensor = cl) -> None:
+        try:
+            t = time.perf_counter()
+            fn = build()
+            fn(x[:2])  # warm: first-call allocations and kernel choices belong to setup
+            setup = time.perf_counter() - t
+            fn(x)
+            c, t = time.process_time(), time.perf_counter()
+            for _ in range(2):
+                fn(x)
+            wall, cpu = (time.perf_counter() - t) / 2, (time.process_time() - c) / 2
+            eng = type("E", (), {"__call__": lambda self, v: fn(v.to(x.dtype)).float()})()
+            par = check_parity(eng, model, batch[:8])
+            rows.append({"engine": name, "img_s": len(x) / wall, "cpu_ms": 1000 * cpu / len(x), "setup_s": setup,
+                         "cosine": par["cosine"]})
+        except Exception as e:  # an engine this machine lacks is a row that says so
+            rows.append({"engine": name, "error": f"{type(e).__name__}: {str(e)[:100]}"})
+        print(json.dumps(rows[-1]), flush=True)
+
+    add("eager fp32 CL", lambda: eager_engine(model))
+    add("eager bf16 autocast CL", lambda: eager_engine(model, torch.bfloat16))
+    bf16 = Pooled(copy.deepcopy(model).to(torch.bfloat16)).eval()
+    add("eager bf16 weights CL", lambda: torch.no_grad()(bf16), cl.to(torch.bfloat16))
+
+    def jit():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.freeze(torch.jit.trace(bf16, cl[:2].to(torch.bfloat16)))
+
+    add("TorchScript freeze bf16", jit, cl.to(torch.bfloat16))
+    add("onnxruntime fp32", lambda: onnx_engine(model, SIZE), batch)
+    add("onnxruntime int8", lambda: _int8(model, batch), batch)
+    if compile_too:
+        add("torch.compile fp32", lambda: torch.no_grad()(torch.compile(Pooled(model))))
+    return rows
+
+
+def _int8(model, batch: torch.Tensor):
+    """onnxruntime static int8 (QDQ, per-channel weights, the first conv in float) calibrated on `batch`."""
+    import io
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from imgclf.train.features import Pooled, static_padding
+
+    x = batch.contiguous().numpy()
+
+    class Calib(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": x[i : i + 16]} for i in range(0, len(x), 16)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        buf = io.BytesIO()
+        torch.onnx.export(Pooled(static_padding(model, SIZE)), (torch.zeros(2, 3, SIZE, SIZE),), buf, dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["f"], dynamic_axes={"x": {0: "b"}})
+        Path(tmp, "f.onnx").write_bytes(buf.getvalue())
+        quant_pre_process(f"{tmp}/f.onnx", f"{tmp}/pre.onnx")
+        import onnx
+
+        first = next(n.name for n in onnx.load(f"{tmp}/pre.onnx").graph.node if n.op_type == "Conv")
+        quantize_static(f"{tmp}/pre.onnx", f"{tmp}/q.onnx", Calib(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "Gemm", "MatMul", "Clip", "Relu"], nodes_to_exclude=[first])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        so.log_severity_level = 3
+        session = ort.InferenceSession(f"{tmp}/q.onnx", so, providers=["CPUExecutionProvider"])
+    return lambda v: torch.from_numpy(session.run(None, {"x": v.contiguous().numpy()})[0])
+
+
+LINE = re.compile(r"^(?P<phase>[^:]+): .* in (?P<s>[\d.]+) ?s\b")  # progress.py's end line of a phase
+
+
+def job(data: Path) -> dict:
+    """The default job in its own process, split into phases from its progress lines and run files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        env = {**os.environ, "IMGCLF_PROGRESS": "lines"}
+        wall, p = timed([sys.executable, "-m", "imgclf", "train", str(data), "--out", str(out)], env)
+        m = json.loads((out / "metrics.json").read_text())
+        recipe = json.loads((out / "recipe.json").read_text())
+    phases: dict[str, float] = {}
+    for line in p.stderr.splitlines() + p.stdout.splitlines():
+        hit = LINE.match(line.strip())
+        if hit:
+            phases[hit["phase"]] = phases.get(hit["phase"], 0.0) + float(hit["s"])
+    decode_s = sum(s for k, s in phases.items() if k.startswith(("decode", "presize")))
+    cand = next(c for c in recipe["candidates"] if c.get("name") == recipe["chosen"].replace("fine_tune", "probe"))
+    feat_s = float(cand["detail"]["feature_seconds"])
+    n_feats = 2 * m["n_train"] + m["n_valid"]
+    return {"wall": wall, "start": wall - m["total_seconds"], "decode": decode_s, "features": feat_s,
+            "features_img_s": n_feats / feat_s, "probe": float(cand["seconds"]) - feat_s,
+            "fit_other": m["fit_seconds"] - float(cand["seconds"]),
+            "finish": m["total_seconds"] - m["fit_seconds"] - decode_s, "accuracy": m["accuracy"],
+            "kept": m.get("kept"), "phases": phases,
+            "engine": ", ".join(sorted({e for k in phases for e in re.findall(r"\[(.+)\]", k)})) or "?"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--bs", type=int, default=32, help="images per engine batch")
+    ap.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (0: torch's default)")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile (minutes to build on 2 cores)")
+    ap.add_argument("--skip-job", action="store_true")
+    ap.add_argument("--skip-fastai", action="store_true")
+    ap.add_argument("--fastai-seconds", type=float, help="fastai fine_tune(2)'s wall time measured before")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    load = os.getloadavg()[0]
+    print(f"load average {load:.1f} on {os.cpu_count()} CPUs; {torch.get_num_threads()} torch threads", flush=True)
+
+    start = startup()
+    print(json.dumps({"startup_s": start}), flush=True)
+    dec_rate, dec_cpu, images = decode(a.data)
+    print(json.dumps({"decode_img_s": dec_rate, "decode_cpu_ms": dec_cpu, "images": len(images)}), flush=True)
+    from imgclf.data.augment import center_batch
+    from imgclf.models.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    batch = center_batch(images[: a.bs], SIZE, mean, std).contiguous()
+    rows = engines(batch, a.compile)
+    ok = [r for r in rows if "img_s" in r and r["cosine"] >= 0.99]
+    best = max(ok, key=lambda r: r["img_s"])
+
+    res = None if a.skip_job else job(a.data)
+    fastai = a.fastai_seconds
+    if res is not None and fastai is None and not a.skip_fastai:
+        wall, p = timed([sys.executable, str(HERE / "peers" / "fastai_hymenoptera.py"), str(a.data)])
+        fastai = wall
+        print(json.dumps({"fastai": json.loads(p.stdout.strip().splitlines()[-1]), "wall": wall}), flush=True)
+
+    print(f"\nload average {load:.1f} at the start ({os.cpu_count()} CPUs): figures under load read low")
+    print(f"start-up (imgclf --help)   {start:6.2f} s")
+    print(f"decode at {SIZE} px presize   {dec_rate:6.1f} img/s  {dec_cpu:6.1f} CPU ms/img  ({len(images)} photos)")
+    print(f"\n{'engine (256 px, batch ' + str(len(batch)) + ')':<28}{'img/s':>8}{'CPU ms/img':>12}{'setup s':>9}"
+          f"{'cosine':>10}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['engine']:<28}  {r['error']}")
+        else:
+            print(f"{r['engine']:<28}{r['img_s']:>8.1f}{r['cpu_ms']:>12.1f}{r['setup_s']:>9.1f}{r['cosine']:>10.5f}")
+    print(f"fastest with parity: {best['engine']} ({best['img_s']:.1f} img/s)")
+    if res is None:
+        return
+    print(f"\ndefault job (`imgclf train {a.data}`): {res['wall']:.1f} s wall, accuracy {res['accuracy']:.4f} "
+          f"(target >= 0.95), kept {res['kept']}, features on {res['engine']}")
+    for k in ("start", "decode", "features", "probe", "fit_other", "finish"):
+        print(f"  {k:<10}{res[k]:6.1f} s")
+    ratio = res["features_img_s"] / best["img_s"]
+    print(f"feature pass {res['features_img_s']:.1f} img/s = {ratio:.2f}x the fastest engine's (target >= 0.9x; "
+          "includes building the engine and cropping)")
+    if fastai:
+        print(f"wall time {res['wall']:.1f} s = {res['wall'] / fastai:.3f}x fastai fine_tune(2)'s {fastai:.1f} s "
+              "(target <= 0.1x)")
+
+
+if __name__ == "__main__":
+    main()

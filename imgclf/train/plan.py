@@ -1,0 +1,332 @@
+"""The auto recipe's plan: look at the data, price each candidate from measured throughput, pick within the budget.
+
+Before any image is decoded, the job knows how many images there are and their native size (file headers, the
+IDX header). A few timed batches give the backbone's forward rate at one size and the from-scratch net's
+training rate at the images' own size; every phase is then priced from those rates, so the plan is printed
+with its seconds before the time is spent, and a phase that cannot fit the budget is never started.
+
+Why the two kinds of candidate: a pretrained backbone wins on photos and on few images (a probe on its cached
+features: hymenoptera 0.961 in 23 s), but many small images are better served by a small net trained from
+scratch at their own size: Fashion-MNIST (60k at 28 px) reaches 94.0% with `xresnet_tiny` in ~9 minutes on two
+CPU cores, while the backbone must see each image blown up to 64-256 px (presized to 293 px, 70,000 images do
+not even fit in half the memory) and its probe scored 0.882 on a 2,000-image slice (bench/recipes.py).
+
+Everything here but the `measure_*` functions is pure: `choose_plan(facts, rates, budget)` is the decision, unit
+tested on made-up figures (tests/test_plan.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TRAIN_COST = 3.5  # a training step costs about this many forward passes (forward + backward + step)
+TRIAL_FRACTION = 1 / 8  # the fine-tune's trial: this fraction of an epoch, then judged on the inner holdout
+HOLDOUT = 0.2  # the inner holdout of the training split that judges the fine-tune (validation stays untouched)
+# many small images: at least this many training images whose short side is at most this -> from scratch.
+# Measured: Fashion-MNIST 60k at 28 px, scratch 0.940 vs the probe's 0.882 on 2,000 of them; with few images
+# the pretrained features win (hymenoptera at 48 px, 245 images: probe 0.909)
+SCRATCH_MIN_TRAIN = 10_000
+SCRATCH_MAX_SIDE = 64
+MIN_SCRATCH_EPOCHS = 6  # fewer one-cycle epochs than this lose more than a point on Fashion-MNIST
+MAX_DEFAULT_BUDGET = 600.0  # ten minutes unless --budget says more
+EXPORT_SECONDS = 3.0
+# select_probe (5 folds x 7 decays + the refit, L-BFGS) on hymenoptera's 490 feature rows: 2.9 s under load
+PROBE_SECONDS_PER_ROW = 0.006
+
+
+def default_budget(n_train: int) -> float:
+    """Seconds for the whole job when none is given: a minute plus a quarter second per training image, at most
+    ten minutes. Photo sets keep what they had (hymenoptera's 245 images: 121 s, the bench sets all under 600 s);
+    a large set gets the ten minutes that Fashion-MNIST's from-scratch run needs, not 60k x 0.25 s = 4 hours."""
+    return min(60.0 + 0.25 * n_train, MAX_DEFAULT_BUDGET)
+
+
+@dataclass
+class DataFacts:
+    """What the planner knows before decoding: counts, the images' own short side, where they come from."""
+
+    n_train: int
+    n_valid: int
+    short_side: float  # median native short side in pixels (0: unknown)
+    arrays: bool = False  # images that come as arrays (IDX): they must fit in memory at the presize
+    max_presize: int | None = None  # arrays: the largest presize that fits in half the memory
+
+
+@dataclass
+class Rates:
+    """Measured throughput (images/s) on this machine, now."""
+
+    forward: float  # the backbone's forward pass at `size`, eval mode (feature extraction)
+    size: int
+    decode: float  # files decoded and presized (arrays: presized), all workers
+    scratch: float | None = None  # the from-scratch net's training steps at its size (None: not measured)
+
+    def forward_at(self, size: int) -> float:
+        """Forward rate at another size: the cost of a conv net grows with the pixels."""
+        return self.forward * (self.size / size) ** 2
+
+
+@dataclass
+class Phase:
+    name: str  # in a user's words: "features at 256 px"
+    seconds: float
+    condition: str = ""  # "only if the trial beats the probe": not counted in the sure total
+
+    def text(self) -> str:
+        return f"{self.name} ~{self.seconds:.0f} s" + (f" {self.condition}" if self.condition else "")
+
+
+@dataclass
+class Plan:
+    """What the auto recipe will run: `kind` ("probe", "fine_tune" when a trial is planned, or "scratch"),
+    the phases with their estimated seconds, the probe sizes, the fine-tune epochs planned after the trial,
+    the scratch settings, the reasons and every candidate priced."""
+
+    kind: str
+    budget: float
+    phases: list[Phase]
+    sizes: list[int] = field(default_factory=list)
+    fine_tune_epochs: int = 0
+    trial_seconds: float = 0.0
+    epoch_seconds: float = 0.0  # one fine-tune epoch at the largest probe size
+    scratch: dict[str, Any] | None = None
+    why: list[str] = field(default_factory=list)
+    priced: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def sure_seconds(self) -> float:
+        return sum(p.seconds for p in self.phases if not p.condition)
+
+    @property
+    def most_seconds(self) -> float:
+        return sum(p.seconds for p in self.phases)
+
+    def text(self) -> str:
+        """One line a user reads before anything runs: every phase with its seconds, the total vs the budget."""
+        parts, i = [], 0
+        while i < len(self.phases):
+            p = self.phases[i]
+            if p.name.startswith("fine-tune trial") and i + 1 < len(self.phases) and self.phases[i + 1].condition:
+                nxt = self.phases[i + 1]
+                parts.append(f"{p.text()} -> {nxt.text()}")
+                i += 2
+                continue
+            parts.append(p.text())
+            i += 1
+        total = f"total ~{self.sure_seconds:.0f} s"
+        if self.most_seconds > self.sure_seconds:
+            total += f", up to ~{self.most_seconds:.0f} s"
+        return f"plan (budget {self.budget:.0f} s): " + "; ".join(parts) + f"; {total}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "text": self.text(), "sure_seconds": self.sure_seconds,
+                "most_seconds": self.most_seconds}
+
+
+def scratch_regime(facts: DataFacts) -> bool:
+    """Many small images: the from-scratch candidate is worth pricing."""
+    return 0 < facts.short_side <= SCRATCH_MAX_SIDE and facts.n_train >= SCRATCH_MIN_TRAIN
+
+
+def probe_phases(facts: DataFacts, rates: Rates, size: int, first: bool) -> list[Phase]:
+    """Decode at `size` (each size decodes again), the features of train + mirror + valid, the CV'd probe."""
+    n_all = facts.n_train + facts.n_valid
+    feats = (2 * facts.n_train + facts.n_valid) / rates.forward_at(size)
+    decode = n_all / rates.decode
+    name = f"decode {n_all} images" if first else f"decode again at {size} px"
+    return [Phase(name, decode), Phase(f"features at {size} px", feats),
+            Phase("probe" if first else f"probe at {size} px", 0.5 + PROBE_SECONDS_PER_ROW * 2 * facts.n_train)]
+
+
+def fine_tune_prices(facts: DataFacts, rates: Rates, size: int) -> tuple[float, float]:
+    """(trial seconds, epoch seconds) of the fine-tune at `size`: it trains on the fit part of the training split
+    and scores the inner holdout after the trial and each epoch."""
+    n_hold = round(facts.n_train * HOLDOUT)
+    n_fit = facts.n_train - n_hold
+    fwd = rates.forward_at(size)
+    return (n_fit * TRIAL_FRACTION * TRAIN_COST + n_hold) / fwd, (n_fit * TRAIN_COST + n_hold) / fwd
+
+
+def scratch_seconds(facts: DataFacts, rates: Rates, epochs: int) -> tuple[float, float]:
+    """(decode seconds, seconds per epoch) of the from-scratch run: training steps plus a validation pass."""
+    assert rates.scratch
+    n_all = facts.n_train + facts.n_valid
+    epoch = facts.n_train / rates.scratch + facts.n_valid / (rates.scratch * TRAIN_COST)
+    return n_all / rates.decode, epoch
+
+
+def choose_plan(facts: DataFacts, rates: Rates, budget: float, sizes: Sequence[int], recipe: str = "auto",
+                scratch: dict[str, Any] | None = None, max_epochs: int = 3) -> Plan:
+    """The plan for `facts` within `budget` seconds.
+
+    `sizes`: the probe's candidate sizes; `scratch`: the from-scratch recipe (`scratch.scratch_recipe`) when that
+    candidate is allowed (None: not). Rules, in order: many small images -> from scratch when it fits the
+    budget (its epochs cut to fit, down to MIN_SCRATCH_EPOCHS); else the probe, smallest size first, larger sizes
+    only while they fit (the first always runs: the cheap plan); arrays drop sizes whose presize does not fit
+    in memory; `recipe="auto"` adds a fine-tune trial and up to `max_epochs` epochs when the trial and one epoch
+    fit what the probe leaves.
+    """
+    why: list[str] = []
+    priced: list[dict[str, Any]] = []
+    sizes = sorted(set(sizes))
+    if facts.arrays and facts.max_presize:
+        fit = [s for s in sizes if round(s / 0.875) <= facts.max_presize]
+        if len(fit) < len(sizes):
+            why.append(f"sizes {[s for s in sizes if s not in fit]} left out: {facts.n_train + facts.n_valid} "
+                       "images presized to them would take more than half the memory")
+        sizes = fit or sizes[:1]
+
+    probe_plan = _probe_plan(facts, rates, budget, sizes, recipe, max_epochs, [], priced)
+    if scratch is None or not rates.scratch or not scratch_regime(facts):
+        probe_plan.why = why + probe_plan.why
+        return probe_plan
+    decode, epoch = scratch_seconds(facts, rates, scratch["epochs"])
+    fixed = decode + EXPORT_SECONDS
+    full = fixed + scratch["epochs"] * epoch
+    epochs = scratch["epochs"]
+    fits_epochs = math.floor((budget - fixed) / epoch) if budget > fixed else 0
+    priced.append({"name": f"scratch@{scratch['size']}", "arch": scratch["arch"], "epochs": scratch["epochs"],
+                   "seconds": full, "fits": full <= budget})
+    lead = (f"{facts.n_train} training images of ~{facts.short_side:.0f} px: {scratch['arch']} from scratch at "
+            f"{scratch['size']} px")
+    if fits_epochs < epochs:
+        if fits_epochs >= MIN_SCRATCH_EPOCHS:
+            why.append(f"{lead}, cut from {epochs} to {fits_epochs} epochs to fit the {budget:.0f} s budget "
+                       f"(~{epoch:.0f} s an epoch measured)")
+            epochs = fits_epochs
+        elif probe_plan.sure_seconds <= budget:
+            why.append(f"{lead} would need ~{fixed + MIN_SCRATCH_EPOCHS * epoch:.0f} s for even "
+                       f"{MIN_SCRATCH_EPOCHS} epochs, more than the {budget:.0f} s budget: the probe instead")
+            priced[-1]["fits"] = False
+            probe_plan.why = why + probe_plan.why
+            return probe_plan
+        else:
+            epochs = MIN_SCRATCH_EPOCHS
+            why.append(f"{lead}: nothing fits the {budget:.0f} s budget; the cheapest that pays runs, "
+                       f"{epochs} epochs (~{fixed + epochs * epoch:.0f} s; --budget to allow more)")
+    else:
+        why.append(f"{lead} (~{full:.0f} s) rather than a pretrained backbone blown up to "
+                   f"{probe_plan.sizes[-1]} px (probe ~{probe_plan.sure_seconds:.0f} s): with this many small images "
+                   "a net trained at their own size wins (Fashion-MNIST: 0.940 from scratch; the probe 0.882 on "
+                   "2,000 of its images)")
+    settings = {**scratch, "epochs": epochs}
+    phases = [Phase(f"decode {facts.n_train + facts.n_valid} images", decode),
+              Phase(f"train {settings['arch']} from scratch at {settings['size']} px, {epochs} epochs",
+                    epochs * epoch),
+              Phase("export", EXPORT_SECONDS)]
+    return Plan("scratch", budget, phases, scratch=settings, why=why, priced=priced)
+
+
+def _probe_plan(facts: DataFacts, rates: Rates, budget: float, sizes: list[int], recipe: str, max_epochs: int,
+                why: list[str], priced: list[dict[str, Any]]) -> Plan:
+    phases: list[Phase] = []
+    kept: list[int] = []
+    spent = 0.0
+    for size in sizes:
+        ph = probe_phases(facts, rates, size, first=not kept)
+        cost = sum(p.seconds for p in ph)
+        priced.append({"name": f"probe@{size}", "seconds": cost, "fits": spent + cost + EXPORT_SECONDS <= budget})
+        if kept and spent + cost + EXPORT_SECONDS > budget:
+            why.append(f"probe@{size} left out: ~{cost:.0f} s more would pass the {budget:.0f} s budget")
+            continue
+        kept.append(size)
+        phases += ph
+        spent += cost
+    plan = Plan("probe", budget, phases, sizes=kept, why=why, priced=priced)
+    if spent + EXPORT_SECONDS > budget:
+        why.append(f"even the cheapest plan, the probe at {kept[0]} px (~{spent + EXPORT_SECONDS:.0f} s), passes the "
+                   f"{budget:.0f} s budget: it runs anyway (--budget to plan for more)")
+    if recipe == "auto":
+        size = kept[-1]  # the chosen size is not known yet: priced at the largest, the dearest
+        trial, epoch = fine_tune_prices(facts, rates, size)
+        plan.trial_seconds, plan.epoch_seconds = trial, epoch
+        left = budget - spent - EXPORT_SECONDS - trial
+        epochs = min(max_epochs, math.floor(left / epoch)) if left > 0 else 0
+        priced.append({"name": f"fine_tune@{size}", "trial_seconds": trial, "epoch_seconds": epoch,
+                       "epochs": max(epochs, 0), "fits": epochs >= 1})
+        if epochs >= 1:
+            plan.kind, plan.fine_tune_epochs = "fine_tune", epochs
+            frac = round(1 / TRIAL_FRACTION)
+            plan.phases += [Phase(f"fine-tune trial 1/{frac} epoch", trial),
+                            Phase(f"up to {epochs} epoch{'s' if epochs > 1 else ''}", epochs * epoch,
+                                  "only if the trial beats the probe")]
+        else:
+            why.append(f"no fine-tune: its trial and one epoch (~{trial + epoch:.0f} s at {size} px) do not fit "
+                       f"the {max(budget - spent - EXPORT_SECONDS, 0):.0f} s the probe leaves")
+    plan.phases.append(Phase("export", EXPORT_SECONDS))
+    return plan
+
+
+# --- measuring (not pure: they run the models a few steps) ---
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_forward(model: torch.nn.Module, size: int, device: torch.device, dtype: torch.dtype | None = None,
+                    bs: int = 8, batches: int = 2) -> float:
+    """Images/s of `model`'s feature pass at `size` (after one warm-up batch); random pixels cost what images do."""
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    with torch.no_grad(), ctx:
+        model.forward_features(x)
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(batches):
+            model.forward_features(x)
+        _sync(device)
+    return bs * batches / max(time.perf_counter() - t, 1e-6)
+
+
+def measure_training(model: torch.nn.Module, size: int, n_classes: int, device: torch.device,
+                     dtype: torch.dtype | None = None, bs: int = 256, steps: int = 3) -> float:
+    """Images/s of `model`'s training steps (forward, backward, AdamW step) at `size`, after one warm-up step."""
+    model = model.to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, n_classes, (bs,), device=device)
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        t = 0.0
+        for i in range(steps + 1):
+            if i == 1:
+                _sync(device)
+                t = time.perf_counter()
+            with ctx:
+                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        _sync(device)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+    return bs * steps / max(time.perf_counter() - t, 1e-6)
+
+
+def measure_decode(paths: Sequence[Path], presize: int, workers: int) -> float:
+    """Images/s of decoding + presizing files (a spread sample of up to 8, one thread, scaled by the workers)."""
+    from ..data.decode import BadImage, load_presized
+
+    step = max(1, len(paths) // 8)
+    sample = list(paths)[::step][:8]
+    t, n = time.perf_counter(), 0
+    for p in sample:
+        try:
+            load_presized(p, presize)
+            n += 1
+        except BadImage:
+            pass
+    return max(n, 1) / max(time.perf_counter() - t, 1e-6) * max(1.0, 0.8 * workers)

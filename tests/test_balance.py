@@ -1,0 +1,106 @@
+"""Class imbalance: the ratio, balanced accuracy / macro F1, class weights in the probe, the even sampler, --balance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from imgclf.cli import main
+from imgclf.data.loaders import BatchLoader
+from imgclf.data.samplers import BalancedSampler, choose_balance, class_weights, imbalance_ratio
+from imgclf.train.metrics import balanced_accuracy, class_figures, confusion, macro_f1
+from imgclf.train.probe import fit_linear_probe
+
+
+def logits_for(preds: list[int], k: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(torch.tensor(preds), k).float()
+
+
+def test_balanced_accuracy_and_macro_f1_by_hand():
+    # actual 0 x6 (predicted 0,0,0,0,1,2), 1 x3 (1,1,0), 2 x1 (2)
+    y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 2])
+    p = [0, 0, 0, 0, 1, 2, 1, 1, 0, 2]
+    lg = logits_for(p, 3)
+    assert confusion(torch.tensor(p), y, 3).tolist() == [[4, 1, 1], [1, 2, 0], [0, 0, 1]]
+    assert balanced_accuracy(lg, y) == pytest.approx((4 / 6 + 2 / 3 + 1) / 3)
+    # F1 = 2TP / (support + predicted): 8/11, 4/6, 2/3
+    assert macro_f1(lg, y) == pytest.approx((8 / 11 + 4 / 6 + 2 / 3) / 3)
+    figs = class_figures(lg, y)
+    assert figs["class_recall"] == pytest.approx([4 / 6, 2 / 3, 1.0])
+    for k in ("balanced_accuracy", "macro_f1"):
+        assert figs[f"{k}_low"] <= figs[k] <= figs[f"{k}_high"]
+    # always the majority: accuracy 0.9 but balanced accuracy 0.5
+    y2 = torch.tensor([0] * 90 + [1] * 10)
+    assert balanced_accuracy(logits_for([0] * 100, 2), y2) == 0.5
+
+
+def test_ratio_weights_and_auto_rule():
+    assert imbalance_ratio([120, 12]) == 10.0 and imbalance_ratio([5, 0]) == float("inf")
+    w = class_weights([120, 12])
+    assert torch.allclose(w * torch.tensor([120.0, 12.0]), torch.tensor([66.0, 66.0]))  # equal total weight
+    assert choose_balance("auto", [120, 12])[0] == "weights"
+    assert choose_balance("auto", [124, 121])[0] == "none"
+    assert choose_balance("sampler", [124, 121])[0] == "sampler"
+
+
+def test_class_weights_change_the_probe():
+    g = torch.Generator().manual_seed(0)
+    # two overlapping Gaussian classes, 200 vs 10 training rows; balanced held-out set
+    def draw(n0, n1):
+        x = torch.cat([torch.randn(n0, 8, generator=g), torch.randn(n1, 8, generator=g) + 1.0])
+        return x, torch.cat([torch.zeros(n0), torch.ones(n1)]).long()
+
+    x, y = draw(200, 10)
+    xv, yv = draw(300, 300)
+    plain = fit_linear_probe(x, y, xv, yv, 2, wds=(1e-2,))[0]
+    weighted = fit_linear_probe(x, y, xv, yv, 2, wds=(1e-2,), class_weights=class_weights([200, 10]))[0]
+    recall = [float(((xv[yv == 1] @ f.weight.T + f.bias).argmax(1) == 1).float().mean()) for f in (plain, weighted)]
+    assert recall[1] > recall[0] + 0.2  # the minority class is found far more often
+    assert not torch.allclose(plain.weight, weighted.weight)
+
+
+def test_sampler_draws_classes_evenly():
+    y = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
+    s = BalancedSampler(y)
+    gen = torch.Generator().manual_seed(0)
+    order = s(gen)
+    assert len(order) == 100
+    counts = torch.bincount(y[order], minlength=3).tolist()
+    assert max(counts) - min(counts) <= 1  # 34/33/33 whatever the skew
+    # within a class no image repeats before all have been drawn: the 9 bees appear 3 or 4 times each
+    bees = torch.bincount(order[y[order] == 1] - 90, minlength=9)
+    assert bees.min() >= 3 and bees.max() <= 4
+    # through a BatchLoader: an epoch's batches hold the classes evenly
+    images = torch.zeros(100, 3, 8, 8, dtype=torch.uint8)
+    dl = BatchLoader(images, y, 8, (0.5,) * 3, (0.25,) * 3, bs=10, view="center", shuffle=True)
+    dl.sampler = s
+    seen = torch.cat([yb for _, yb in dl])
+    counts = torch.bincount(seen, minlength=3).tolist()
+    assert len(seen) == 100 and max(counts) - min(counts) <= 1
+
+
+@pytest.mark.parametrize("balance", ["auto", "sampler"])
+def test_cli_balance(image_folder, tmp_path, balance):
+    """auto on a 5:1 split picks weights (probe recipe, --calibrate off: T stays 1); the sampler acts where
+    batches are drawn (scratch recipe; its temperature cross-fitted on validation halves)."""
+    data = image_folder({"cats": 15, "dogs": 3}, split=True, n_valid=3, size=(40, 30))
+    out = tmp_path / f"run_{balance}"
+    args = ["train", str(data), "--size", "32", "--bs", "8", "--quiet", "--balance", balance, "--out", str(out)]
+    args += (["--recipe", "probe", "--calibrate", "off"] if balance == "auto"
+             else ["--recipe", "scratch", "--arch", "simple_cnn", "--epochs", "1"])
+    assert main(args) in (0, None)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["imbalance_ratio"] == pytest.approx(5.0)
+    assert m["balance"] == ("weights" if balance == "auto" else balance)  # ratio 5 >= 3: weights
+    for k in ("balanced_accuracy", "macro_f1"):
+        assert m[f"{k}_low"] <= m[k] <= m[f"{k}_high"]
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["balance"]["method"] == m["balance"] and resolved["balance"]["why"]
+    cal, meta = m["calibration"], json.loads((out / "model.json").read_text())
+    if balance == "auto":
+        assert cal["mode"] == "off" and meta["temperature"] == 1.0 and m["ece"] == cal["ece_before"]
+    else:
+        assert "cross-fitted" in cal["method"] or "too few" in cal["method"]
+        assert meta["temperature"] == cal["temperature"]

@@ -1,0 +1,113 @@
+"""The feature engine: onnxruntime's features match eager's on real photos, a wrong engine is never used, the
+training split's two views come from one pass, and the probe scores the same on either engine."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from imgclf.data.augment import center_batch
+from imgclf.data.core import ImageData
+from imgclf.data.decode import decode_all
+from imgclf.models import create_model
+from imgclf.train.features import body_key, check_parity, eager_engine, extract_features, onnx_engine, pick_engine
+from imgclf.train.probe import best_fit, fit_linear_probe
+from imgclf.train.vision import vision_learner
+
+pytest.importorskip("onnxruntime", reason="the onnx engine needs imgclf[export] (installed by [dev])")
+
+SIZE = 96
+
+
+@pytest.fixture(autouse=True)
+def engine_cache(tmp_path, monkeypatch):
+    """Exported graphs go to the test's own folder, not ~/.cache."""
+    monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "engines"
+
+
+@pytest.fixture
+def photos(hymenoptera) -> torch.Tensor:
+    """Six real photos (ants and bees), presized, center-cropped and normalised as the feature pass sees them."""
+    paths = sorted((hymenoptera / "val" / "ants").glob("*.jpg"))[:3] + sorted((hymenoptera / "val" / "bees")
+                                                                                .glob("*.jpg"))[:3]
+    images, _, _ = decode_all(paths, round(SIZE / 0.875), progress=False)
+    return center_batch(images, SIZE, torch.tensor([0.5] * 3), torch.tensor([0.5] * 3))
+
+
+@pytest.fixture(scope="module")
+def body():
+    model, _ = create_model("efficientnet_lite0", 2, pretrained=True)
+    return model.eval()
+
+
+def test_onnx_engine_matches_eager_fp32_on_real_photos(body, photos, engine_cache):
+    engine = pick_engine(body, photos)
+    assert engine.name == "onnxruntime fp32" and engine.parity["ok"], engine.note
+    ref = eager_engine(body)(photos)
+    got = engine(photos)
+    assert got.shape == ref.shape == (6, 1280) and got.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(got, ref).min() > 0.9999
+    assert (got - ref).abs().max() < 1e-3 * ref.abs().max()
+    # and a batch of another size runs through the same session (the batch dimension is free)
+    assert torch.allclose(engine(photos[:1]), got[:1], atol=1e-4)
+    # the export was kept under the body's hash: the next engine for this body loads it, same features
+    (kept,) = engine_cache.glob("*.onnx")
+    assert kept.stem == body_key(body, SIZE) and body_key(body, SIZE + 32) != kept.stem
+    again = onnx_engine(body, SIZE)
+    assert torch.equal(again(photos), got)
+
+
+def test_an_engine_off_eager_is_not_used(body, photos):
+    """An engine built from another body (a kept engine after the weights changed): parity fails, eager runs."""
+    other, _ = create_model("efficientnet_lite0", 2, pretrained=False)
+    stale = onnx_engine(other.eval(), SIZE, cache=False)
+    assert not check_parity(stale, body, photos)["ok"]
+    with pytest.warns(UserWarning, match="features off eager fp32"):
+        engine = pick_engine(body, photos, dtype=torch.bfloat16, candidate=stale)
+    assert engine.name == "eager bfloat16 autocast" and "off eager fp32" in engine.note
+    assert torch.nn.functional.cosine_similarity(engine(photos), eager_engine(body)(photos)).min() > 0.99
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asking for eager is no fallback: no warning
+        assert pick_engine(body, photos, engine="eager").name == "eager fp32"
+    with pytest.raises(ValueError, match="choose auto, onnx, eager"):
+        pick_engine(body, photos, engine="tensorrt")
+
+
+def test_train_views_come_from_one_pass_and_match_separate_passes(tiny_split_folder):
+    data = ImageData.from_folder(tiny_split_folder, size=32, bs=4, progress=False)
+    learn = vision_learner(data, progress=False)
+    x1, y1 = learn.cached_features("train", "center")
+    x2, y2 = learn.cached_features("train", "flip")
+    assert learn.features.passes == 1 and learn.features.computed == 2
+    assert learn.features.engine.name == "onnxruntime fp32"
+    assert torch.equal(y1, y2) and torch.equal(y1, data.train_y)
+    # the same engine over the old separate "flip" loader gives the same features
+    dl = data.loader("train", learn.meta.mean, learn.meta.std, view="flip", channels_last=False)
+    xf, yf = extract_features(learn.model, dl, engine=learn.features.engine)
+    assert torch.equal(yf, y2) and torch.allclose(xf, x2, atol=1e-4)
+    learn.features.engine_name = "eager"
+    learn.unfreeze()
+    learn.fit_one_cycle(1, 1e-4)  # the body changes: features and engine are rebuilt, here on eager
+    xe, _ = learn.cached_features("train", "center")
+    assert learn.features.engine.name.startswith("eager") and learn.features.passes == 2
+    assert not torch.equal(xe, x1)
+
+
+def test_probe_scores_the_same_on_onnx_and_eager_features(hymenoptera):
+    """The default job's probe on hymenoptera (at 64 px to keep it short): the same accuracy on either engine."""
+    data = ImageData.from_folder(hymenoptera, size=64, progress=False)
+    scores = {}
+    for name in ("auto", "eager"):
+        learn = vision_learner(data, progress=False)
+        learn.features.engine_name = name
+        x1, y1 = learn.cached_features("train", "center")
+        x2, y2 = learn.cached_features("train", "flip")
+        xv, yv = learn.cached_features("valid", "center")
+        fit = best_fit(fit_linear_probe(torch.cat([x1, x2]), torch.cat([y1, y2]), xv, yv, 2))
+        scores[learn.features.engine.name] = fit.accuracy
+    (onnx, a), (eager, b) = scores.items()
+    assert onnx == "onnxruntime fp32" and eager.startswith("eager")
+    assert a >= 0.8 and abs(a - b) <= 2 / data.n_valid  # bf16 eager vs fp32 onnx: at most two images apart

@@ -1,0 +1,95 @@
+"""The auto recipe's planner (train/plan.py): decisions on made-up data facts and rates, the plan's text."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from imgclf.train.plan import (
+    MAX_DEFAULT_BUDGET,
+    MIN_SCRATCH_EPOCHS,
+    DataFacts,
+    Rates,
+    choose_plan,
+    default_budget,
+    scratch_regime,
+)
+from imgclf.train.scratch import scratch_recipe
+
+# rates like the reference 2-core CPU's: EfficientNet-Lite0 forward ~60 images/s at 256 px, xresnet_tiny training
+# ~2,700 images/s at 28 px, photos decoded at ~100/s, arrays presized at ~20,000/s
+PHOTO_RATES = Rates(forward=60.0, size=256, decode=100.0)
+FASHION = DataFacts(n_train=60_000, n_valid=10_000, short_side=28, arrays=True, max_presize=2000)
+
+
+def phase_seconds(text: str) -> list[float]:
+    return [float(s) for s in re.findall(r"~(\d+) s", text)]
+
+
+def test_many_tiny_images_train_from_scratch_at_their_own_size():
+    scratch = scratch_recipe(FASHION.n_train, FASHION.short_side)
+    rates = Rates(forward=60.0, size=256, decode=20_000.0, scratch=2700.0)
+    plan = choose_plan(FASHION, rates, default_budget(FASHION.n_train), [64, 128, 256], scratch=scratch)
+    assert plan.kind == "scratch" and plan.scratch["size"] == 28 and plan.scratch["arch"] == scratch["arch"]
+    assert plan.sure_seconds <= plan.budget == MAX_DEFAULT_BUDGET
+    assert "from scratch" in plan.why[0] and "28 px" in plan.why[0]
+    assert any(c["name"].startswith("scratch@") for c in plan.priced)
+
+
+def test_scratch_epochs_are_cut_to_fit_the_budget_and_the_probe_is_the_fallback():
+    scratch = scratch_recipe(FASHION.n_train, FASHION.short_side)
+    slow = Rates(forward=60.0, size=256, decode=20_000.0, scratch=1500.0)  # ~47 s an epoch
+    plan = choose_plan(FASHION, slow, 600, [64], scratch=scratch)
+    assert plan.kind == "scratch" and MIN_SCRATCH_EPOCHS <= plan.scratch["epochs"] < scratch["epochs"]
+    assert plan.sure_seconds <= 600 and "cut from" in plan.why[0]
+    # even the fewest epochs do not fit, and neither does the probe: the cheapest that pays, said out loud
+    plan = choose_plan(FASHION, Rates(60.0, 256, 20_000.0, scratch=200.0), 300, [64], scratch=scratch)
+    assert plan.kind == "scratch" and plan.scratch["epochs"] == MIN_SCRATCH_EPOCHS and "nothing fits" in plan.why[0]
+
+
+def test_few_photos_are_probed_first_and_never_trained_from_scratch():
+    facts = DataFacts(n_train=245, n_valid=153, short_side=375)
+    assert not scratch_regime(facts)
+    plan = choose_plan(facts, PHOTO_RATES, default_budget(245), [256], scratch=scratch_recipe(245, 375))
+    assert plan.kind in ("probe", "fine_tune") and plan.sizes == [256] and plan.scratch is None
+    assert plan.phases[0].name == "decode 398 images"
+    # few small images: the pretrained features still win (hymenoptera at 48 px)
+    assert not scratch_regime(DataFacts(n_train=245, n_valid=153, short_side=48))
+
+
+def test_blurred_photo_set_plans_a_trial_before_any_fine_tune_epoch():
+    facts = DataFacts(n_train=3440, n_valid=860, short_side=96)
+    plan = choose_plan(facts, Rates(forward=52.0, size=256, decode=107.0), 924, [256])
+    assert plan.kind == "fine_tune" and 1 <= plan.fine_tune_epochs <= 3
+    text = plan.text()
+    assert text.startswith("plan (budget 924 s): decode 4300 images ~40 s; features at 256 px ~")
+    assert "fine-tune trial 1/8 epoch ~" in text and "only if the trial beats the probe" in text
+    assert "export ~3 s" in text and "total ~" in text and "up to ~" in text
+    # every phase has its seconds, and the sure part (without the conditional epochs) is a third of the budget
+    assert len(phase_seconds(text)) == len(plan.phases) + 2
+    assert plan.sure_seconds <= 924 / 3 + 60 and plan.most_seconds <= 924
+
+
+def test_a_budget_too_small_gets_the_cheap_plan():
+    facts = DataFacts(n_train=2000, n_valid=1000, short_side=28)
+    plan = choose_plan(facts, PHOTO_RATES, 66, [64, 128, 256])
+    assert plan.kind == "probe" and plan.sizes == [64] and plan.fine_tune_epochs == 0
+    assert any("left out" in w for w in plan.why) and any("no fine-tune" in w for w in plan.why)
+    assert not any("passes the" in w for w in plan.why)  # the probe at 64 px itself fits
+    tiny = choose_plan(facts, PHOTO_RATES, 20, [64, 128, 256])  # nothing fits: the cheapest, said out loud
+    assert tiny.sizes == [64] and any("passes the 20 s budget: it runs anyway" in w for w in tiny.why)
+    roomy = choose_plan(facts, PHOTO_RATES, 5000, [64, 128, 256])
+    assert roomy.sizes == [64, 128, 256] and roomy.kind == "fine_tune"
+
+
+def test_probe_only_recipe_plans_no_fine_tune_and_arrays_skip_sizes_that_do_not_fit_memory():
+    facts = DataFacts(n_train=2000, n_valid=1000, short_side=28, arrays=True, max_presize=160)
+    plan = choose_plan(facts, PHOTO_RATES, 5000, [64, 128, 256], recipe="probe")
+    assert plan.kind == "probe" and plan.sizes == [64, 128] and "fine-tune" not in plan.text()
+    assert "memory" in plan.why[0]
+
+
+@pytest.mark.parametrize("n,budget", [(16, 64.0), (245, 121.25), (2000, 560.0), (60_000, MAX_DEFAULT_BUDGET)])
+def test_default_budget_keeps_the_photo_sets_and_caps_large_ones(n, budget):
+    assert default_budget(n) == budget
