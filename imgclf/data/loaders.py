@@ -46,7 +46,46 @@ def _shard_state(loader: Any, rank: int, world: int, bs: int | None) -> None:
     loader.drop_last = loader.shuffle and n > 1 and n % loader.bs == 1
 
 
-class BatchLoader:
+class ViewBatches:
+    """What every loader of images shares (`BatchLoader` here, `shards.ShardLoader`): the view's transform of a
+    uint8 batch, the move to the device, and the resumable position. Subclasses set `view`, `size`, `augment`,
+    `aug_generator`, `mean`, `std`, `channels_last`, `device`, `generator` and `position`."""
+
+    def _on_device(self, t: torch.Tensor) -> bool:
+        """`t` already sits on the loader's device ("cuda" means the current CUDA device, cuda:0 here)."""
+        return t.device.type == self.device.type and self.device.index in (None, t.device.index)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self._on_device(t):
+            return t
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def transform(self, xb: torch.Tensor) -> torch.Tensor:
+        if self.view == "augment":
+            x = augment_batch(xb, self.size, self.augment, self.aug_generator, self.mean, self.std)
+        else:
+            x = center_batch(xb, self.size, self.mean, self.std)
+            if self.view == "flip":
+                x = x.flip(-1)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: its generator, and within an epoch the batches given (see `_Position`);
+        a rank's loader adds its augmentation generator."""
+        state = self.position.state_dict()
+        if self.aug_generator is not self.generator:
+            state["aug_state"] = self.aug_generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position.load_state_dict(state)
+        if state.get("aug_state") is not None and self.aug_generator is not self.generator:
+            self.aug_generator.set_state(state["aug_state"])
+
+
+class BatchLoader(ViewBatches):
     """Yields `(x, y)`: float images normalised for the model, and int64 targets, on `device`.
 
     `view` is "augment" (random transform per image), "center" (the validation view) or "flip"
@@ -106,17 +145,6 @@ class BatchLoader:
             self.aug_generator = torch.Generator().manual_seed(self.seed * 7919 + 104729 * (rank + 1))
         return self
 
-    def _on_device(self, t: torch.Tensor) -> bool:
-        """`t` already sits on the loader's device ("cuda" means the current CUDA device, cuda:0 here)."""
-        return t.device.type == self.device.type and self.device.index in (None, t.device.index)
-
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if self._on_device(t):
-            return t
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
     def _source(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Where batches are indexed from: the uint8 images moved to the GPU once when they take under a
         quarter of its free memory (Fashion-MNIST's 60k at 28 px: 141 MB), so a batch is one gather there
@@ -126,15 +154,6 @@ class BatchLoader:
             if self.images.numel() * self.images.element_size() < free // 4:
                 self.images, self.targets = self.images.to(self.device), self.targets.to(self.device)
         return self.images, self.targets
-
-    def transform(self, xb: torch.Tensor) -> torch.Tensor:
-        if self.view == "augment":
-            x = augment_batch(xb, self.size, self.augment, self.aug_generator, self.mean, self.std)
-        else:
-            x = center_batch(xb, self.size, self.mean, self.std)
-            if self.view == "flip":
-                x = x.flip(-1)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, targets = self._source()
@@ -152,20 +171,6 @@ class BatchLoader:
             self.position.batches = b + 1
             yield batch
         self.position.end()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where the loader stands: its generator, and within an epoch the batches given (see `_Position`);
-        a rank's loader adds its augmentation generator."""
-        state = self.position.state_dict()
-        if self.aug_generator is not self.generator:
-            state["aug_state"] = self.aug_generator.get_state()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position.load_state_dict(state)
-        if state.get("aug_state") is not None and self.aug_generator is not self.generator:
-            self.aug_generator.set_state(state["aug_state"])
-
 
 class TensorLoader:
     """Batches of ready tensors (cached features and their targets), shuffled with a seeded generator."""

@@ -42,11 +42,11 @@ from PIL import Image
 
 from ..errors import UserError
 from .audit import TooAlike, near_groups, tensor_fingerprints
-from .augment import Augment, augment_batch, center_batch
+from .augment import Augment
 from .core import CROP_PCT, presize_for
 from .decode import BadImage, default_workers, open_image, presize, presize_image, warn_skipped
 from .dedup import MAX_IMAGES, NearDuplicates
-from .loaders import _Position
+from .loaders import ViewBatches, _Position
 from .sources import Unused, items_from_csv, items_from_folder
 from .targets import encode_targets
 
@@ -359,7 +359,7 @@ class _Stop(Exception):
     pass
 
 
-class ShardLoader:
+class ShardLoader(ViewBatches):
     """Yields `(x, y)` batches streamed from shards, as `BatchLoader` yields them from memory: the same views
     ("augment", "center", "flip"), the same batch maths, the same resume position (`state_dict`).
 
@@ -524,20 +524,6 @@ class ShardLoader:
             reader.join(timeout=5)
 
     # --- batches
-    def transform(self, xb: torch.Tensor) -> torch.Tensor:
-        if self.view == "augment":
-            x = augment_batch(xb, self.size, self.augment, self.aug_generator, self.mean, self.std)
-        else:
-            x = center_batch(xb, self.size, self.mean, self.std)
-            if self.view == "flip":
-                x = x.flip(-1)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start = self.position.begin()
         # the epoch's shard order and shuffle buffer come from one seed drawn here: a resume replays them
@@ -554,19 +540,6 @@ class ShardLoader:
         finally:
             stream.close()
         self.position.end()
-
-    def state_dict(self) -> dict[str, Any]:
-        """As `BatchLoader`'s: the generator, and within an epoch its state at the start and the batches given."""
-        state = self.position.state_dict()
-        if self.aug_generator is not self.generator:
-            state["aug_state"] = self.aug_generator.get_state()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position.load_state_dict(state)
-        if state.get("aug_state") is not None and self.aug_generator is not self.generator:
-            self.aug_generator.set_state(state["aug_state"])
-
 
 class ShardData:
     """Shards written by `write_shards`, with what the learner asks of `ImageData`: classes, counts, sizes and
