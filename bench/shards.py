@@ -12,6 +12,7 @@ in-memory one grows with N), and its images/s is at least 0.8x the in-memory pat
 
     python bench/shards.py                  # 10k and 100k
     python bench/shards.py --n 10000        # quicker
+    python bench/shards.py --pixels         # shards of presized pixels (`imgclf shard --pixels`): no decode
     python bench/shards.py --arch simple_cnn --keep /tmp/shards-bench   # keep the generated folders
 """
 
@@ -97,6 +98,8 @@ def main() -> None:
     p.add_argument("--arch", default="xresnet_tiny", help="model trained one epoch; none: the input pipeline alone")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--bs", type=int, default=256)
+    p.add_argument("--pixels", action="store_true", help="shards of presized pixels (`imgclf shard --pixels "
+                   "--presize SIZE`) instead of JPEG bytes")
     p.add_argument("--keep", help="folder to keep the generated images and shards in (default: a temporary one)")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
@@ -110,14 +113,15 @@ def main() -> None:
     rows = []
     try:
         for n in args.n:
-            images, shards = root / f"images-{n}", root / f"shards-{n}"
+            images, shards = root / f"images-{n}", root / f"shards-{n}{'-pixels' if args.pixels else ''}"
             t = time.perf_counter()
             if not images.exists():
                 make_images(images, n)
             made = time.perf_counter() - t
             t = time.perf_counter()
             if not shards.exists():
-                write_shards(images, shards, progress=False)
+                write_shards(images, shards, progress=False, presize=args.size if args.pixels else 0,
+                             pixels=args.pixels)
             written = time.perf_counter() - t
             mb = sum(f.stat().st_size for f in shards.iterdir()) / 2**20
             print(f"N={n}: images made in {made:.1f}s, shards written in {written:.1f}s ({mb:.0f} MB)", flush=True)

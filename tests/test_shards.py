@@ -223,3 +223,28 @@ def test_near_duplicates_move_as_imgclf_train_moves_them(tmp_path):
                                                            folder.near_duplicates.moved)
     samples = _epoch_samples(ShardData(tmp_path / "shards", size=16).loader("valid", MEAN, STD), 0)
     assert sorted(json.loads(p["json"])["path"] for _, _, p in samples) == sorted(map(str, folder.valid_paths))
+
+
+def test_pixel_shards_hold_the_presized_images_exactly(written, tmp_path, capsys):
+    """`--pixels`: every image stored presized as uint8 `.npy`, read back tensor-equal to the folder's decode at
+    that presize, with nothing to decode; a different training size resizes them; --original excludes it."""
+    data, _, _ = written
+    out = tmp_path / "px"
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert main(["shard", str(data), "--out", str(out), "--presize", "16", "--pixels", "--quiet"]) == 0
+    capsys.readouterr()
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["encoding"] == "npy" and m["presize"] == 16
+    d = ShardData(out, size=16, crop_pct=1.0, bs=8)
+    dl = d.loader("valid", MEAN, STD, view="center")
+    samples = _epoch_samples(dl, 0)
+    assert all(set(p) == {"npy", "cls", "json"} for _, _, p in samples)
+    x, _ = dl._decode(samples)
+    folder = ImageData.from_folder(data, size=16, crop_pct=1.0, bs=8, progress=False)
+    by_path = dict(zip(map(str, folder.valid_paths), folder.valid_images, strict=True))
+    expect = torch.stack([by_path[json.loads(p["json"])["path"]] for _, _, p in samples])
+    assert torch.equal(x, expect)
+    big = ShardData(out, size=24, crop_pct=1.0, bs=8).loader("valid", MEAN, STD, view="center")
+    assert big._decode(samples)[0].shape[1:] == (3, 24, 24)
+    assert main(["shard", str(data), "--out", str(tmp_path / "both"), "--pixels", "--original", "--quiet"]) == 2
+    assert "choose one" in capsys.readouterr().err

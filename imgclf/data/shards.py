@@ -37,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -100,17 +101,22 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _encode(path: Path, size: int | None) -> tuple[bytes, str, int] | str:
+def _encode(path: Path, size: int | None, pixels: bool = False) -> tuple[bytes, str, int] | str:
     """(bytes to store, extension, short side as it came) for one image, or why it cannot be used.
 
     Every file is decoded once here, so a broken one is found now, not in the middle of training; one larger
-    than `size` on its short side is stored presized (JPEG q=95), others keep their own bytes."""
+    than `size` on its short side is stored presized (JPEG q=95), others keep their own bytes. `pixels`: every
+    image stored presized to `size` as uint8 (3, size, size) `.npy`, so reading it back decodes nothing."""
     try:
         img = open_image(path, min_size=size)
         with Image.open(path) as raw:  # the header's size: open_image's draft may have decoded it reduced
             short = min(raw.size)
     except BadImage as e:
         return str(e)
+    if pixels and size is not None:
+        buf = io.BytesIO()
+        np.save(buf, presize(img, size).numpy(), allow_pickle=False)
+        return buf.getvalue(), "npy", short
     ext = path.suffix.lower().lstrip(".") or "jpg"
     if size is None or min(img.size) <= size:
         return path.read_bytes(), ext, short
@@ -191,7 +197,7 @@ def write_shards(
     data: str | Path, out: str | Path, shard_size: int = 1000, presize: int | None = 0, csv: str | Path | None = None,
     valid: str | None = None, valid_pct: float = 0.2, seed: int = 42, label_re: str | None = None,
     label_col: str | None = None, split: str = "stratified", workers: int = 0, force: bool = False,
-    progress: bool = True,
+    progress: bool = True, pixels: bool = False,
 ) -> dict[str, Any]:
     """Write DATA as tar shards into `out`, split as `imgclf train DATA` splits it; returns the manifest.
 
@@ -210,6 +216,8 @@ def write_shards(
     size = DEFAULT_PRESIZE if presize == 0 else presize
     if size is not None and size < 8:
         raise UserError(f"--presize {size}: too small (at least 8 pixels)")
+    if pixels and size is None:
+        raise UserError("--pixels stores presized pixels, --original the files' own bytes: choose one")
     csv_file = csv or (data if str(data).lower().endswith(".csv") else None)
     if csv_file:
         folder = data if Path(data).is_dir() else None
@@ -241,7 +249,7 @@ def write_shards(
                 n_written, k = 0, 0
                 for start in range(0, len(rows), shard_size):
                     chunk = rows[start:start + shard_size]
-                    encoded = list(pool.map(lambda i: _encode(items.paths[i], size), chunk))
+                    encoded = list(pool.map(lambda i: _encode(items.paths[i], size, pixels), chunk))
                     good = [(i, e) for i, e in zip(chunk, encoded, strict=True) if not isinstance(e, str)]
                     skipped += [(items.paths[i], e) for i, e in zip(chunk, encoded, strict=True) if isinstance(e, str)]
                     bar.update(len(chunk))
@@ -272,6 +280,7 @@ def write_shards(
         manifest = {
             "format": FORMAT, "layout": "webdataset", "imgclf_version": __version__,
             "source": str(Path(source).resolve()), "task": "classify", "classes": classes, "presize": size,
+            "encoding": "npy" if pixels else "image",
             "shard_size": shard_size,
             "split": {"method": split, "seed": seed, "valid_pct": valid_pct, "valid": valid, "label_re": label_re},
             "short_side": float(statistics.median(shorts)) if shorts else 0.0,
@@ -460,11 +469,15 @@ class ShardLoader(ViewBatches):
         y = torch.empty(len(raw), dtype=torch.long)
         keep = []
         for i, (url, key, parts) in enumerate(raw):
-            blob = next((v for k, v in parts.items() if k not in ("cls", "json")), None)
+            ext, blob = next(((k, v) for k, v in parts.items() if k not in ("cls", "json")), (None, None))
             try:
                 if blob is None or "cls" not in parts:
                     raise BadImage("no image or no .cls in the sample")
-                x[i] = presize(open_image(blob, min_size=p), p)
+                if ext == "npy":  # presized pixels (`write_shards(pixels=True)`): nothing to decode at their size
+                    t = torch.from_numpy(np.load(io.BytesIO(blob), allow_pickle=False))
+                    x[i] = t if t.shape[-1] == p else presize(Image.fromarray(t.permute(1, 2, 0).numpy()), p)
+                else:
+                    x[i] = presize(open_image(blob, min_size=p), p)
                 y[i] = int(parts["cls"])
                 keep.append(i)
             except (BadImage, ValueError) as e:
