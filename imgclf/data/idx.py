@@ -58,18 +58,33 @@ def is_idx_folder(folder: str | Path) -> bool:
     return "train-images" in found or "train-labels" in found
 
 
+def _header(f, path: Path) -> tuple[int, tuple[int, ...]]:
+    """(type code, dimensions) from an open IDX file's header."""
+    head = f.read(4)
+    if len(head) < 4 or head[0] or head[1] or head[2] not in _DTYPES or head[3] == 0:
+        raise UserError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
+    return head[2], struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
+
+
+def idx_shape(path: str | Path) -> tuple[int, ...]:
+    """An IDX file's dimensions from its header alone (Fashion-MNIST's train images: (60000, 28, 28))."""
+    path = Path(path)
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            return _header(f, path)[1]
+    except (OSError, EOFError, struct.error) as e:
+        raise UserError(f"{path}: cannot read IDX file ({e})") from None
+
+
 def read_idx(path: str | Path, limit: int | None = None) -> np.ndarray:
     """The array in an IDX file (gzipped or not), native byte order; only the first `limit` records are read."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            head = f.read(4)
-            if len(head) < 4 or head[0] or head[1] or head[2] not in _DTYPES or head[3] == 0:
-                raise UserError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")
-            dims = struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
+            code, dims = _header(f, path)
             n = dims[0] if limit is None else min(limit, dims[0])
-            dtype = np.dtype(_DTYPES[head[2]])
+            dtype = np.dtype(_DTYPES[code])
             want = n * math.prod(dims[1:]) * dtype.itemsize
             buf = f.read(want)
     except (OSError, EOFError, struct.error) as e:

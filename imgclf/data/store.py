@@ -30,7 +30,12 @@ def available_memory() -> int:
 
 
 def fits_in_memory(n_images: int, size: int, fraction: float = 0.5) -> bool:
-    return n_images * 3 * size * size <= fraction * available_memory()
+    return size <= largest_in_memory(n_images, fraction)
+
+
+def largest_in_memory(n_images: int, fraction: float = 0.5) -> int:
+    """The largest presize at which `n_images` RGB uint8 squares take at most `fraction` of the memory available."""
+    return int((fraction * available_memory() / (3 * max(n_images, 1))) ** 0.5)
 
 
 def screen(paths: Sequence[Path]) -> tuple[list[int], list[tuple[Path, str]]]:

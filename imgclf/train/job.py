@@ -11,10 +11,8 @@ goes on from RUN's last checkpoint with RUN's own config.
 
 from __future__ import annotations
 
-import gzip
 import random
 import shutil
-import struct
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -29,10 +27,11 @@ from ..data.augment import Augment
 from ..data.core import CROP_PCT, ImageData, presize_for
 from ..data.decode import default_workers, median_short_side
 from ..data.dedup import write_training_content
-from ..data.idx import idx_files, is_idx_folder, load_idx
+from ..data.idx import idx_files, idx_shape, is_idx_folder
 from ..data.samplers import balance_plan
 from ..data.shards import ShardData, is_shard_dir, read_manifest
 from ..data.sources import items_from_csv, items_from_folder
+from ..data.store import largest_in_memory
 from ..data.targets import check_task
 from ..errors import UserError
 from ..models import create_model, recommended_size
@@ -114,7 +113,7 @@ def native_short_side(cfg: RunConfig) -> float:
         paths = items_from_csv(csv_file, folder=path if path.is_dir() else None, label_col=d.label_col,
                                split="random").paths  # the paths only: no need to hash the files for a split
     elif is_idx_folder(path):
-        return float(min(load_idx(path, n_train=1, n_valid=1).train_images.shape[-2:]))
+        return float(min(idx_shape(idx_files(path)["train-images"])[1:3]))
     else:
         paths = items_from_folder(path, valid=d.valid, label_re=d.label_re, split="random").paths
     return median_short_side(paths, sample=64)
@@ -135,22 +134,10 @@ def resolve_size(cfg: RunConfig, scratch: bool) -> tuple[int, float]:
     return size, crop
 
 
-def _idx_count(path: Path) -> tuple[int, ...] | None:
-    """An IDX file's dimensions from its header alone (Fashion-MNIST's train images: (60000, 28, 28))."""
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-            head = f.read(4)
-            return struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
-    except (OSError, EOFError, struct.error, IndexError):
-        return None  # load_data says what is wrong with the file
-
-
 def data_facts(cfg: RunConfig) -> tuple[DataFacts, list[Path]] | None:
     """What the auto recipe's planner needs before any image is decoded: the counts per split and the native short
     side (file listings and headers; IDX from its header), and the file paths (a few are decoded to time it).
     None when they cannot be had this way (the planner then stands aside)."""
-    from ..data.store import available_memory
-
     d, path = cfg.data, Path(cfg.data.path)
     csv_file = d.csv or (d.path if path.suffix.lower() == ".csv" else None)
     if csv_file:
@@ -158,12 +145,14 @@ def data_facts(cfg: RunConfig) -> tuple[DataFacts, list[Path]] | None:
                                valid_pct=d.valid_pct, seed=d.seed, split="random")
     elif is_idx_folder(path):
         files = idx_files(path)
-        train, valid = (_idx_count(files[k]) if k in files else None for k in ("train-images", "t10k-images"))
+        try:
+            train, valid = (idx_shape(files[k]) if k in files else None for k in ("train-images", "t10k-images"))
+        except UserError:
+            return None  # load_data says what is wrong with the file
         if not train or not valid or len(train) < 3:
             return None
-        n_all = train[0] + valid[0]
-        max_presize = int((0.5 * available_memory() / (3 * max(n_all, 1))) ** 0.5)  # store.fits_in_memory's rule
-        return DataFacts(train[0], valid[0], float(min(train[1:3])), arrays=True, max_presize=max_presize), []
+        return DataFacts(train[0], valid[0], float(min(train[1:3])), arrays=True,
+                         max_presize=largest_in_memory(train[0] + valid[0])), []
     else:
         items = items_from_folder(path, valid=d.valid, valid_pct=d.valid_pct, seed=d.seed, label_re=d.label_re,
                                   split="random")

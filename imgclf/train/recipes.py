@@ -105,6 +105,15 @@ def keep_fine_tune(probe: Candidate, tuned: Candidate | None) -> tuple[bool, str
                    f"accuracy {tuned.accuracy:.4f} vs {probe.accuracy:.4f})")
 
 
+def probe_features(learn: VisionLearner) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, y, xv, yv): the training images' cached features, center views then their mirrors (row i and row
+    i + n are one image), and the validation center views: what every probe fits and scores on."""
+    x1, y1 = learn.cached_features("train", "center")
+    x2, y2 = learn.cached_features("train", "flip")
+    xv, yv = learn.cached_features("valid", "center")
+    return torch.cat([x1, x2]), torch.cat([y1, y2]), xv, yv
+
+
 def probe_learner(learn: VisionLearner, head_epochs: int = 8, head_lr: float = 2e-3) -> tuple[Candidate, float]:
     """Probe `learn`'s data on cached features and load the best head into its model.
 
@@ -115,11 +124,9 @@ def probe_learner(learn: VisionLearner, head_epochs: int = 8, head_lr: float = 2
     Returns the candidate and the measured forward throughput (images/s), used to budget a fine-tune.
     """
     t = time.perf_counter()
-    x1, y1 = learn.cached_features("train", "center")
-    x2, y2 = learn.cached_features("train", "flip")
-    xv, yv = learn.cached_features("valid", "center")
+    x, y, xv, yv = probe_features(learn)
     feat_seconds = time.perf_counter() - t
-    fits = fit_linear_probe(torch.cat([x1, x2]), torch.cat([y1, y2]), xv, yv, len(learn.data.classes),
+    fits = fit_linear_probe(x, y, xv, yv, len(learn.data.classes),
                             class_weights=learn.class_weights)  # --balance: see vision_learner
     tried = [{"head": "lbfgs", "wd": f.wd, "valid_loss": f.valid_loss, "accuracy": f.accuracy} for f in fits]
     lbfgs = best_fit(fits)
@@ -136,7 +143,7 @@ def probe_learner(learn: VisionLearner, head_epochs: int = 8, head_lr: float = 2
     else:
         chosen = {"head": "one_cycle", "wd": learn.wd, "train_loss": row["train_loss"]}
         loss, acc = row["valid_loss"], row["accuracy"]
-    rate = (2 * len(y1) + len(yv)) / max(feat_seconds, 1e-3)
+    rate = (len(y) + len(yv)) / max(feat_seconds, 1e-3)
     cand = Candidate(f"probe@{learn.data.size}", "probe", learn.data.size, loss, acc, time.perf_counter() - t,
                      {**chosen, "feature_seconds": feat_seconds, "tried": tried})
     return cand, rate
@@ -152,12 +159,10 @@ def probe_cv(learn: VisionLearner, folds: int = 5) -> tuple[Candidate, float, Pr
     (images/s) and the selection (its out-of-fold logits calibrate the model: interfaces.md 3).
     """
     t = time.perf_counter()
-    x1, y1 = learn.cached_features("train", "center")
-    x2, y2 = learn.cached_features("train", "flip")
-    xv, yv = learn.cached_features("valid", "center")
+    x, y, xv, yv = probe_features(learn)
     feat_seconds = time.perf_counter() - t
-    n = len(y1)
-    sel = select_probe(torch.cat([x1, x2]), torch.cat([y1, y2]), len(learn.data.classes),
+    n = len(y) // 2
+    sel = select_probe(x, y, len(learn.data.classes),
                        groups=torch.arange(n).repeat(2), folds=folds, seed=learn.seed,
                        class_weights=learn.class_weights)  # --balance: see vision_learner
     load_head(learn.model.get_classifier(), sel.fit)
