@@ -248,3 +248,15 @@ def test_pixel_shards_hold_the_presized_images_exactly(written, tmp_path, capsys
     assert big._decode(samples)[0].shape[1:] == (3, 24, 24)
     assert main(["shard", str(data), "--out", str(tmp_path / "both"), "--pixels", "--original", "--quiet"]) == 2
     assert "choose one" in capsys.readouterr().err
+
+
+def test_pretrained_fine_tune_streams_its_cached_features(written, tmp_path):
+    """The default for shards (the pretrained backbone's fine_tune, its head on cached features) runs end to end:
+    the feature engine's parity check takes its first images from the stream (shards hold nothing indexable)."""
+    _, shards, m = written
+    out = tmp_path / "run"
+    assert main(["train", str(shards), "--size", "32", "--epochs", "1", "--freeze-epochs", "1", "--out", str(out),
+                 "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_valid"] == m["splits"]["valid"]["count"] and 0 <= metrics["accuracy"] <= 1
+    assert json.loads((out / "config.json").read_text())["status"] == "done"

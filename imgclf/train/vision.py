@@ -63,7 +63,7 @@ class VisionLearner(Learner):
             dl = self.data.loader(split, self.meta.mean, self.meta.std, view="center" if pair else view,
                                   device=self.device, channels_last=self.model_channels_last)
             engine = self.features.get_engine(self.model, lambda: pick_engine(
-                self.model, dl.transform(dl.images[:PARITY_IMAGES]), self.dtype, self.features.engine_name))
+                self.model, self._parity_batch(split), self.dtype, self.features.engine_name))
             dl.channels_last = dl.channels_last and engine.channels_last  # onnxruntime reads NCHW: no layout copy
             n, world = len(dl.images), dist.world_size()
             if world > 1:
@@ -75,6 +75,15 @@ class VisionLearner(Learner):
             return {(split, "center"): out[:2], (split, "flip"): (out[2], out[1])} if pair else out
 
         return self.features.get((split, view), self.model, make)
+
+    def _parity_batch(self, split: str) -> torch.Tensor:
+        """The first images of `split` as the model sees them, for the feature engine's parity check: indexed from
+        memory, or the first batch of a fresh loader when the data stream (tar shards hold no indexable images)."""
+        dl = self.data.loader(split, self.meta.mean, self.meta.std, view="center", device=self.device,
+                              channels_last=self.model_channels_last)
+        if isinstance(dl.images, torch.Tensor):
+            return dl.transform(dl.images[:PARITY_IMAGES])
+        return next(iter(dl))[0][:PARITY_IMAGES]
 
     @property
     def model_channels_last(self) -> bool:
