@@ -260,3 +260,65 @@ def test_pretrained_fine_tune_streams_its_cached_features(written, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_valid"] == m["splits"]["valid"]["count"] and 0 <= metrics["accuracy"] <= 1
     assert json.loads((out / "config.json").read_text())["status"] == "done"
+
+
+def test_tar_reader_reads_what_tarfile_writes_in_every_format(tmp_path):
+    """The shard reader's own header parsing (shards.tar_members) against the standard library's writer: ustar,
+    GNU and pax archives, long names (> 100 characters), empty and block-sized files, a directory and a symlink
+    skipped; a flipped header byte and a cut archive are errors, not wrong samples."""
+    import io
+    import tarfile
+
+    from imgclf.data.shards import tar_members
+
+    files = {"a.jpg": b"x" * 700, "a.cls": b"3", "b.json": b"", "c.npy": bytes(range(256)) * 2,
+             "deep/" + "n" * 120 + ".jpg": b"long name", "ü-unicode.cls": b"1"}
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        if fmt == tarfile.USTAR_FORMAT:  # ustar cannot hold a 120-character base name
+            want = {k: v for k, v in files.items() if not k.startswith("deep/")}
+        else:
+            want = files
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+            tar.addfile(_dir_info())
+            for name, data in want.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            link = tarfile.TarInfo("link.jpg")
+            link.type, link.linkname = tarfile.SYMTYPE, "a.jpg"
+            tar.addfile(link)
+        raw = buf.getvalue()
+        assert list(tar_members(io.BytesIO(raw))) == list(want.items()), fmt
+        bad = bytearray(raw)
+        bad[512 + 10] ^= 0x20  # a byte of the second header's name
+        with pytest.raises(tarfile.ReadError):
+            list(tar_members(io.BytesIO(bytes(bad))))
+        with pytest.raises(EOFError):
+            list(tar_members(io.BytesIO(raw[:512 * 3 + 100])))
+
+
+def _dir_info():
+    import tarfile
+
+    info = tarfile.TarInfo("somedir")
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def test_npy_reader_equals_numpy(tmp_path):
+    import io
+
+    from imgclf.data.shards import npy_array
+
+    rng = np.random.default_rng(0)
+    for a in (rng.integers(0, 255, (3, 9, 9), dtype=np.uint8), rng.normal(size=(2, 5)).astype(np.float32),
+              rng.integers(0, 255, (3, 9, 9), dtype=np.uint8),  # the same header again: the kept parse
+              np.asfortranarray(rng.normal(size=(4, 3))),
+              np.zeros((0, 3), np.int16)):
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        got = npy_array(buf.getvalue())
+        assert got.dtype == a.dtype and got.shape == a.shape and np.array_equal(got, a)
+    with pytest.raises(ValueError):
+        npy_array(b"not an npy file at all")
