@@ -11,6 +11,8 @@ Two skewed sets are built in a temporary folder (links / small PNGs, never copie
 For each it prints accuracy, balanced accuracy and macro F1 (with 95% bootstrap bounds) and the minority
 class's recall under each --balance, beside the target: balancing should raise the minority recall and the
 balanced accuracy over `none`. The temperature is left off (--calibrate off) so only the balance differs.
+Under each table, what `--balance auto` picks for that recipe (`samplers.choose_balance`: weights on the
+pretrained probe, the sampler from scratch) and whether it is the mode with the best balanced accuracy.
 
 Usage: python -P bench/imbalance.py [--only hymenoptera|fashion] [--epochs 8]
 """
@@ -115,7 +117,7 @@ def hymenoptera_table(keep: int = 12) -> None:
                  imbalance_ratio=imbalance_ratio(counts), wall_seconds=time.perf_counter() - t)
         res[mode] = m
     table(f"hymenoptera, bees cut to {keep} in train, probe head on cached features ({f['size']} px; sampler = "
-          "weights for a full-batch probe)", "bees", res)
+          "weights for a full-batch probe)", "bees", res, counts.tolist(), "probe")
 
 
 def train(data: Path, out: Path, balance: str, flags: list[str]) -> dict:
@@ -131,7 +133,8 @@ def train(data: Path, out: Path, balance: str, flags: list[str]) -> dict:
     return m
 
 
-def table(title: str, minority: str, results: dict[str, dict]) -> None:
+def table(title: str, minority: str, results: dict[str, dict], counts: list[int] | None = None,
+          recipe: str | None = None) -> None:
     none = results["none"]
     k = none["classes"].index(minority)
     print(f"\n{title}: imbalance ratio {none['imbalance_ratio']:.1f} in train; minority class {minority!r} "
@@ -146,6 +149,13 @@ def table(title: str, minority: str, results: dict[str, dict]) -> None:
         print(f"{mode:10} {m['accuracy']:9.4f} {m['balanced_accuracy']:8.4f} ({m['balanced_accuracy_low']:.3f}-"
               f"{m['balanced_accuracy_high']:.3f}) {m['macro_f1']:8.4f} ({m['macro_f1_low']:.3f}-"
               f"{m['macro_f1_high']:.3f}) {rec:16.4f} {m['wall_seconds']:8.0f}  {vs}")
+    if counts is not None:
+        from imgclf.data.samplers import choose_balance
+
+        pick, why = choose_balance("auto", counts, recipe=recipe)
+        best = max(results, key=lambda k: results[k]["balanced_accuracy"])
+        print(f"--balance auto ({recipe}) picks {pick}: {why}\n  best balanced accuracy here: {best} -> auto "
+              + ("agrees" if pick == best else "DISAGREES"))
 
 
 def main() -> None:
@@ -161,8 +171,9 @@ def main() -> None:
             data = skewed_fashion(root)
             flags = ["--recipe", "scratch", "--arch", "xresnet_tiny", "--epochs", str(a.epochs)]
             res = {m: train(data, root / f"fm_{m}", m, flags) for m in MODES}
+            counts = [res["none"]["counts"]["train"].get(c, 0) for c in res["none"]["classes"]]
             table(f"Fashion-MNIST subset (200/class, Shirt 20), scratch xresnet_tiny {a.epochs} epochs", "Shirt",
-                  res)
+                  res, counts, "scratch")
 
 
 if __name__ == "__main__":

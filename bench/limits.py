@@ -16,6 +16,7 @@ Measures, each beside its target:
 
 Usage: python bench/limits.py [DATA] [--bs 32] [--threads N] [--compile] [--skip-job] [--skip-fastai]
                               [--fastai-seconds S]
+       python bench/limits.py --int8-probe [SET ...]   # the probe on fp32 vs int8 features (the engine decision)
 """
 
 from __future__ import annotations
@@ -150,6 +151,43 @@ def _int8(model, batch: torch.Tensor):
     return lambda v: torch.from_numpy(session.run(None, {"x": v.contiguous().numpy()})[0])
 
 
+def int8_probe(names: list[str]) -> None:
+    """The probe's validation accuracy on fp32 (onnxruntime) against int8 features (static, calibrated on 64 of the
+    set's own training images), at 256 px, on bench/recipes.py's photo sets: the evidence for the default engine."""
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(HERE))
+    import recipes as R
+
+    from imgclf.data.core import ImageData
+    from imgclf.train.features import int8_engine
+    from imgclf.train.recipes import probe_cv
+    from imgclf.train.vision import vision_learner
+
+    builders = {"hymenoptera": lambda d: R.SHARED / "hymenoptera", "hymenoptera-8": R.build_few,
+                "hymenoptera-48px": R.build_lowres, "fashion-2000": R.build_fashion}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            data = ImageData.from_folder(builders[name](Path(tmp) / name), size=SIZE, progress=False)
+            row: dict = {"set": name, "n_train": data.n_train, "n_valid": data.n_valid}
+            feats = {}
+            for kind in ("fp32", "int8"):
+                learn = vision_learner(data, progress=False)
+                if kind == "int8":
+                    dl = data.loader("train", learn.meta.mean, learn.meta.std, view="center", channels_last=False)
+                    idx = torch.linspace(0, data.n_train - 1, min(64, data.n_train)).round().long()
+                    t = time.perf_counter()
+                    engine = int8_engine(learn.model, SIZE, dl.transform(dl.images[idx]))
+                    row["int8_build_s"] = time.perf_counter() - t
+                    learn.features.get_engine(learn.model, lambda e=engine: e)
+                cand, rate, _ = probe_cv(learn)
+                row[kind] = {"accuracy": cand.accuracy, "valid_loss": cand.valid_loss,
+                             "cv_accuracy": cand.selection["accuracy"], "wd": cand.detail["wd"], "img_s": rate}
+                feats[kind] = learn.cached_features("valid", "center")[0]
+            row["cosine_min"] = float(F.cosine_similarity(feats["int8"], feats["fp32"], dim=1).min())
+            print(json.dumps(row), flush=True)
+
+
 LINE = re.compile(r"^(?P<phase>[^:]+): .* in (?P<s>[\d.]+) ?s\b")  # progress.py's end line of a phase
 
 
@@ -166,16 +204,20 @@ def job(data: Path) -> dict:
         hit = LINE.match(line.strip())
         if hit:
             phases[hit["phase"]] = phases.get(hit["phase"], 0.0) + float(hit["s"])
-    decode_s = sum(s for k, s in phases.items() if k.startswith(("decode", "presize")))
+    job_phases = m.get("phases", {})  # the job's own clock (metrics.json): plan, decode, fit, finish
+    decode_s = job_phases.get("decode", sum(s for k, s in phases.items() if k.startswith(("decode", "presize"))))
     cand = next(c for c in recipe["candidates"] if c.get("name") == recipe["chosen"].replace("fine_tune", "probe"))
     feat_s = float(cand["detail"]["feature_seconds"])
+    eng = cand["detail"].get("feature_engine", {})
     n_feats = 2 * m["n_train"] + m["n_valid"]
-    return {"wall": wall, "start": wall - m["total_seconds"], "decode": decode_s, "features": feat_s,
-            "features_img_s": n_feats / feat_s, "probe": float(cand["seconds"]) - feat_s,
+    finish = job_phases.get("finish", m["total_seconds"] - m["fit_seconds"] - decode_s)
+    return {"wall": wall, "start": wall - m["total_seconds"], "plan": job_phases.get("plan", 0.0), "decode": decode_s,
+            "features": feat_s, "features_img_s": n_feats / feat_s, "engine_setup": eng.get("setup_seconds"),
+            "engine_img_s": eng.get("images_per_second"), "probe": float(cand["seconds"]) - feat_s,
             "fit_other": m["fit_seconds"] - float(cand["seconds"]),
-            "finish": m["total_seconds"] - m["fit_seconds"] - decode_s, "accuracy": m["accuracy"],
-            "kept": m.get("kept"), "phases": phases,
-            "engine": ", ".join(sorted({e for k in phases for e in re.findall(r"\[(.+)\]", k)})) or "?"}
+            "finish": finish, "accuracy": m["accuracy"], "kept": m.get("kept"), "phases": phases,
+            "engine": eng.get("name") or ", ".join(sorted({e for k in phases for e in re.findall(r"\[(.+)\]", k)}))
+            or "?"}
 
 
 def main() -> None:
@@ -187,9 +229,15 @@ def main() -> None:
     ap.add_argument("--skip-job", action="store_true")
     ap.add_argument("--skip-fastai", action="store_true")
     ap.add_argument("--fastai-seconds", type=float, help="fastai fine_tune(2)'s wall time measured before")
+    ap.add_argument("--int8-probe", nargs="*", metavar="SET",
+                    help="only the probe's accuracy on fp32 vs int8 features on these sets (none: all four of "
+                         "bench/recipes.py's photo sets: ~10 min quiet)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.int8_probe is not None:
+        int8_probe(a.int8_probe or ["hymenoptera", "hymenoptera-8", "hymenoptera-48px", "fashion-2000"])
+        return
     load = os.getloadavg()[0]
     print(f"load average {load:.1f} on {os.cpu_count()} CPUs; {torch.get_num_threads()} torch threads", flush=True)
 
@@ -228,11 +276,19 @@ def main() -> None:
         return
     print(f"\ndefault job (`imgclf train {a.data}`): {res['wall']:.1f} s wall, accuracy {res['accuracy']:.4f} "
           f"(target >= 0.95), kept {res['kept']}, features on {res['engine']}")
-    for k in ("start", "decode", "features", "probe", "fit_other", "finish"):
+    for k in ("start", "plan", "decode", "features", "probe", "fit_other", "finish"):
         print(f"  {k:<10}{res[k]:6.1f} s")
     ratio = res["features_img_s"] / best["img_s"]
     print(f"feature pass {res['features_img_s']:.1f} img/s = {ratio:.2f}x the fastest engine's (target >= 0.9x; "
           "includes building the engine and cropping)")
+    same = next((r for r in rows if r.get("engine") == res["engine"] and "img_s" in r), None)
+    if same and same is not best:  # int8 is measured but not the job's (features.py: it cost the probe accuracy)
+        print(f"  = {res['features_img_s'] / same['img_s']:.2f}x the job's own engine ({same['engine']}, "
+              f"{same['img_s']:.1f} img/s on in-memory batches)")
+    if res["engine_img_s"]:
+        print(f"  inside the pass, {res['engine']} ran at {res['engine_img_s']:.1f} img/s"
+              + (f" = {res['engine_img_s'] / same['img_s']:.2f}x its rate on in-memory batches" if same else "")
+              + f"; set-up {res['engine_setup']:.1f} s")
     if fastai:
         print(f"wall time {res['wall']:.1f} s = {res['wall'] / fastai:.3f}x fastai fine_tune(2)'s {fastai:.1f} s "
               "(target <= 0.1x)")

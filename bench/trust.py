@@ -18,6 +18,11 @@ validation split scored once), for several seeds (the seed draws the subsets and
 run: the reported accuracy lies inside the 95% Wilson interval of the held-out accuracy. The summary gives,
 per case and selection, the mean gap (reported - held out), how many runs meet the target, and seconds.
 
+Beside them, the cross-validated accuracy on the training split (recipe.json's selection figure, the one
+`train` prints next to a validation split under 100 images): "cv in" counts the runs where it lies inside the
+held-out 95% interval, and "advice" the runs where the figure `train` said to trust (train/trust.py: the
+cross-validated one, the validation one, or neither) lies inside it ("neither" counts as a miss).
+
 The recipe is `probe` at a fixed size (hymenoptera 128 px, Fashion-MNIST 64 px) by default: its choices (the
 head and its decay) are what selection changes, it is deterministic, and it does not depend on the machine's
 speed the way the auto recipe's time budget does (`--recipe auto` runs that instead).
@@ -111,6 +116,7 @@ def run_case(name: str, selection: str, seed: int, recipe: str, work: Path) -> d
     from imgclf.config import DataConfig, RunConfig, TrainConfig
     from imgclf.infer import evaluate
     from imgclf.train.job import train
+    from imgclf.train.trust import validation_advice
 
     root = work / f"{name}-{seed}"
     if not root.exists():
@@ -129,13 +135,33 @@ def run_case(name: str, selection: str, seed: int, recipe: str, work: Path) -> d
     report = json.loads(recipe_json.read_text()) if recipe_json.is_file() else {}
     chosen = next((c for c in report.get("candidates", []) if c.get("name") == report.get("chosen")), {})
     cv = (chosen.get("selection") or {}).get("accuracy")
+    advice = validation_advice(m, report)
+    trust = advice["trust"] if advice else "valid"  # a split of >= 100 images stands alone
+
+    def held_in(v: float | None) -> bool:
+        return v is not None and held["accuracy_low"] <= v <= held["accuracy_high"]
+
     return {"case": name, "selection": selection, "seed": seed, "n_train": m["n_train"], "n_valid": m["n_valid"],
             "reported": m["accuracy"], "reported_low": m["accuracy_low"], "reported_high": m["accuracy_high"],
             "held_out": held["accuracy"], "held_low": held["accuracy_low"], "held_high": held["accuracy_high"],
             "n_held_out": held["n"], "cv_accuracy": cv, "chosen": report.get("chosen"),
             "ok": held["accuracy_low"] <= m["accuracy"] <= held["accuracy_high"],
             "covers": m["accuracy_low"] <= held["accuracy"] <= m["accuracy_high"],
+            "cv_in": held_in(cv), "trust": trust,
+            "advice_ok": held_in({"cv": cv, "valid": m["accuracy"]}.get(trust or "valid")),
             "seconds": time.perf_counter() - t}
+
+
+def cv_count(rs: list[dict]) -> str:
+    """`k/n` of the runs with a cross-validated figure whose figure lies inside the held-out interval."""
+    with_cv = [r for r in rs if r["cv_accuracy"] is not None]
+    return f"{sum(r['cv_in'] for r in with_cv)}/{len(with_cv)}" if with_cv else "-"
+
+
+def cv_gap(rs: list[dict]) -> str:
+    """Mean |cross-validated accuracy - held out| over the runs with a cross-validated figure."""
+    gaps = [abs(r["cv_accuracy"] - r["held_out"]) for r in rs if r["cv_accuracy"] is not None]
+    return f"{statistics.mean(gaps):.3f}" if gaps else "-"
 
 
 def main() -> None:
@@ -148,7 +174,7 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     print(f"{'case':16} {'sel':5} {'seed':>4} {'train':>5} {'valid':>5}  {'reported (95%)':21} "
-          f"{'held out (95%)':21} {'cv acc':>6}  target  covers  {'s':>5}")
+          f"{'held out (95%)':21} {'cv acc':>6}  target  covers  cv in  {'trust':7} {'s':>5}")
     with tempfile.TemporaryDirectory(prefix="imgclf-trust-") as tmp:
         for name in a.cases:
             for seed in range(a.seeds):
@@ -160,11 +186,14 @@ def main() -> None:
                           f"{r['reported']:.3f} ({r['reported_low']:.2f}-{r['reported_high']:.2f})   "
                           f"{r['held_out']:.3f} ({r['held_low']:.2f}-{r['held_high']:.2f})   {cv:>6}  "
                           f"{'yes' if r['ok'] else 'NO':6}  {'yes' if r['covers'] else 'NO':6}  "
-                          f"{r['seconds']:5.0f}", flush=True)
+                          f"{'-' if r['cv_accuracy'] is None else 'yes' if r['cv_in'] else 'NO':5}  "
+                          f"{str(r['trust']):7} {r['seconds']:5.0f}", flush=True)
     print("\nsummary: gap = reported - held out (mean over seeds); target: reported inside the held-out 95% "
-          "interval on every run; covers: the held-out figure inside the reported 95% interval")
+          "interval on every run; covers: the held-out figure inside the reported 95% interval; cv |gap|: mean "
+          "|cross-validated - held out|; cv in: the "
+          "cross-validated accuracy inside the held-out interval; advice: the figure train said to trust inside it")
     print(f"{'case':16} {'sel':5} {'mean gap':>9} {'mean |gap|':>10} {'target met':>11} {'covers':>7} "
-          f"{'seconds':>8}")
+          f"{'cv |gap|':>8} {'cv in':>7} {'advice':>7} {'seconds':>8}")
     all_ok = {s: True for s in a.selections}
     for name in a.cases:
         for selection in a.selections:
@@ -174,6 +203,7 @@ def main() -> None:
             all_ok[selection] &= met == len(rs)
             print(f"{name:16} {selection:5} {statistics.mean(gaps):+9.3f} {statistics.mean(map(abs, gaps)):10.3f} "
                   f"{met:>5}/{len(rs):<5} {sum(r['covers'] for r in rs):>3}/{len(rs):<3} "
+                  f"{cv_gap(rs):>8} {cv_count(rs):>7} {sum(r['advice_ok'] for r in rs):>3}/{len(rs):<3} "
                   f"{sum(r['seconds'] for r in rs):8.0f}")
     for selection, ok in all_ok.items():
         print(f"target (every run) with selection={selection}: {'MET' if ok else 'NOT MET'}")

@@ -45,7 +45,7 @@ class TrainConfig:
     # what the auto recipe chooses on: cv (k-fold CV on training features, an inner holdout: the validation split is
     # scored once, at the end) | valid (the validation split itself: the behaviour before, for comparisons)
     selection: str = "cv"
-    epochs: int | None = None  # None = the recipe's: fine_tune 1 unfrozen epoch, scratch 16 (see job.EPOCHS)
+    epochs: int | None = None  # None = the recipe's: fine_tune 1 unfrozen epoch, scratch 17 (see job.EPOCHS)
     freeze_epochs: int = 8  # fine_tune recipe: head-only epochs (on cached features: well under a second each)
     lr: float | str | None = None  # a number, "auto" (lr_find's valley), or None: the recipe's (job.LRS)
     schedule: str = "one_cycle"  # one_cycle | cosine (warmup + cosine) | step | constant: train/schedule.py
@@ -55,16 +55,20 @@ class TrainConfig:
     mixup: float = 0.0  # MixUp's alpha; 0 = off (0.2-0.4 typical)
     cutmix: float = 0.0  # CutMix's alpha; 0 = off (1.0 typical)
     label_smoothing: float = 0.1  # classification only
+    # progressive resizing: training batches start at this fraction of the size and grow to full size by half-way
+    # (0 = off; train/callbacks/resize.py); None = the recipe's (from scratch: train/scratch.py; fine-tuning: off)
+    progressive: float | None = None
     loss: str = "auto"  # regression: mse (auto) or l1; classes and tags get cross-entropy / binary cross-entropy
     clip: float | None = 1.0
     patience: int | None = None  # early stopping on valid_loss; None = off
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
+    compile: bool = False  # torch.compile the training forward: pays on long runs (learner._forward_module)
     init: str = "default"  # default (the arch's own) | lsuv (from-scratch models only: see models/init.py)
     accum: int = 1  # gradient accumulation: the optimizer steps every `accum` batches (an effective batch of bs*accum)
     calibrate: str = "auto"  # auto | on | off: temperature scaling (train/calibrate.py); auto keeps it if NLL drops
-    balance: str = "auto"  # auto | none | weights | sampler: class imbalance (data/samplers.py); auto by the ratio
+    balance: str = "auto"  # auto|none|weights|sampler: class imbalance (data/samplers.py); auto: ratio and recipe
     # a checkpoint every N training steps besides each epoch's end; None = every 5 minutes of training, 0 = epoch
     # ends only (train/checkpoint.py)
     ckpt_every: int | None = None

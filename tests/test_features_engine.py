@@ -12,7 +12,15 @@ from imgclf.data.augment import center_batch
 from imgclf.data.core import ImageData
 from imgclf.data.decode import decode_all
 from imgclf.models import create_model
-from imgclf.train.features import body_key, check_parity, eager_engine, extract_features, onnx_engine, pick_engine
+from imgclf.train.features import (
+    body_key,
+    check_parity,
+    eager_engine,
+    extract_features,
+    onnx_engine,
+    pick_engine,
+    recalled_parity,
+)
 from imgclf.train.probe import best_fit, fit_linear_probe
 from imgclf.train.vision import vision_learner
 
@@ -58,6 +66,11 @@ def test_onnx_engine_matches_eager_fp32_on_real_photos(body, photos, engine_cach
     assert kept.stem == body_key(body, SIZE) and body_key(body, SIZE + 32) != kept.stem
     again = onnx_engine(body, SIZE)
     assert torch.equal(again(photos), got)
+    # its passed parity verdict was kept beside it: the next job skips the eager reference pass for this graph
+    assert recalled_parity(again)["cosine"] == engine.parity["cosine"]
+    recalled = pick_engine(body, photos)
+    assert recalled.parity["recalled"] and torch.equal(recalled(photos), got)
+    assert recalled_parity(onnx_engine(body, SIZE, cache=False)) is None  # an uncached graph is always checked
 
 
 def test_an_engine_off_eager_is_not_used(body, photos):

@@ -116,3 +116,41 @@ def test_an_older_run_says_the_check_is_unavailable_once(trained_run, tmp_path):
     notes = [str(w.message) for w in caught if "cannot be checked" in str(w.message)]
     assert len(notes) == 1 and TRAIN_CONTENT_FILE in notes[0]
     assert res["n_seen_in_training"] is None and "accuracy_unseen" not in res
+
+
+def test_look_alike_chains_are_not_taken_for_copies():
+    """Fashion-MNIST's grey silhouettes match each other in long chains (not copies: they would all match one
+    another); the check says it cannot tell them apart instead of moving most of a small validation split. Copies
+    of one hymenoptera photo (re-saved, resized, brightened, mirrored) among the others still form one group."""
+    import gzip
+    import io
+    from pathlib import Path
+
+    import torch
+
+    from imgclf.data.audit import TooAlike, near_groups, tensor_fingerprints
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    with gzip.open(shared / "fashion-mnist" / "train-images-idx3-ubyte.gz") as f:
+        raw = f.read()
+    fashion = np.frombuffer(raw, np.uint8, count=300 * 784, offset=16).reshape(300, 1, 28, 28)
+    with pytest.raises(TooAlike, match="chain"):
+        near_groups(tensor_fingerprints(torch.from_numpy(fashion.copy()).expand(-1, 3, -1, -1).contiguous()))
+
+    def presized(img: Image.Image) -> torch.Tensor:
+        img = img.convert("RGB").resize((64, 64))
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+    photos = sorted((shared / "hymenoptera" / "train" / "ants").glob("*.jpg"))[:40]
+    images = [presized(Image.open(p)) for p in photos]
+    base = Image.open(photos[0]).convert("RGB")
+    for variant in range(4):
+        buf = io.BytesIO()
+        copy = base.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if variant == 3 else base
+        copy = ImageEnhance.Brightness(copy).enhance(1.1) if variant == 2 else copy
+        copy = copy.resize((base.width // 2, base.height // 2)) if variant == 1 else copy
+        copy.save(buf, "JPEG", quality=40)
+        images.append(presized(Image.open(buf)))
+    groups = near_groups(tensor_fingerprints(torch.stack(images)))
+    assert [0, 40, 41, 42, 43] in groups
+    assert all(len(g) < 5 for g in groups if g != [0, 40, 41, 42, 43])

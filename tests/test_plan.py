@@ -5,14 +5,19 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from imgclf.train.plan import (
     MAX_DEFAULT_BUDGET,
     MIN_SCRATCH_EPOCHS,
+    ONNX_SPEEDUP,
     DataFacts,
     Rates,
     choose_plan,
     default_budget,
+    fine_tune_prices,
+    record_rate,
+    recorded_rate,
     scratch_regime,
 )
 from imgclf.train.scratch import scratch_recipe
@@ -93,3 +98,23 @@ def test_probe_only_recipe_plans_no_fine_tune_and_arrays_skip_sizes_that_do_not_
 @pytest.mark.parametrize("n,budget", [(16, 64.0), (245, 121.25), (2000, 560.0), (60_000, MAX_DEFAULT_BUDGET)])
 def test_default_budget_keeps_the_photo_sets_and_caps_large_ones(n, budget):
     assert default_budget(n) == budget
+
+
+def test_feature_rates_are_recorded_for_the_next_plan(tmp_path, monkeypatch):
+    """A feature pass leaves its rate for the next job's plan (no throwaway model timed then): the median of the
+    last three at the nearest size; passes too small to say anything are not kept."""
+    monkeypatch.setenv("IMGCLF_CACHE", str(tmp_path))
+    cpu = torch.device("cpu")
+    assert recorded_rate("efficientnet_lite0", 256, cpu) is None
+    record_rate("efficientnet_lite0", 256, cpu, "onnxruntime fp32", rows=50, seconds=1.0)  # mostly set-up
+    assert recorded_rate("efficientnet_lite0", 256, cpu) is None
+    for rate in (100, 130, 120, 125):
+        record_rate("efficientnet_lite0", 256, cpu, "onnxruntime fp32", rows=643, seconds=643 / rate)
+    size, rate, engine = recorded_rate("efficientnet_lite0", 192, cpu)
+    assert (size, engine) == (256, "onnxruntime fp32") and rate == pytest.approx(125)  # median of 130, 120, 125
+    assert recorded_rate("resnet18", 256, cpu) is None  # another arch has its own
+    # a fine-tune's steps run eager: an onnxruntime feature rate prices them ONNX_SPEEDUP times slower
+    facts = DataFacts(n_train=245, n_valid=153, short_side=300)
+    onnx, eager = Rates(rate, size, 500.0, engine=engine), Rates(rate / ONNX_SPEEDUP, size, 500.0)
+    assert fine_tune_prices(facts, onnx, 256) == pytest.approx(fine_tune_prices(facts, eager, 256))
+    assert onnx.forward_at(256) == pytest.approx(ONNX_SPEEDUP * eager.forward_at(256))

@@ -15,6 +15,7 @@ from imgclf.train.probe import best_fit, fit_linear_probe
 from imgclf.train.recipes import (
     Candidate,
     auto_fit,
+    cached_valid_preds,
     candidate_sizes,
     keep_fine_tune,
     should_try_fine_tune,
@@ -168,3 +169,31 @@ def test_fine_tune_is_tried_on_an_inner_holdout_and_judged_there(image_folder, t
         probe = res.report["candidates"][0]  # bf16 autocast on CPUs that have it; the probe's figure is an fp32 head)
         assert ft["valid_loss"] is None
         assert res.learner.validate()["valid_loss"] == pytest.approx(probe["valid_loss"], abs=0.05)
+
+
+def test_the_final_figures_come_from_the_probes_cached_features(image_folder, tmp_path):
+    """A kept probe's validation logits are its head on the cached features (no second pass over the images):
+    the model's own output, and the job's figures are the very ones the probe was scored on."""
+    root = image_folder({"a": 8, "b": 8}, split=True, size=(40, 30))
+    data = ImageData.from_folder(root, size=32, bs=8, progress=False)
+    res = auto_fit(data, recipe="probe", sizes=[32], budget=600, progress=False, seed=0)
+    logits, targets = res.valid_preds
+    learn = res.learner
+    assert torch.equal(targets, data.valid_y) and learn.features.passes == 2  # train (both views) and valid
+    learn.dtype = None  # the model itself in fp32 (the learner's bf16 autocast is ~0.1 off on logits)
+    eager, _ = learn.get_preds()
+    assert torch.equal(logits.argmax(1), eager.argmax(1)) and torch.allclose(logits, eager, atol=1e-3)
+    learn.unfreeze()
+    learn.fit_one_cycle(1, 1e-4)  # the body changed: its cached features no longer describe the model
+    assert cached_valid_preds(learn) is None
+
+    cfg = RunConfig(data=DataConfig(path=str(root), size=32, bs=8), train=TrainConfig(recipe="probe", budget=300),
+                    out=str(tmp_path / "run"))
+    run = train(cfg, progress=False)
+    m, recipe = run.metrics, json.loads((run.run_dir / "recipe.json").read_text())
+    probe = next(c for c in recipe["candidates"] if c["name"] == recipe["chosen"])
+    assert m["valid_loss"] == pytest.approx(probe["valid_loss"], abs=1e-5)
+    assert m["accuracy"] == pytest.approx(probe["accuracy"])
+    # the breakdown bench/hymenoptera.py prints
+    assert set(m["phases"]) >= {"setup", "plan", "decode", "features", "probe", "fit", "finish"}
+    assert all(v >= 0 for v in m["phases"].values()) and m["phases"]["fit"] <= m["total_seconds"]

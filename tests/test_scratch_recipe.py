@@ -12,7 +12,15 @@ from imgclf.data.augment import Augment
 from imgclf.models import create_model, layer_groups, list_models, recommended_size
 from imgclf.train import job
 from imgclf.train.schedule import SCHEDULES
-from imgclf.train.scratch import MAX_EPOCHS, MAX_SIZE, SCRATCH_ARCH, SCRATCH_EPOCHS, SCRATCH_LR, scratch_recipe
+from imgclf.train.scratch import (
+    MAX_EPOCHS,
+    MAX_SIZE,
+    SCRATCH_ARCH,
+    SCRATCH_EPOCHS,
+    SCRATCH_LR,
+    SCRATCH_PROGRESSIVE,
+    scratch_recipe,
+)
 
 
 @pytest.mark.parametrize("arch", ["airnet", "airnet_tiny"])
@@ -43,6 +51,7 @@ def test_recipe_for_fashion_mnist_is_the_documented_one():
     assert r["arch"] == SCRATCH_ARCH and SCRATCH_ARCH in list_models()
     assert (r["size"], r["crop_pct"], r["bs"], r["epochs"], r["lr"]) == (28, 1.0, 256, SCRATCH_EPOCHS, SCRATCH_LR)
     assert r["schedule"] in SCHEDULES and 0 <= r["label_smoothing"] < 0.5
+    assert r["progressive"] == SCRATCH_PROGRESSIVE and 0 < SCRATCH_PROGRESSIVE < 1  # issue 14: from 20 px up
     aug = Augment.parse(r["augment"])
     assert aug.pad == 2 and aug.flip and aug.max_rotate == 0  # CIFAR's pad-and-crop and a mirror, no rotation
     # the job's defaults for --recipe scratch are this recipe's

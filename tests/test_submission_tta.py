@@ -151,7 +151,10 @@ def test_evaluate_tta_reports_both_figures(run, tmp_path, capsys):
     assert ev["n"] == 12 and ev["tta_views"] == ["center", "flip"]
     ci, tta_ci = (f"({ev[k + '_low']:.2f}-{ev[k + '_high']:.2f}, 12 images)" for k in ("accuracy", "tta_accuracy"))
     assert lines[0] == f"accuracy {ev['accuracy']:.4f} {ci}  loss {ev['loss']:.4f}  n 12"
-    assert lines[1] == f"tta accuracy {ev['tta_accuracy']:.4f} {tta_ci}  tta loss {ev['tta_loss']:.4f}  (center + flip)"
+    assert lines[1].startswith("balanced_accuracy ") and f"ECE {ev['ece']:.4f}" in lines[1]
+    tta = [line for line in lines if line.startswith("tta accuracy")]
+    assert len(tta) == 1 and tta[0].endswith("(center + flip)") and f"tta ECE {ev['tta_ece']:.4f}" in tta[0]
+    assert tta[0].startswith(f"tta accuracy {ev['tta_accuracy']:.4f} {tta_ci}  tta loss {ev['tta_loss']:.4f}  ")
     # the plain figures are those of evaluate without --tta; the TTA ones those of predict --tta by hand
     assert main(["evaluate", str(run), str(data), "--json", str(tmp_path / "plain.json"), "--quiet"]) == 0
     plain = json.loads((tmp_path / "plain.json").read_text())

@@ -11,7 +11,9 @@ def add(sub) -> None:
     p = sub.add_parser("evaluate", help="score a trained run on labelled images",
                        description="The figures of RUN's task on DATA: class folders, a data set root whose "
                                    "valid/val split is used, or a CSV as the run trained from (every row is "
-                                   "scored). Classes: accuracy, loss, per-class accuracy; tags: accuracy_multi "
+                                   "scored). Classes: accuracy, loss, balanced accuracy, macro F1, expected "
+                                   "calibration error of predict's confidences (before -> after the run's "
+                                   "temperature), per-class accuracy; tags: accuracy_multi "
                                    "and f1_multi at the run's threshold, per-tag F1; numbers: mae, rmse. "
                                    "Images RUN trained on (the same bytes, whatever their names) are counted, "
                                    "with a warning, and the figures given again without them.")
@@ -28,6 +30,19 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+_CLASS_LINE = ("balanced_accuracy", "macro_f1")
+_CALIBRATION = ("ece", "ece_before", "temperature")
+
+
+def calibration_text(res: dict, prefix: str = "", suffix: str = "") -> str:
+    """`ECE 0.0820 -> 0.0301 (T=0.470, 15 bins)`: the expected calibration error before and after the run's
+    temperature (what `predict`'s confidences are), or `ECE 0.0301 (T=1, ...)` for an uncalibrated run."""
+    after, before = res[f"{prefix}ece{suffix}"], res.get(f"{prefix}ece_before{suffix}")
+    t = res.get("temperature", 1.0)
+    return f"ECE {before:.4f} -> {after:.4f} (T={t:.3f}, 15 bins)" if before is not None else (
+        f"ECE {after:.4f} (T={t:.3f}, 15 bins)")
+
+
 def run(a: argparse.Namespace) -> None:
     from ..infer import evaluate, load_model
     from ..rundir import write_json
@@ -37,19 +52,26 @@ def run(a: argparse.Namespace) -> None:
         check_writable(a.json, a.force)
     res = evaluate(load_model(a.run, device=a.device), a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet,
                    tta=a.tta, label_col=a.label_col, run_dir=a.run)
+    # the task's plain figures (classes: accuracy, loss), then the single-label ones a skewed set cannot hide
     plain = [k for k, v in res.items() if isinstance(v, float) and not k.startswith("tta_")
-             and not k.endswith(("_low", "_high", "_unseen"))]
+             and not k.endswith(("_low", "_high", "_unseen")) and k not in _CLASS_LINE + _CALIBRATION]
+    extra = [k for k in _CLASS_LINE if k in res]
     print("  ".join(format_figure(k, res[k], res.get(f"{k}_low"), res.get(f"{k}_high"), res["n"]) for k in plain)
           + f"  n {res['n']}")
+    if extra:  # as `train` prints them: balanced accuracy, macro F1, then the calibration error
+        print("  ".join(format_figure(k, res[k], res.get(f"{k}_low"), res.get(f"{k}_high"), res["n"])
+                        for k in extra) + "  " + calibration_text(res))
     if a.tta:
         print("  ".join("tta " + format_figure(k, res["tta_" + k], res.get(f"tta_{k}_low"), res.get(f"tta_{k}_high"),
                                                res["n"])
-                        for k in plain if "tta_" + k in res)
+                        for k in plain + extra if "tta_" + k in res)
+              + (f"  tta {calibration_text(res, 'tta_')}" if "tta_ece" in res else "")
               + f"  ({' + '.join(res['tta_views'])})")
     if res.get("n_seen_in_training"):  # some were training images (a warning said so): the figures without them
         print("unseen only: " + "  ".join(
             format_figure(k, res[k + "_unseen"], res.get(f"{k}_unseen_low"), res.get(f"{k}_unseen_high"),
-                          res["n_unseen"]) for k in plain if k + "_unseen" in res)
+                          res["n_unseen"]) for k in plain + extra if k + "_unseen" in res)
+              + (f"  {calibration_text(res, suffix='_unseen')}" if "ece_unseen" in res else "")
               + f"  n {res['n_unseen']} ({res['n_seen_in_training']} of {res['n']} were training images)")
     per_class = next((k for k in res if k.startswith("per_class_")), None)
     if per_class:

@@ -66,12 +66,18 @@ def add(sub) -> None:
     g.add_argument("--mixup", type=float, default=T.mixup, help="MixUp alpha (0: off; 0.2-0.4 typical)")
     g.add_argument("--cutmix", type=float, default=T.cutmix, help="CutMix alpha (0: off; 1.0 typical)")
     g.add_argument("--label-smoothing", type=float, default=T.label_smoothing, help="classification only")
+    g.add_argument("--progressive", type=float, default=T.progressive, metavar="FRAC",
+                   help="progressive resizing: training batches start at FRAC x --size and grow to --size by "
+                        "half-way (0: off; default: the from-scratch recipe's, off when fine-tuning)")
     g.add_argument("--loss", default=T.loss, choices=["auto", "mse", "l1"],
                    help="regression loss (auto: mse); classes and tags use (binary) cross-entropy")
     g.add_argument("--clip", type=float, default=T.clip, help="gradient-norm clipping (0: off)")
     g.add_argument("--patience", type=int, default=T.patience, help="early-stopping patience on valid_loss")
     g.add_argument("--device", default=T.device, help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--precision", default=T.precision, choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--compile", action="store_true", default=T.compile,
+                   help="torch.compile the training step: faster steps after a compile of a minute or so (CPU: "
+                        "needs a C compiler); pays on long runs and GPUs")
     g.add_argument("--init", default=T.init, choices=["default", "lsuv"],
                    help="weight init of a from-scratch model: the arch's own, or LSUV on the first batch "
                         "(unit output std per layer; skipped with a warning on pretrained weights)")
@@ -80,7 +86,8 @@ def add(sub) -> None:
                         "reported validation images); auto: kept when it lowers validation NLL")
     g.add_argument("--balance", default=T.balance, choices=["auto", "none", "weights", "sampler"],
                    help="class imbalance: inverse-frequency class weights in the loss, or a sampler drawing "
-                        "classes evenly; auto: chosen from the training split's largest/smallest class ratio")
+                        "classes evenly; auto: from a largest/smallest class ratio of 3, weights for the "
+                        "probe or a fine-tune of a pretrained body, the sampler from scratch")
     g.add_argument("--accum", type=int, default=T.accum, metavar="K",
                    help="gradient accumulation: step the optimizer every K batches (an effective batch of K x --bs)")
     g.add_argument("--nproc", type=int, metavar="N", help="train in N processes with DistributedDataParallel "
@@ -173,5 +180,12 @@ def run(a: argparse.Namespace) -> None:
         both = [format_figure(k, m[k], m.get(f"{k}_low"), m.get(f"{k}_high"))
                 for k in ("balanced_accuracy", "macro_f1")]
         print(f"{'  '.join(both)}  ECE {m['ece']:.4f} (T={m['temperature']:.3f})")
+    from ..rundir import read_json
+    from ..train.trust import validation_advice
+
+    recipe = res.run_dir / "recipe.json"  # a small validation split: the cross-validated figure beside it
+    advice = validation_advice(m, read_json(recipe) if recipe.is_file() else None)
+    for line in advice["lines"] if advice else []:
+        print(line)
 
 

@@ -14,9 +14,11 @@ from ..data.idx import is_idx_folder, load_idx, presize_arrays
 from ..data.sources import Items, Unused, content_keys, items_from_csv, items_from_folder, label_from_re, scan_images
 from ..data.targets import encode_targets
 from ..errors import UserError
+from ..train.calibrate import BINS, reliability
 from ..train.metrics import (
     accuracy_multi,
     add_intervals,
+    class_figures,
     fbeta_multi,
     mae,
     multi_label_intervals,
@@ -57,6 +59,9 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     units. With `tta` the same figures prefixed `tta_` (center + flip views averaged), from the same pass.
     Proportions carry 95% bounds, `<name>_low`/`<name>_high`: Wilson for accuracy and for each class's accuracy
     (`per_class_accuracy_interval`), a 1000-resample bootstrap over images for accuracy_multi and f1_multi.
+    Classes also get balanced_accuracy and macro_f1 (bootstrap bounds) and `ece`, the expected calibration
+    error of the confidences as `predict` gives them (the run's temperature applied; 15 bins, as `interpret`
+    and the report compute it), with `ece_before` (T = 1) and `temperature` when the run fitted one.
 
     Images the run trained on (the same bytes: `RUN/train_content.json`, not names) are counted,
     `n_seen_in_training`, and the figures are given again on the unseen ones alone (`accuracy_unseen` with
@@ -81,7 +86,10 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     if len(targets) == 0:  # every file was skipped (and named): there is nothing to score
         raise UserError(f"{data}: none of the {len(skipped)} image file(s) could be decoded")
     task = predictor.task
-    res = {**_scores(view_probs[0], targets, predictor), "n": len(targets)}
+    before = _uncalibrated(view_probs, predictor)  # T = 1: what the temperature changed (None when it is 1)
+    res = {**_scores(view_probs[0], targets, predictor, _view(before, 0)), "n": len(targets)}
+    if task == "classify":
+        res["temperature"] = predictor.temperature
     if task != "regression":
         res[f"per_class_{_PER_CLASS[task]}"] = _per_class(view_probs[0], targets, predictor)
     if task == "classify":  # a class's accuracy is its recall: k right of its n images, Wilson's bounds
@@ -89,10 +97,24 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     res["skipped_files"] = [{"path": str(p), "reason": r} for p, r in skipped]
     res["unused_entries"] = unused.to_dict()
     if tta:
-        res.update({f"tta_{k}": v for k, v in _scores(combine(view_probs), targets, predictor).items()})
+        res.update({f"tta_{k}": v for k, v in _scores(combine(view_probs), targets, predictor,
+                                                       None if before is None else combine(before)).items()})
         res["tta_views"] = list(TTA_VIEWS)
-    res.update(seen_figures(run_dir, keys, view_probs[0], targets, predictor))
+    res.update(seen_figures(run_dir, keys, view_probs[0], targets, predictor, _view(before, 0)))
     return res
+
+
+def _uncalibrated(view_probs: torch.Tensor, predictor: Predictor) -> torch.Tensor | None:
+    """Class probabilities at T = 1 from those at the run's T: softmax(T x log p) = softmax(logits), since
+    log p = logits / T less a constant per row (a class whose probability underflowed to 0 stays at 0). None
+    for tags and numbers, or when the run is uncalibrated (T = 1): there is no "before" to show."""
+    if predictor.task != "classify" or predictor.temperature == 1.0:
+        return None
+    return (view_probs.log() * predictor.temperature).softmax(-1)
+
+
+def _view(probs: torch.Tensor | None, i: int) -> torch.Tensor | None:
+    return None if probs is None else probs[i]
 
 
 def _unseen_name(k: str) -> str:
@@ -104,9 +126,9 @@ def _unseen_name(k: str) -> str:
 
 
 def seen_figures(run_dir: str | Path | None, keys: list[str], probs: torch.Tensor, targets: torch.Tensor,
-                 predictor: Predictor) -> dict[str, Any]:
+                 predictor: Predictor, before: torch.Tensor | None = None) -> dict[str, Any]:
     """`n_seen_in_training` (None when the run has no record) and the figures on the images not trained on,
-    with one warning naming the counts when some were trained on."""
+    with one warning naming the counts when some were trained on. `before`: the probabilities at T = 1."""
     check = check_seen(run_dir, keys)
     if not check.available:
         return {"n_seen_in_training": None}
@@ -114,7 +136,8 @@ def seen_figures(run_dir: str | Path | None, keys: list[str], probs: torch.Tenso
     n, n_unseen = len(keys), int(unseen.sum())
     out: dict[str, Any] = {"n_seen_in_training": check.n_seen, "n_unseen": n_unseen}
     if n_unseen:
-        out.update({_unseen_name(k): v for k, v in _scores(probs[unseen], targets[unseen], predictor).items()
+        out.update({_unseen_name(k): v for k, v in _scores(probs[unseen], targets[unseen], predictor,
+                                                           None if before is None else before[unseen]).items()
                     if k != "threshold"})
     if check.n_seen:
         main = {"classify": "accuracy", "multi_label": "f1_multi", "regression": "mae"}[predictor.task]
@@ -142,8 +165,10 @@ def _idx_outputs(predictor: Predictor, folder: str | Path, bs: int, names: tuple
 _PER_CLASS = {"classify": "accuracy", "multi_label": "f1"}
 
 
-def _scores(out: torch.Tensor, targets: torch.Tensor, predictor: Predictor) -> dict[str, float]:
-    """The task's figures from activated outputs (probabilities or numbers)."""
+def _scores(out: torch.Tensor, targets: torch.Tensor, predictor: Predictor, before: torch.Tensor | None = None
+            ) -> dict[str, float]:
+    """The task's figures from activated outputs (probabilities or numbers). Classes: accuracy and loss, balanced
+    accuracy and macro F1, and `ece` of these probabilities (`ece_before` of `before`, the same at T = 1)."""
     if predictor.task == "regression":
         return {"mae": mae(out, targets), "rmse": rmse(out, targets)}
     logits = out.clamp(1e-7, 1 - 1e-7)
@@ -155,7 +180,13 @@ def _scores(out: torch.Tensor, targets: torch.Tensor, predictor: Predictor) -> d
                 "loss": float(F.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), targets)), "threshold": t}
     res = {"accuracy": float((out.argmax(-1) == targets).float().mean()),
            "loss": float(F.nll_loss(out.clamp_min(1e-12).log(), targets))}
-    return add_intervals(res, len(targets))  # accuracy_low / accuracy_high: 95% Wilson
+    add_intervals(res, len(targets))  # accuracy_low / accuracy_high: 95% Wilson
+    figs = class_figures(out, targets)  # the arg-max is all they read: probabilities do as well as logits
+    res.update({k: v for k, v in figs.items() if k.startswith(("balanced_accuracy", "macro_f1"))})
+    res["ece"] = float(reliability(out, targets, BINS)["ece"])
+    if before is not None:
+        res["ece_before"] = float(reliability(before, targets, BINS)["ece"])
+    return res
 
 
 def _per_class_intervals(out: torch.Tensor, targets: torch.Tensor, predictor: Predictor) -> dict[str, dict]:

@@ -196,14 +196,18 @@ def choose_temperature(valid_logits: torch.Tensor, valid_targets: torch.Tensor, 
 
 
 def evaluate_classes(learn: Any, mode: str = "auto", selection_logits: torch.Tensor | None = None,
-                     selection_targets: torch.Tensor | None = None, seed: int = 0) -> dict[str, Any]:
+                     selection_targets: torch.Tensor | None = None, seed: int = 0,
+                     preds: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """A single-label run's final validation figures: the learner's (valid_loss, accuracy), balanced accuracy
     and macro F1 with bootstrap bounds, per-class recall, and the temperature chosen by `choose_temperature`
-    (set on `learn.temperature`, so `export` writes it into model.json) with its ECE before/after."""
+    (set on `learn.temperature`, so `export` writes it into model.json) with its ECE before/after.
+
+    `preds`: the validation (logits, targets) when they are at hand already (the probe's, from cached features:
+    `recipes.cached_valid_preds`); else the learner predicts them."""
     from ..data.samplers import class_counts, imbalance_ratio
     from .metrics import class_figures
 
-    logits, targets = learn.get_preds()
+    logits, targets = preds if preds is not None else learn.get_preds()
     final = {**learn.score(logits, targets), **class_figures(logits, targets, seed=seed)}
     cal = choose_temperature(logits, targets, mode, selection_logits, selection_targets, seed)
     learn.temperature = cal["temperature"]

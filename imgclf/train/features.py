@@ -10,15 +10,23 @@ image on the 2-core Xeon under load ~10 (`bench/limits.py`): eager fp32 83, eage
 weights 47, TorchScript trace+freeze bf16 33 (9 s to build), onnxruntime fp32 15 (the graph exported by
 torch.onnx's TorchScript-based exporter after `static_padding`: 1.3 CPU s to export; the dynamo exporter's graph
 runs the same but took 94 s to export), onnxruntime int8 17.5 (no faster, and calibration costs). So onnxruntime
-fp32 when it is installed (`imgclf[export]`), checked against eager fp32 on the first images before it is used,
-else eager with the learner's autocast dtype.
-"""
+fp32 when it is installed (`imgclf[export]`), checked against eager fp32 on the first images before it is used
+(once per exported graph: a passed verdict is kept beside it), else eager with the learner's autocast dtype.
+
+Why not int8 (`int8_engine`), though bench/limits.py has it at 268 img/s against fp32's 136 on in-memory batches:
+static quantization calibrated on 64 of the user's own training images, the probe's validation accuracy at 256 px
+(same CV-chosen probe, fp32 -> int8; 2026-11-30, 2-core Xeon under load): hymenoptera 0.9608 -> 0.9542 (one image
+of 153), hymenoptera-8 0.9608 -> 0.9608, fashion-2000 0.8770 -> 0.8780, hymenoptera at 48 px 0.8758 -> 0.8431
+(five images; the features' lowest cosine with fp32 0.952, far under MIN_COSINE). And calibrating + quantizing
+took 10-24 s under load, more than the whole fp32 pass over hymenoptera's 643 views. So fp32 stays the default;
+int8 is there to measure with (`python bench/limits.py --int8-probe`)."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import io
+import json
 import os
 import time
 import warnings
@@ -61,9 +69,16 @@ class FeatureEngine:
     parity: dict = field(default_factory=dict)  # cosine / max_rel_diff vs eager fp32, when checked
     note: str = ""  # why this engine (a fallback says what failed)
     channels_last: bool = True  # the input layout it wants (onnxruntime: plain NCHW, no copy)
+    graph: Path | None = None  # the cached exported graph it runs, if any: its parity verdict is kept beside it
+    seconds: float = 0.0  # time spent in calls (the pass's rate without set-up or cropping)
+    images: int = 0  # images through it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
+        t = time.perf_counter()
+        out = self.fn(x)
+        self.seconds += time.perf_counter() - t
+        self.images += len(x)
+        return out
 
 
 def eager_engine(model: nn.Module, dtype: torch.dtype | None = None) -> FeatureEngine:
@@ -136,7 +151,7 @@ def onnx_engine(model: nn.Module, size: int, threads: int | None = None, cache: 
 
     Raises ImportError without onnxruntime (the `imgclf[export]` extra) and whatever the export raises on an
     architecture it cannot trace: `pick_engine` falls back to eager then."""
-    import onnxruntime as ort
+    import onnxruntime  # noqa: F401  (the ImportError before any export work)
 
     t = time.perf_counter()
     path = engine_cache() / f"{body_key(model, size)}.onnx" if cache else None
@@ -144,14 +159,7 @@ def onnx_engine(model: nn.Module, size: int, threads: int | None = None, cache: 
         graph = path.read_bytes()
         path.touch()  # recently used: kept by the pruning below
     else:
-        pooled = Pooled(static_padding(model, size)).eval()
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's business
-            torch.onnx.export(pooled, (torch.zeros(2, 3, size, size),), buf, dynamo=False, opset_version=17,
-                              input_names=["x"], output_names=["f"],
-                              dynamic_axes={"x": {0: "batch"}, "f": {0: "batch"}})
-        graph = buf.getvalue()
+        graph = _export_graph(model, size)
         if path is not None:
             try:  # written whole then renamed: a concurrent run never reads half a file
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,20 +168,114 @@ def onnx_engine(model: nn.Module, size: int, threads: int | None = None, cache: 
                 tmp.replace(path)
                 # bodies that were trained are exported too and never seen again: keep the newest few (13 MB each)
                 for old in sorted(path.parent.glob("*.onnx"), key=lambda f: f.stat().st_mtime)[:-CACHE_FILES]:
-                    old.unlink(missing_ok=True)
+                    for f in (old, *old.parent.glob(f"{old.stem}.ort*.parity.json")):
+                        f.unlink(missing_ok=True)
             except OSError:  # a read-only home: the engine works without its cache
                 pass
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or torch.get_num_threads()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+    session = _session(graph, threads)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         out = session.run(None, {"x": x.detach().float().contiguous().cpu().numpy()})[0]
         return torch.from_numpy(out).to(x.device)
 
-    return FeatureEngine("onnxruntime fp32", run, time.perf_counter() - t, channels_last=False)
+    return FeatureEngine("onnxruntime fp32", run, time.perf_counter() - t, channels_last=False,
+                         graph=path if path is not None and path.is_file() else None)
+
+
+def _verdict_file(engine: FeatureEngine) -> Path | None:
+    import onnxruntime as ort
+
+    if engine.graph is None:
+        return None
+    return engine.graph.with_name(f"{engine.graph.stem}.ort{ort.__version__}.parity.json")
+
+
+def recalled_parity(engine: FeatureEngine) -> dict | None:
+    """The parity verdict an earlier job recorded for this very graph (same body weights, size, torch and
+    onnxruntime: the same features to the last bit), or None. Only passed verdicts are kept."""
+    path = _verdict_file(engine)
+    try:
+        got = json.loads(path.read_text()) if path is not None and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return {**got, "recalled": True} if isinstance(got, dict) and got.get("ok") else None
+
+
+def remember_parity(engine: FeatureEngine) -> None:
+    """Keep a passed parity verdict beside the cached graph: the next job on this body skips the eager reference
+    pass (on two cores ~1-2 s for 8 images at 256 px, most of the engine's set-up)."""
+    path = _verdict_file(engine)
+    if path is None or not engine.parity.get("ok") or engine.parity.get("recalled"):
+        return
+    try:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(engine.parity))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def _export_graph(model: nn.Module, size: int) -> bytes:
+    """The pooled body as an ONNX graph (batch dimension free, `size` px fixed, constant pads)."""
+    pooled = Pooled(static_padding(model, size)).eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's business
+        torch.onnx.export(pooled, (torch.zeros(2, 3, size, size),), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["f"], dynamic_axes={"x": {0: "batch"}, "f": {0: "batch"}})
+    return buf.getvalue()
+
+
+def int8_engine(model: nn.Module, size: int, calib: torch.Tensor, threads: int | None = None) -> FeatureEngine:
+    """The body quantized to int8 (onnxruntime static QDQ: per-channel int8 weights, uint8 activations, the first
+    convolution left in float, ReLU6 clips quantized with their convolutions: `infer.export.quantize_int8`'s
+    settings), activation ranges calibrated on `calib` (normalised training images).
+
+    Measured on hymenoptera at 256 px (bench/limits.py): 268 img/s against fp32's 136, features at cosine 0.994
+    of eager fp32's. Not the default: it cost the probe up to 3.3 points of accuracy (the module's docstring), and
+    calibration and quantization take 14-24 s on two cores, more than the whole fp32 pass on a few hundred images."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    t = time.perf_counter()
+    x = calib.detach().float().contiguous().cpu().numpy()
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"x": x[i : i + 16]} for i in range(0, len(x), 16)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src, pre, out = (Path(tmp) / n for n in ("f.onnx", "pre.onnx", "q.onnx"))
+        src.write_bytes(_export_graph(model, size))
+        quant_pre_process(str(src), str(pre))
+        first = next(n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv")
+        quantize_static(str(pre), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "Gemm", "MatMul", "Clip", "Relu"], nodes_to_exclude=[first])
+        graph = out.read_bytes()
+    session = _session(graph, threads)
+
+    def run(v: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": v.detach().float().contiguous().cpu().numpy()})[0]).to(v.device)
+
+    return FeatureEngine("onnxruntime int8", run, time.perf_counter() - t, channels_last=False)
+
+
+def _session(graph: bytes, threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
 
 
 def check_parity(engine: FeatureEngine, model: nn.Module, x: torch.Tensor) -> dict:
@@ -193,7 +295,7 @@ def pick_engine(model: nn.Module, sample: torch.Tensor, dtype: torch.dtype | Non
 
     `engine`: "auto", "onnx" (the same checks, a warning when it cannot be used) or "eager". `candidate`: an engine
     built elsewhere (e.g. kept from another body) to check instead of building one: one that fails parity is
-    never used."""
+    never used. A cached graph that passed before (`recalled_parity`) is only checked for finite features."""
     if engine not in ENGINES:
         raise ValueError(f"feature engine {engine!r}: choose {', '.join(ENGINES)}")
     model.eval()  # features are the eval-mode body's (batch-norm running statistics): the reference's too
@@ -201,11 +303,22 @@ def pick_engine(model: nn.Module, sample: torch.Tensor, dtype: torch.dtype | Non
     if engine == "eager" or (candidate is None and device.type != "cpu"):
         return eager_engine(model, dtype)  # on a GPU eager autocast is the fast path
     why = ""
+    t = time.perf_counter()
+
+    def ready(e: FeatureEngine) -> FeatureEngine:  # set-up includes the checks; the call counters start at 0
+        e.setup_seconds, e.seconds, e.images = time.perf_counter() - t, 0.0, 0
+        return e
+
     try:
         cand = candidate or onnx_engine(model, int(sample.shape[-1]))
+        recalled = recalled_parity(cand) if candidate is None else None
+        if recalled is not None and _sane(cand, sample[:PARITY_IMAGES]):
+            cand.parity = recalled  # this graph passed on this machine before: no eager reference pass
+            return ready(cand)
         cand.parity = check_parity(cand, model, sample[:PARITY_IMAGES])
         if cand.parity["ok"]:
-            return cand
+            remember_parity(cand)
+            return ready(cand)
         why = (f"{cand.name} features off eager fp32 (cosine {cand.parity['cosine']:.4f}, max rel diff "
                f"{cand.parity['max_rel_diff']:.3g})")
     except ImportError:
@@ -216,7 +329,13 @@ def pick_engine(model: nn.Module, sample: torch.Tensor, dtype: torch.dtype | Non
         warnings.warn(f"feature engine: {why}; using eager", stacklevel=2)
     out = eager_engine(model, dtype)
     out.note = why
-    return out
+    return ready(out)
+
+
+def _sane(engine: FeatureEngine, x: torch.Tensor) -> bool:
+    """Whether the engine gives finite features of the right count for `x` (a recalled verdict's check)."""
+    f = engine(x.contiguous())
+    return f.ndim == 2 and len(f) == len(x) and bool(torch.isfinite(f).all())
 
 
 def extract_features(model: nn.Module, loader: Iterable, dtype: torch.dtype | None = None,
@@ -278,6 +397,13 @@ class FeatureCache:
             self.passes += 1
             self._version = body_version(model)
         return self._store[key]
+
+    def peek(self, key: tuple[str, str], model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The features of `key` if they are held for this body as it is now, else None (nothing is computed):
+        the job's final figures reuse the probe's validation features instead of a second pass over the images."""
+        if body_version(model) != self._version:
+            return None
+        return self._store.get(key)
 
     def get_engine(self, model: nn.Module, make: Callable[[], FeatureEngine]) -> FeatureEngine:
         """The feature engine for this body, built once while the body is unchanged."""

@@ -50,6 +50,7 @@ from ..rundir import (
 from . import distributed as dist
 from .calibrate import evaluate_classes
 from .callbacks import Callback, CSVLogger, CutMix, EarlyStopping, MixUp, NonFiniteLoss, SaveBestModel
+from .callbacks.resize import ProgressiveResize
 from .checkpoint import Checkpointer, TrainingInterrupted
 from .learner import pick_device, resolve_precision
 from .metrics import add_intervals
@@ -62,11 +63,12 @@ from .plan import (
     measure_decode,
     measure_forward,
     measure_training,
+    recorded_rate,
     scratch_regime,
 )
 from .recipes import RECIPES, auto_fit, candidate_sizes
 from .schedule import get_schedule
-from .scratch import SCRATCH_EPOCHS, SCRATCH_LR, scratch_recipe
+from .scratch import SCRATCH_EPOCHS, SCRATCH_LR, progressive_start, scratch_recipe
 from .vision import VisionLearner, vision_learner
 
 JOB_RECIPES = (*RECIPES, "scratch")
@@ -164,10 +166,12 @@ def data_facts(cfg: RunConfig) -> tuple[DataFacts, list[Path]] | None:
 def plan_job(cfg: RunConfig) -> Plan | None:
     """The auto recipe's plan (train/plan.py), printed before anything runs; None when the job runs another recipe.
 
-    Priced from throughput measured now: a warm-up and two batches of 8 through the backbone at the smallest
-    candidate size (random pixels: ~1 s on two cores; larger sizes priced by their pixels, which overestimates them
-    a little: per pixel a conv net runs faster on larger images), a few training steps of the from-scratch net at
-    the images' own size when there are many small images, and a few files decoded. The from-scratch candidate is
+    Priced from throughput: the feature rate that earlier jobs' passes recorded on this machine (`record_rate`:
+    what the engine really ran at, set-up included), or on a first job a warm-up and two batches of 8 through a
+    throwaway eager backbone at the smallest candidate size (random pixels: 1-3 s on two cores); other sizes are
+    priced by their pixels (which overestimates larger ones a little: per pixel a conv net runs faster on larger
+    images); a few training steps of the from-scratch net at the images' own size when there are many small
+    images, and a few files decoded. The from-scratch candidate is
     priced only when the user left the model and size to the recipe (the default backbone, no --size, no --weights).
     """
     tc, d = cfg.train, cfg.data
@@ -181,9 +185,13 @@ def plan_job(cfg: RunConfig) -> Plan | None:
     sizes = [d.size] if d.size else candidate_sizes(facts.short_side, recommended_size(cfg.model.arch))
     device = pick_device(tc.device)
     dtype = resolve_precision(tc.precision, device)
-    model, _ = create_model(cfg.model.arch, 2, pretrained=False)  # the speed does not depend on the weights
-    forward = measure_forward(model, sizes[0], device, dtype)  # the smallest: cheap; larger ones priced by pixels
-    del model
+    recorded = recorded_rate(cfg.model.arch, sizes[0], device)  # what earlier jobs' feature passes ran at here
+    if recorded:
+        rate_size, forward, engine = recorded
+    else:  # the first job on this machine: a throwaway body, timed (the speed does not depend on the weights)
+        model, _ = create_model(cfg.model.arch, 2, pretrained=False)
+        rate_size, forward, engine = sizes[0], measure_forward(model, sizes[0], device, dtype), "eager"
+        del model
     presize = presize_for(sizes[0], d.crop_pct or CROP_PCT)
     # arrays presize at ~20,000 images/s (70,000 Fashion-MNIST images in 3.7 s at 64 px: data/core.from_idx)
     decode = measure_decode(paths, presize, d.workers or default_workers()) if paths else 20000.0 * (73 / presize) ** 2
@@ -195,8 +203,8 @@ def plan_job(cfg: RunConfig) -> Plan | None:
         net, _ = create_model(scratch["arch"], 10, pretrained=False)
         scratch_rate = measure_training(net, scratch["size"], 10, device, dtype, bs=scratch["bs"])
     budget = tc.budget if tc.budget is not None else default_budget(facts.n_train)
-    plan = choose_plan(facts, Rates(forward, sizes[0], decode, scratch_rate), budget, sizes, tc.recipe, scratch,
-                       tc.max_epochs)
+    rates = Rates(forward, rate_size, decode, scratch_rate, engine)
+    plan = choose_plan(facts, rates, budget, sizes, tc.recipe, scratch, tc.max_epochs)
     print(plan.text(), flush=True)
     for line in plan.why:
         print(f"plan: {line}", flush=True)
@@ -305,13 +313,17 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
 
     cfg = resolve_config(cfg, progress)
     seed_everything(cfg.data.seed)
+    t_plan = time.perf_counter()
     plan = _job_plan(cfg, out)  # the auto recipe's: priced and printed before any image is decoded
+    phases = {"setup": t_plan - t_start, "plan": time.perf_counter() - t_plan}  # seconds, into metrics.json
     if plan and plan["kind"] == "scratch":
         cfg = scratch_config(cfg, plan["scratch"])
     size, crop = resolve_size(cfg, is_scratch(cfg))
     if plan and plan["kind"] != "scratch" and cfg.data.size is None:
         size = plan["sizes"][0]  # the probe's first size: the others are decoded when their turn comes
+    t_data = time.perf_counter()
     data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
+    phases["decode"] = time.perf_counter() - t_data  # listing, decoding, presizing and the near-duplicate check
     fresh = out is None
     out = out or dist.agree(new_run_dir(cfg.out or default_out(cfg)) if dist.is_main() else None)
     ckpt_every = cfg.train.ckpt_every
@@ -335,7 +347,7 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
                      else "") + f"; Ctrl-C stops cleanly, `imgclf train --resume {out}` goes on")
             if ck.last:
                 print(f"resuming from the checkpoint at {ck.last}")
-            return _run(cfg, data, out, ck, progress, t_start, plan)
+            return _run(cfg, data, out, ck, progress, t_start, plan, phases)
     except TrainingInterrupted:
         _stopped(out, ck, "interrupted", keep_best=True)
         raise
@@ -367,8 +379,12 @@ def _job_plan(cfg: RunConfig, out: Path | None) -> dict[str, Any] | None:
 
 
 def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress: bool, t_start: float,
-         plan: dict[str, Any] | None = None) -> TrainResult:
-    """The recipe, then the run directory's files: the part of `train` that a resume replays."""
+         plan: dict[str, Any] | None = None, phases: dict[str, float] | None = None) -> TrainResult:
+    """The recipe, then the run directory's files: the part of `train` that a resume replays.
+
+    `phases`: seconds the job spent before (setup, plan, decode); the fit's and the finish's are added, and
+    metrics.json records them all (bench/hymenoptera.py prints the breakdown)."""
+    phases = dict(phases or {})
     tc = cfg.train
     recipe, why = _pick_recipe(cfg, data)
     lr = recipe_lr(cfg, recipe)
@@ -377,14 +393,15 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         pretrained=cfg.model.pretrained, weights=cfg.model.weights, label_smoothing=tc.label_smoothing,
         seed=cfg.data.seed, loss=tc.loss, opt=tc.opt, lr=0.0 if lr_auto else lr, wd=tc.wd, wd_mode=tc.wd_mode,
         clip=tc.clip, drop_rate=cfg.model.drop_rate, device=tc.device, precision=tc.precision,
-        channels_last=tc.channels_last, progress=progress, init=tc.init, accum=tc.accum,
+        channels_last=tc.channels_last, progress=progress, init=tc.init, accum=tc.accum, compile=tc.compile,
     )
-    balance = balance_plan(data, tc.balance)  # --balance: data/samplers.py
+    balance = balance_plan(data, tc.balance, recipe)  # --balance: data/samplers.py (auto: by ratio and recipe)
     learner_kwargs["balance"] = balance["method"]
     if balance["ratio"] is not None:
         print(f"classes: imbalance ratio {balance['ratio']:.2f} (largest/smallest in training); "
               f"balance {balance['method']} — {balance['why']}")
     selection = (None, None)  # logits the temperature is fitted on: the auto recipe's out-of-fold ones
+    valid_preds = None  # the kept probe's validation logits from its cached features: no second pass
     t_fit = time.perf_counter()
     if recipe in ("fine_tune", "scratch"):
         planned = bool(plan and plan["kind"] == "scratch")
@@ -423,12 +440,18 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         print(f"recipe: {res.report['chosen']} — " + "; ".join(res.report["why"]))
         if res.report["chosen"].startswith("probe"):  # they describe the probe, not a fine-tune that beat it
             selection = (getattr(res, "selection_logits", None), getattr(res, "selection_targets", None))
+            valid_preds = res.valid_preds
+            kept = next((c for c in res.report["candidates"] if c.get("name") == res.report["chosen"]), None)
+            if kept and "feature_seconds" in kept.get("detail", {}):  # its features (engine included), its probe
+                phases["features"] = kept["detail"]["feature_seconds"]
+                phases["probe"] = kept["seconds"] - kept["detail"]["feature_seconds"]
     if not dist.is_main():  # under torchrun the other ranks are done: rank 0 scores and writes the run
         return TrainResult(out, dict(learn.last_validation), learn)
     if finder is not None:
         _save_fig(finder.plot(), out / "lr_find.png")
         resolved["lr_find"] = finder.suggestions
     fit_seconds = time.perf_counter() - t_fit
+    t_finish = time.perf_counter()
     resolved["init"] = learn.init_report or {"method": "default"}
     if resolved["init"]["method"] == "lsuv":
         print(summarize_lsuv(resolved["init"]["layers"]))
@@ -440,7 +463,7 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         resolved["target_mean"], resolved["target_std"] = data.target_stats
     resolved["balance"] = balance
     if data.task == "classify":  # + balanced accuracy, macro F1, the temperature and ECE (train/calibrate.py)
-        final = evaluate_classes(learn, tc.calibrate, *selection, seed=cfg.data.seed)
+        final = evaluate_classes(learn, tc.calibrate, *selection, seed=cfg.data.seed, preds=valid_preds)
         resolved["calibration"] = final["calibration"]
         print(f"calibration: {final['calibration']['why']}; ECE {final['calibration']['ece_before']:.4f} -> "
               f"{final['calibration']['ece_after']:.4f} ({final['calibration']['method']})")
@@ -450,8 +473,11 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     learn.export(out)
     content = write_training_content(out, data)  # train_content.json: evaluate warns when it scores these
     write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "done", "resolved": resolved})
+    if learn.recorder.history:
+        _save_fig(learn.recorder.plot_loss(), out / "loss.png")
+    phases.update(fit=fit_seconds, finish=time.perf_counter() - t_finish)  # finish: final figures, export, files
     metrics = {
-        **final, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start,
+        **final, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start, "phases": phases,
         "n_train": data.n_train, "n_valid": data.n_valid, "n_classes": len(data.classes),
         "counts": data.counts(),  # images per class and split, as trained: the report reads them here
         "kept": resolved.get("kept") or resolved.get("recipe"),
@@ -462,8 +488,6 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         "train_content": content,
     }
     write_json(out / "metrics.json", metrics)
-    if learn.recorder.history:
-        _save_fig(learn.recorder.plot_loss(), out / "loss.png")
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # a done run is not resumed: its weights are the model's
     print(f"checkpoints: {ck.n_written} written in {ck.seconds:.1f}s (removed: the run is done)")
     return TrainResult(out, metrics, learn)
@@ -576,7 +600,9 @@ def _learner_and_lr(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: 
 def _fit_cbs(cfg: RunConfig, learn: VisionLearner) -> tuple[SaveBestModel, list[Callback]]:
     best = SaveBestModel("valid_loss", model=learn.model, across_fits=True)
     stop = [EarlyStopping("valid_loss", patience=cfg.train.patience)] if cfg.train.patience else []
-    return best, [best, *stop, *_mix_cbs(cfg)]
+    start = progressive_start(cfg.train.progressive, is_scratch(cfg))  # progressive resizing: scratch.py
+    grow = [ProgressiveResize(start)] if start else []
+    return best, [best, *stop, *_mix_cbs(cfg), *grow]
 
 
 def _fine_tune_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: dict[str, Any], ck: Checkpointer):

@@ -101,6 +101,7 @@ class Learner:
         recorder: Recorder | None = None,
         accum: int = 1,
         distributed: bool | None = None,
+        compile: bool = False,
     ):
         if accum < 1:
             raise UserError(f"--accum {accum}: give a whole number of batches >= 1")
@@ -129,6 +130,9 @@ class Learner:
             self.cbs.append(ProgressCallback())
         self.cbs += [cb for cb in cbs if dist.is_main() or not isinstance(cb, CSVLogger)]
         self.accum, self.accumulating = accum, False
+        # torch.compile the training forward (and so its backward): `_forward_module`
+        self.compile = compile
+        self._compiled: tuple[nn.Module, nn.Module] | None = None  # (model, its compiled wrapper)
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of the fit in progress
         if self.distributed:
             self._distribute()
@@ -158,6 +162,22 @@ class Learner:
         ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
             if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=ids)
+
+    def _forward_module(self) -> nn.Module:
+        """What training batches go through: the DDP wrapper of this fit or the model, `torch.compile`d when
+        `compile` (the model's compiled wrapper is kept across fits). Validation, `get_preds` and exports use the
+        plain model: eval-mode graphs would be compiled again for the ~5% of the time validation takes.
+        Measured on 2 CPU cores (bf16, xresnet_tiny, 28 px, bs 256): a step 0.099 s compiled vs 0.13 s eager, after
+        ~48 s of compiling (gcc); each new batch shape (the epoch's last batch, each size of progressive resizing)
+        compiles again."""
+        module = self.ddp if self.ddp is not None else self.model
+        if not self.compile:
+            return module
+        if self.ddp is not None:
+            return torch.compile(module)
+        if self._compiled is None or self._compiled[0] is not self.model:
+            self._compiled = (self.model, torch.compile(self.model))
+        return self._compiled[1]
 
     def _step_due(self, i: int) -> bool:
         """Whether batch `i` of this pass (0-based) ends an accumulation: every `accum` batches of the epoch
@@ -257,7 +277,7 @@ class Learner:
         self.training = True
         self.model.train()
         self._event("before_train", cbs)
-        forward = self.ddp if self.ddp is not None else self.model
+        forward = self._forward_module()
         for i, (xb, yb) in enumerate(self.train_dl):
             self.xb, self.yb = xb, yb
             self.pct_train = self.iter / self._n_iter

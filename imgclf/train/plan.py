@@ -17,7 +17,10 @@ tested on made-up figures (tests/test_plan.py).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import statistics
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -40,6 +43,11 @@ MAX_DEFAULT_BUDGET = 600.0  # ten minutes unless --budget says more
 EXPORT_SECONDS = 3.0
 # select_probe (5 folds x 7 decays + the refit, L-BFGS) on hymenoptera's 490 feature rows: 2.9 s under load
 PROBE_SECONDS_PER_ROW = 0.006
+# the feature pass runs on onnxruntime fp32, training steps run eager: onnxruntime fp32 136 img/s vs eager bf16
+# autocast 72 at 256 px (bench/limits.py, 2-core Xeon), so a fine-tune is priced from the feature rate / 1.9
+ONNX_SPEEDUP = 1.9
+MIN_RECORDED_ROWS = 200  # feature passes smaller than this (tests, tiny sets) are mostly set-up: not recorded
+RECORDS_KEPT = 3  # per key: the planner prices from the median of the last few passes
 
 
 def default_budget(n_train: int) -> float:
@@ -68,10 +76,21 @@ class Rates:
     size: int
     decode: float  # files decoded and presized (arrays: presized), all workers
     scratch: float | None = None  # the from-scratch net's training steps at its size (None: not measured)
+    engine: str = "eager"  # what ran the forward pass measured: onnxruntime's rate overstates eager training's
 
     def forward_at(self, size: int) -> float:
         """Forward rate at another size: the cost of a conv net grows with the pixels."""
         return self.forward * (self.size / size) ** 2
+
+    def eager_forward_at(self, size: int) -> float:
+        """The eager forward rate at `size`, what a fine-tune's steps run at (`eager_rate`)."""
+        return eager_rate(self.forward_at(size), self.engine)
+
+
+def eager_rate(rate: float, engine: str) -> float:
+    """A feature rate (images/s) as the eager forward pass of training would run it: the same unless the features
+    ran on onnxruntime (ONNX_SPEEDUP)."""
+    return rate / ONNX_SPEEDUP if engine.startswith("onnx") else rate
 
 
 @dataclass
@@ -151,7 +170,7 @@ def fine_tune_prices(facts: DataFacts, rates: Rates, size: int) -> tuple[float, 
     and scores the inner holdout after the trial and each epoch."""
     n_hold = round(facts.n_train * HOLDOUT)
     n_fit = facts.n_train - n_hold
-    fwd = rates.forward_at(size)
+    fwd = rates.eager_forward_at(size)
     return (n_fit * TRIAL_FRACTION * TRAIN_COST + n_hold) / fwd, (n_fit * TRAIN_COST + n_hold) / fwd
 
 
@@ -265,7 +284,56 @@ def _probe_plan(facts: DataFacts, rates: Rates, budget: float, sizes: list[int],
     return plan
 
 
-# --- measuring (not pure: they run the models a few steps) ---
+# --- measuring (not pure: they run the models a few steps, or read what earlier runs measured) ---
+
+
+def rates_file() -> Path:
+    """Where feature passes record their rate for the next plan: beside the exported graphs (`engine_cache`)."""
+    from .features import engine_cache
+
+    return engine_cache().parent / "feature_rates.json"
+
+
+def _rate_key(arch: str, device: torch.device) -> str:
+    return f"{arch}|{device.type}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+
+
+def record_rate(arch: str, size: int, device: torch.device, engine: str, rows: int, seconds: float) -> None:
+    """Keep a feature pass's rate (`rows` feature rows in `seconds`, its engine's set-up included) for the plans of
+    later jobs on this machine. Small passes, mostly set-up, are not kept; a read-only home keeps nothing."""
+    if rows < MIN_RECORDED_ROWS or seconds <= 0:
+        return
+    path = rates_file()
+    try:
+        table = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        table = {}
+    rows_kept = table.setdefault(_rate_key(arch, device), {}).setdefault(str(size), [])
+    rows_kept.append({"rate": rows / seconds, "engine": engine})
+    del rows_kept[:-RECORDS_KEPT]
+    try:  # written whole then renamed: a concurrent job never reads half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def recorded_rate(arch: str, size: int, device: torch.device) -> tuple[int, float, str] | None:
+    """(size, images/s, engine) of the feature passes earlier jobs ran with `arch` on this machine (same device
+    kind, thread count and torch), at `size` or the nearest size recorded (rates scale by pixels): the median of
+    the last few. None when none was recorded: the plan measures then (`measure_forward`)."""
+    path = rates_file()
+    try:
+        table = json.loads(path.read_text()).get(_rate_key(arch, device), {}) if path.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not table:
+        return None
+    near = min(table, key=lambda k: abs(int(k) - size))
+    rows = table[near]
+    return int(near), statistics.median(r["rate"] for r in rows), rows[-1]["engine"]
 
 
 def _sync(device: torch.device) -> None:

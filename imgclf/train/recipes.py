@@ -43,7 +43,7 @@ from . import distributed as dist
 from .callbacks import Callback, CancelFitException, CSVLogger, EarlyStopping, SaveBestModel
 from .checkpoint import Checkpointer
 from .lr_finder import LRFind
-from .plan import EXPORT_SECONDS, HOLDOUT, TRAIN_COST, TRIAL_FRACTION, default_budget
+from .plan import EXPORT_SECONDS, HOLDOUT, TRAIN_COST, TRIAL_FRACTION, default_budget, eager_rate, record_rate
 from .probe import ProbeSelection, best_fit, fit_linear_probe, load_head, select_probe
 from .vision import VisionLearner, vision_learner
 
@@ -145,7 +145,8 @@ def probe_learner(learn: VisionLearner, head_epochs: int = 8, head_lr: float = 2
         loss, acc = row["valid_loss"], row["accuracy"]
     rate = (len(y) + len(yv)) / max(feat_seconds, 1e-3)
     cand = Candidate(f"probe@{learn.data.size}", "probe", learn.data.size, loss, acc, time.perf_counter() - t,
-                     {**chosen, "feature_seconds": feat_seconds, "tried": tried})
+                     {**chosen, "feature_seconds": feat_seconds, "feature_engine": engine_report(learn),
+                      "tried": tried})
     return cand, rate
 
 
@@ -171,7 +172,7 @@ def probe_cv(learn: VisionLearner, folds: int = 5) -> tuple[Candidate, float, Pr
     cand = Candidate(
         f"probe@{learn.data.size}", "probe", learn.data.size, valid_loss, accuracy, time.perf_counter() - t,
         {"head": "lbfgs", "wd": sel.wd, "train_loss": sel.fit.train_loss, "feature_seconds": feat_seconds,
-         "tried": sel.table},
+         "feature_engine": engine_report(learn), "tried": sel.table},
         {"method": f"{k}-fold CV on the training features (an image and its mirror in one fold)",
          "loss": sel.cv_loss, "loss_se": sel.cv_loss_se, "accuracy": sel.cv_accuracy, "n": n},
     )
@@ -218,6 +219,41 @@ class AutoFit:
     lr_find: LRFind | None = None
     selection_logits: torch.Tensor | None = None
     selection_targets: torch.Tensor | None = None
+    valid_preds: tuple[torch.Tensor, torch.Tensor] | None = None  # the kept probe's (logits, targets) on validation
+
+
+def engine_name(learn: VisionLearner) -> str:
+    """The name of the engine that computed `learn`'s cached features ("eager" before any were)."""
+    return learn.features.engine.name if learn.features.engine is not None else "eager"
+
+
+def engine_report(learn: VisionLearner) -> dict[str, Any]:
+    """What ran the feature pass, for recipe.json: the engine, its set-up seconds (export or cached graph, session,
+    parity check), its parity with eager fp32, and its own images/s inside the pass (without set-up, cropping
+    or the loader): bench/limits.py sets that beside the engine's rate on in-memory batches."""
+    e = learn.features.engine
+    if e is None:
+        return {}
+    return {"name": e.name, "setup_seconds": e.setup_seconds, "parity": e.parity, "note": e.note,
+            "images": e.images, "seconds": e.seconds, "images_per_second": e.images / e.seconds if e.seconds else None}
+
+
+def cached_valid_preds(learn: VisionLearner) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(logits, targets) of the validation split from the features the probe was scored on, when the body is still
+    the one they came from (None otherwise: a kept fine-tune changed it, or a resumed job has none cached).
+
+    The head is linear on the pooled features, so this is the model's output without a second pass over the
+    images: the final figures cost milliseconds instead of an eager forward pass (2-4 s on hymenoptera's 153
+    validation images on two cores), and they are the fp32 features' logits that the probe was chosen on."""
+    held = learn.features.peek(("valid", "center"), learn.model)
+    if held is None:
+        return None
+    xv, yv = held
+    head = learn.model.get_classifier()
+    weight = next(head.parameters())
+    with torch.no_grad():
+        logits = head(xv.to(weight.device, weight.dtype)).float().cpu()
+    return logits, yv.cpu()
 
 
 def auto_fit(
@@ -305,6 +341,9 @@ def auto_fit(
         report["candidates"].append(asdict(cand))
         probes.append(cand)
         last = (size, rate)
+        if dist.is_main():  # the next job's plan prices its features from this pass (plan.recorded_rate)
+            record_rate(arch, size, learn.device, engine_name(learn), 2 * d.n_train + d.n_valid,
+                        cand.detail["feature_seconds"])
         if better:
             best = (cand, learn, rate, sel)
         del learn
@@ -341,6 +380,7 @@ def auto_fit(
         n_train, n_valid = learn.data.n_train, learn.data.n_valid
         remaining = budget - (time.perf_counter() - t0) - EXPORT_SECONDS
         remaining, rate = dist.agree((remaining, rate))  # under torchrun: rank 0's clock decides for all ranks
+        rate = eager_rate(rate, engine_name(learn))  # the fine-tune's steps run eager, not on the feature engine
         if selection == "cv":
             n_hold = round(n_train * HOLDOUT)
             fwd = rate  # measured at this size
@@ -409,7 +449,7 @@ def _finish_auto(learn: VisionLearner, report: dict[str, Any], probe: Candidate,
         else:
             learn.model.load_state_dict(probe_state)
     report.update(chosen=chosen, why=why, seconds=time.perf_counter() - t0)
-    return AutoFit(learn, report, finder, logits, targets)
+    return AutoFit(learn, report, finder, logits, targets, cached_valid_preds(learn) if chosen == probe.name else None)
 
 
 def inner_holdout(y: torch.Tensor, frac: float = HOLDOUT, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
