@@ -6,8 +6,8 @@ training rate at the images' own size; every phase is then priced from those rat
 with its seconds before the time is spent, and a phase that cannot fit the budget is never started.
 
 Why the two kinds of candidate: a pretrained backbone wins on photos and on few images (a probe on its cached
-features: hymenoptera 0.961 in 23 s), but many small images are better served by a small net trained from
-scratch at their own size: Fashion-MNIST (60k at 28 px) reaches 94.0% with `xresnet_tiny` in ~9 minutes on two
+features: hymenoptera 0.961 in 14 s), but many small images are better served by a small net trained from
+scratch at their own size: Fashion-MNIST (60k at 28 px) reaches 94.0% with `airnet_tiny` in ~5 minutes on two
 CPU cores, while the backbone must see each image blown up to 64-256 px (presized to 293 px, 70,000 images do
 not even fit in half the memory) and its probe scored 0.882 on a 2,000-image slice (bench/recipes.py).
 
