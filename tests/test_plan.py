@@ -44,13 +44,34 @@ def test_many_tiny_images_train_from_scratch_at_their_own_size():
 
 def test_scratch_epochs_are_cut_to_fit_the_budget_and_the_probe_is_the_fallback():
     scratch = scratch_recipe(FASHION.n_train, FASHION.short_side)
-    slow = Rates(forward=60.0, size=256, decode=20_000.0, scratch=1500.0)  # ~47 s an epoch
+    slow = Rates(forward=60.0, size=256, decode=20_000.0, scratch=1200.0)  # ~43 s an epoch (progressive)
     plan = choose_plan(FASHION, slow, 600, [64], scratch=scratch)
     assert plan.kind == "scratch" and MIN_SCRATCH_EPOCHS <= plan.scratch["epochs"] < scratch["epochs"]
     assert plan.sure_seconds <= 600 and "cut from" in plan.why[0]
     # even the fewest epochs do not fit, and neither does the probe: the cheapest that pays, said out loud
     plan = choose_plan(FASHION, Rates(60.0, 256, 20_000.0, scratch=200.0), 300, [64], scratch=scratch)
     assert plan.kind == "scratch" and plan.scratch["epochs"] == MIN_SCRATCH_EPOCHS and "nothing fits" in plan.why[0]
+
+
+def test_progressive_resizing_is_priced_by_its_pixels():
+    """The scratch recipe trains its first half at 20-24 px of 28: its epochs cost ~0.81 of full-size ones (the
+    rate is measured at full size); the plan prices that, so its estimate holds (quiet Fashion-MNIST: 388 s
+    estimated at full size for 300 s of fit)."""
+    from imgclf.train.callbacks.resize import progressive_cost, progressive_size
+
+    scratch = scratch_recipe(FASHION.n_train, FASHION.short_side)
+    assert scratch["progressive"] > 0
+    share = progressive_cost(scratch["progressive"], 28)
+    sizes = [progressive_size(i / 100, 28, scratch["progressive"]) for i in range(100)]
+    assert share == pytest.approx(sum((s / 28) ** 2 for s in sizes) / 100, abs=0.01) and 0.75 < share < 0.9
+    assert progressive_cost(0.0, 28) == 1.0
+    rates = Rates(forward=60.0, size=256, decode=20_000.0, scratch=2700.0)
+    seconds = {}
+    for start in (scratch["progressive"], 0.0):
+        plan = choose_plan(FASHION, rates, 10_000, [64], scratch={**scratch, "progressive": start})
+        seconds[start] = next(c for c in plan.priced if c["name"].startswith("scratch@"))["seconds"]
+    train_s = scratch["epochs"] * FASHION.n_train / 2700.0
+    assert seconds[0.0] - seconds[scratch["progressive"]] == pytest.approx(train_s * (1 - share), rel=1e-6)
 
 
 def test_few_photos_are_probed_first_and_never_trained_from_scratch():

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .callbacks.resize import progressive_cost
+
 TRAIN_COST = 3.5  # a training step costs about this many forward passes (forward + backward + step)
 TRIAL_FRACTION = 1 / 8  # the fine-tune's trial: this fraction of an epoch, then judged on the inner holdout
 HOLDOUT = 0.2  # the inner holdout of the training split that judges the fine-tune (validation stays untouched)
@@ -174,11 +176,13 @@ def fine_tune_prices(facts: DataFacts, rates: Rates, size: int) -> tuple[float, 
     return (n_fit * TRIAL_FRACTION * TRAIN_COST + n_hold) / fwd, (n_fit * TRAIN_COST + n_hold) / fwd
 
 
-def scratch_seconds(facts: DataFacts, rates: Rates, epochs: int) -> tuple[float, float]:
-    """(decode seconds, seconds per epoch) of the from-scratch run: training steps plus a validation pass."""
+def scratch_seconds(facts: DataFacts, rates: Rates, epochs: int, pixel_share: float = 1.0) -> tuple[float, float]:
+    """(decode seconds, seconds per epoch) of the from-scratch run: training steps plus a validation pass.
+    `pixel_share`: the training batches' mean share of full-size pixels under progressive resizing
+    (`callbacks.resize.progressive_cost`; the rate was measured at full size)."""
     assert rates.scratch
     n_all = facts.n_train + facts.n_valid
-    epoch = facts.n_train / rates.scratch + facts.n_valid / (rates.scratch * TRAIN_COST)
+    epoch = facts.n_train * pixel_share / rates.scratch + facts.n_valid / (rates.scratch * TRAIN_COST)
     return n_all / rates.decode, epoch
 
 
@@ -207,7 +211,8 @@ def choose_plan(facts: DataFacts, rates: Rates, budget: float, sizes: Sequence[i
     if scratch is None or not rates.scratch or not scratch_regime(facts):
         probe_plan.why = why + probe_plan.why
         return probe_plan
-    decode, epoch = scratch_seconds(facts, rates, scratch["epochs"])
+    share = progressive_cost(float(scratch.get("progressive") or 0.0), int(scratch["size"]))
+    decode, epoch = scratch_seconds(facts, rates, scratch["epochs"], share)
     fixed = decode + EXPORT_SECONDS
     full = fixed + scratch["epochs"] * epoch
     epochs = scratch["epochs"]
