@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from imbalance import hymenoptera_features, probe, skewed_fashion  # noqa: E402  (the bench's helpers, beside it)
+from recipes import run_train  # noqa: E402
 
 
 def hymenoptera() -> dict:
@@ -43,13 +43,8 @@ def hymenoptera() -> dict:
 
 
 def train(data: Path, out: Path, flags: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "imgclf", "train", str(data), "--out", str(out), "--quiet", *flags]
-    t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    m = json.loads((out / "metrics.json").read_text())
-    m["wall_seconds"] = time.perf_counter() - t
+    m, wall = run_train(data, out, *flags)
+    m["wall_seconds"] = wall
     m["recipe"] = json.loads((out / "config.json").read_text())["resolved"].get("recipe")
     return m
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recipes import run_train  # noqa: E402  (the benches' one way to run `imgclf train`, beside this file)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 MODES = ("none", "weights", "sampler")
@@ -121,14 +123,8 @@ def hymenoptera_table(keep: int = 12) -> None:
 
 
 def train(data: Path, out: Path, balance: str, flags: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "imgclf", "train", str(data), "--out", str(out), "--quiet", "--balance", balance,
-           "--calibrate", "off", *flags]
-    t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    m = json.loads((out / "metrics.json").read_text())
-    m["wall_seconds"] = time.perf_counter() - t
+    m, wall = run_train(data, out, "--balance", balance, "--calibrate", "off", *flags)
+    m["wall_seconds"] = wall
     m["classes"] = json.loads((out / "model.json").read_text())["classes"]
     return m
 

@@ -18,7 +18,6 @@ Usage: python bench/recipes.py [--only NAME ...] [--skip-fastai] [--skip-fixed]
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import subprocess
 import sys
@@ -26,20 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
+
+from imgclf.data.idx import read_idx  # noqa: F401  (bench/blurred.py reads it from here)
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared/datasets"
 FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path) as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def build_fashion(root: Path, n_train: int = 2000, n_valid: int = 1000) -> Path:
@@ -80,14 +72,20 @@ def build_lowres(root: Path, short: int = 48) -> Path:
     return root
 
 
-def run_ours(data: Path, out: Path, *flags: str) -> dict:
+def run_train(data: Path, out: Path, *flags: str) -> tuple[dict, float]:
+    """`imgclf train DATA --out OUT --quiet FLAGS` in its own process: (its metrics.json, wall seconds); a failed
+    run stops the bench with its stderr."""
+    cmd = [sys.executable, "-m", "imgclf", "train", str(data), "--out", str(out), "--quiet", *flags]
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "imgclf", "train", str(data), "--out", str(out), "--quiet", *flags],
-                       capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
     if p.returncode:
-        sys.exit(p.stderr[-3000:])
-    m = json.loads((out / "metrics.json").read_text())
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    return json.loads((out / "metrics.json").read_text()), wall
+
+
+def run_ours(data: Path, out: Path, *flags: str) -> dict:
+    m, wall = run_train(data, out, *flags)
     if (out / "recipe.json").exists():
         rec = json.loads((out / "recipe.json").read_text())
         return {"accuracy": m["accuracy"], "seconds": wall, "recipe": rec["chosen"], "n_valid": m["n_valid"],

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import io
 import json
 import random
@@ -48,20 +47,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgclf.data.idx import read_idx
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared/datasets"
 HYMENOPTERA = SHARED / "hymenoptera"
 FASHION = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
 CASES = ("hymenoptera", "hymenoptera-10", "hymenoptera-20", "hymenoptera-30", "fashion-30")
 SIZES = {"hymenoptera": 128, "fashion": 64}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path) as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def link(src: Path, dest: Path) -> None:
