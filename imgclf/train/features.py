@@ -80,6 +80,14 @@ class FeatureEngine:
         self.images += len(x)
         return out
 
+    def report(self) -> dict:
+        """What ran a feature pass, for recipe.json: the engine, its set-up seconds (export or cached graph,
+        session, parity check), its parity with eager fp32, and its own images/s inside the pass (without set-up,
+        cropping or the loader): bench/limits.py sets that beside the engine's rate on in-memory batches."""
+        return {"name": self.name, "setup_seconds": self.setup_seconds, "parity": self.parity, "note": self.note,
+                "images": self.images, "seconds": self.seconds,
+                "images_per_second": self.images / self.seconds if self.seconds else None}
+
 
 def eager_engine(model: nn.Module, dtype: torch.dtype | None = None) -> FeatureEngine:
     """The module itself without autograd, in `dtype` autocast (None: fp32)."""
@@ -378,6 +386,15 @@ class FeatureCache:
         self.passes = 0  # how many passes over images computed them (the train split's two views: one)
         self.engine: FeatureEngine | None = None
         self.engine_name = "auto"  # what `pick_engine` may choose: "auto", "onnx" or "eager"
+
+    @property
+    def ran(self) -> str:
+        """The name of the engine that computed the cached features ("eager" before any were)."""
+        return self.engine.name if self.engine is not None else "eager"
+
+    def engine_report(self) -> dict:
+        """`FeatureEngine.report` of the engine that computed the cached features ({} before any were)."""
+        return self.engine.report() if self.engine is not None else {}
 
     def _check(self, model: nn.Module) -> None:
         v = body_version(model)

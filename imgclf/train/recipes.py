@@ -145,7 +145,7 @@ def probe_learner(learn: VisionLearner, head_epochs: int = 8, head_lr: float = 2
         loss, acc = row["valid_loss"], row["accuracy"]
     rate = (len(y) + len(yv)) / max(feat_seconds, 1e-3)
     cand = Candidate(f"probe@{learn.data.size}", "probe", learn.data.size, loss, acc, time.perf_counter() - t,
-                     {**chosen, "feature_seconds": feat_seconds, "feature_engine": engine_report(learn),
+                     {**chosen, "feature_seconds": feat_seconds, "feature_engine": learn.features.engine_report(),
                       "tried": tried})
     return cand, rate
 
@@ -172,7 +172,7 @@ def probe_cv(learn: VisionLearner, folds: int = 5) -> tuple[Candidate, float, Pr
     cand = Candidate(
         f"probe@{learn.data.size}", "probe", learn.data.size, valid_loss, accuracy, time.perf_counter() - t,
         {"head": "lbfgs", "wd": sel.wd, "train_loss": sel.fit.train_loss, "feature_seconds": feat_seconds,
-         "feature_engine": engine_report(learn), "tried": sel.table},
+         "feature_engine": learn.features.engine_report(), "tried": sel.table},
         {"method": f"{k}-fold CV on the training features (an image and its mirror in one fold)",
          "loss": sel.cv_loss, "loss_se": sel.cv_loss_se, "accuracy": sel.cv_accuracy, "n": n},
     )
@@ -220,22 +220,6 @@ class AutoFit:
     selection_logits: torch.Tensor | None = None
     selection_targets: torch.Tensor | None = None
     valid_preds: tuple[torch.Tensor, torch.Tensor] | None = None  # the kept probe's (logits, targets) on validation
-
-
-def engine_name(learn: VisionLearner) -> str:
-    """The name of the engine that computed `learn`'s cached features ("eager" before any were)."""
-    return learn.features.engine.name if learn.features.engine is not None else "eager"
-
-
-def engine_report(learn: VisionLearner) -> dict[str, Any]:
-    """What ran the feature pass, for recipe.json: the engine, its set-up seconds (export or cached graph, session,
-    parity check), its parity with eager fp32, and its own images/s inside the pass (without set-up, cropping
-    or the loader): bench/limits.py sets that beside the engine's rate on in-memory batches."""
-    e = learn.features.engine
-    if e is None:
-        return {}
-    return {"name": e.name, "setup_seconds": e.setup_seconds, "parity": e.parity, "note": e.note,
-            "images": e.images, "seconds": e.seconds, "images_per_second": e.images / e.seconds if e.seconds else None}
 
 
 def cached_valid_preds(learn: VisionLearner) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -342,7 +326,7 @@ def auto_fit(
         probes.append(cand)
         last = (size, rate)
         if dist.is_main():  # the next job's plan prices its features from this pass (plan.recorded_rate)
-            record_rate(arch, size, learn.device, engine_name(learn), 2 * d.n_train + d.n_valid,
+            record_rate(arch, size, learn.device, learn.features.ran, 2 * d.n_train + d.n_valid,
                         cand.detail["feature_seconds"])
         if better:
             best = (cand, learn, rate, sel)
@@ -380,7 +364,7 @@ def auto_fit(
         n_train, n_valid = learn.data.n_train, learn.data.n_valid
         remaining = budget - (time.perf_counter() - t0) - EXPORT_SECONDS
         remaining, rate = dist.agree((remaining, rate))  # under torchrun: rank 0's clock decides for all ranks
-        rate = eager_rate(rate, engine_name(learn))  # the fine-tune's steps run eager, not on the feature engine
+        rate = eager_rate(rate, learn.features.ran)  # the fine-tune's steps run eager, not on the feature engine
         if selection == "cv":
             n_hold = round(n_train * HOLDOUT)
             fwd = rate  # measured at this size
