@@ -61,6 +61,9 @@ class TrainConfig:
     loss: str = "auto"  # regression: mse (auto) or l1; classes and tags get cross-entropy / binary cross-entropy
     clip: float | None = 1.0
     patience: int | None = None  # early stopping on valid_loss; None = off
+    # validate every Nth epoch and the last; None = every epoch, except a planned from-scratch run that keeps its
+    # last epoch (nothing is chosen on validation there): SCRATCH_VALIDATIONS times (train/scratch.py)
+    valid_every: int | None = None
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True

@@ -4,6 +4,7 @@ and the one-line errors on broken or foreign run directories. (Kill -9 and Ctrl-
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +18,8 @@ from imgclf.cli import main
 from imgclf.data.loaders import TensorLoader
 from imgclf.rundir import CHECKPOINT_FILE
 from imgclf.train.callbacks import Callback, NonFiniteLoss, SaveBestModel
-from imgclf.train.checkpoint import pack, read_checkpoint, unpack, write_checkpoint
+from imgclf.train.callbacks.nonfinite import TerminateOnNaN
+from imgclf.train.checkpoint import match_param_layout, pack, read_checkpoint, unpack, write_checkpoint
 
 FLAGS = ["--arch", "xresnet_tiny", "--size", "32", "--bs", "8", "--workers", "1", "--precision", "fp32", "--quiet"]
 
@@ -119,6 +121,61 @@ def test_nan_loss_stops_with_place_and_advice(data_dir, tmp_path):
         learn.fit(1, 1e-3)
     msg = str(e.value)
     assert "nan at epoch 1 step 5" in msg and "epoch 1 step 4" in msg and "--lr" in msg
+
+
+def test_nan_checked_in_windows_never_reaches_a_checkpoint(data_dir, tmp_path):
+    """As on a GPU, losses checked together every 3 steps (and the recorder reading them every 3): the NaN of step
+    5 is found at the check after step 6 or at the checkpoint due after step 6, whichever comes first, and is named
+    as step 5; the last checkpoint on disk is the one of step 4, written before it."""
+    learn = _learner(data_dir)
+    nan_cb = next(cb for cb in learn.cbs if isinstance(cb, TerminateOnNaN))
+    nan_cb.every, learn.recorder.read_every = 3, 3
+    learn.save_checkpoints(tmp_path, every=2)
+
+    def loss(pred, y):
+        out = torch.nn.functional.cross_entropy(pred, y)
+        return out * float("nan") if learn.iter == 4 else out
+
+    learn.loss_func = loss
+    with pytest.raises(NonFiniteLoss) as e:
+        learn.fit(1, 1e-3)
+    msg = str(e.value)
+    assert "nan at epoch 1 step 5" in msg and "epoch 1 step 4" in msg
+    assert learn.iter <= 6  # found by step 6, not at the epoch's end
+    assert learn.checkpointer.last.endswith("step 4")
+    assert all(math.isfinite(v) for v in learn.recorder.losses[:4])
+
+
+def test_optimizer_state_takes_its_parameters_layout_again():
+    """A checkpoint stores tensors contiguous; a channels_last model's Adam moments come back in that layout unless
+    `match_param_layout` gives them their parameter's strides (CUDA's fused AdamW refuses to mix the two)."""
+    conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(conv.parameters(), lr=1e-2)
+    conv(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    tensors: dict[str, torch.Tensor] = {}
+    packed = pack(opt.state_dict(), "opt", tensors)
+    fresh = torch.optim.AdamW(conv.parameters(), lr=1e-2)
+    fresh.load_state_dict(unpack(packed, tensors))
+    w = conv.weight
+    assert fresh.state[w]["exp_avg"].stride() != w.stride()  # the layout lost on the way through the file
+    before = fresh.state[w]["exp_avg"].clone()
+    match_param_layout(fresh)
+    assert fresh.state[w]["exp_avg"].stride() == w.stride() and torch.equal(fresh.state[w]["exp_avg"], before)
+    assert fresh.state[w]["exp_avg_sq"].stride() == w.stride()
+
+
+def test_losses_read_in_windows_give_the_same_history(data_dir):
+    """The recorder's window of unread losses (as on a GPU) changes when they are read, not what is recorded."""
+    rows = []
+    for every in (1, 4):
+        torch.manual_seed(0)
+        learn = _learner(data_dir)
+        learn.recorder.read_every = every
+        learn.fit(1, 1e-3)
+        rows.append((learn.recorder.history[-1]["train_loss"], learn.recorder.losses))
+    assert rows[0][0] == pytest.approx(rows[1][0], rel=1e-6) and len(rows[1][1]) == len(rows[0][1]) > 4
+    assert rows[0][1] == pytest.approx(rows[1][1], rel=1e-6)
 
 
 def test_nan_run_keeps_status_and_exit_2(data_dir, tmp_path, capsys):

@@ -156,3 +156,24 @@ def test_same_seed_same_result():
 
     a, b = run(), run()
     assert a == b and math.isfinite(a)
+
+
+def test_valid_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
+    """Keras's validation_freq: epochs 2 and 4 and the last (5) are validated, the others show no figure (NaN in
+    the history, '-' in the table, empty in history.csv); keeping the best epoch compares the validated ones."""
+    learn = synth_learner(valid_every=2, progress=True, cbs=[CSVLogger(tmp_path / "h.csv")])
+    learn.fit_one_cycle(5, 1e-2)
+    seen = [not math.isnan(r["valid_loss"]) for r in learn.recorder.history]
+    assert seen == [False, True, False, True, True]
+    assert learn.recorder.history[-1]["accuracy"] > 0.8 and learn.last_validation == {
+        k: learn.recorder.history[-1][k] for k in learn.last_validation}
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["train"]]
+    assert [row[3] == "-" for row in table] == [not s for s in seen]
+    csv_rows = (tmp_path / "h.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("epoch,phase,train_loss,valid_loss") and len(csv_rows) == 6
+    best = synth_learner(valid_every=2)
+    keep = SaveBestModel("valid_loss", model=best.model)
+    best.fit_one_cycle(5, 1e-2, cbs=[keep])
+    validated = [r for r in best.recorder.history if not math.isnan(r["valid_loss"])]
+    assert [r["epoch"] for r in validated] == [1, 3, 4]
+    assert keep.best == min(r["valid_loss"] for r in validated) and keep.best_epoch in (1, 3, 4)

@@ -73,6 +73,9 @@ def add(sub) -> None:
                    help="regression loss (auto: mse); classes and tags use (binary) cross-entropy")
     g.add_argument("--clip", type=float, default=T.clip, help="gradient-norm clipping (0: off)")
     g.add_argument("--patience", type=int, default=T.patience, help="early-stopping patience on valid_loss")
+    g.add_argument("--valid-every", type=int, default=T.valid_every, metavar="N",
+                   help="validate every Nth epoch and the last (default: every epoch; a from-scratch run the "
+                        "planner chose: 4 times, as nothing is chosen on validation there)")
     g.add_argument("--device", default=T.device, help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--precision", default=T.precision, choices=["auto", "fp32", "bf16", "fp16"])
     g.add_argument("--compile", action="store_true", default=T.compile,

@@ -63,6 +63,8 @@ class ViewBatches:
         return t.to(self.device)
 
     def transform(self, xb: torch.Tensor) -> torch.Tensor:
+        """The view of a uint8 batch (moved to the loader's device first when it is not there), normalised."""
+        xb = self._to_device(xb)
         if self.view == "augment":
             x = augment_batch(xb, self.size, self.augment, self.aug_generator, self.mean, self.std)
         else:

@@ -34,6 +34,7 @@ from torch import nn
 from ..errors import UserError
 from ..rundir import CHECKPOINT_FILE, check_version, load_weights, publish
 from . import distributed as dist
+from .callbacks.nonfinite import TerminateOnNaN
 
 if TYPE_CHECKING:
     from .callbacks.core import Callback
@@ -41,6 +42,17 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 STEP_SECONDS = 300.0  # without --ckpt-every, a mid-epoch checkpoint once this long has passed since the last
+
+
+def match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each optimizer state tensor its parameter's strides. A checkpoint stores tensors contiguous, so a
+    channels_last model's moments come back in the other layout; CUDA's fused AdamW refuses to mix the two."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -214,6 +226,7 @@ class Checkpointer:
         load_weights(self.model or learn.model, st["model"], self.path)
         try:
             learn.opt.load_state_dict(st["opt"])
+            match_param_layout(learn.opt)
         except (ValueError, KeyError) as e:
             raise UserError(f"{self.path}: the optimizer state does not fit this model ({e})") from None
         if learn.grad_scaler is not None and st.get("scaler"):
@@ -261,6 +274,9 @@ class Checkpointer:
     # ------------------------------------------------------------------ writing
     def save(self, learn: Learner, cbs: Sequence[Callback], where: str, fit_done: bool = False,
              next_epoch: bool = False) -> None:
+        for cb in cbs:  # losses a GPU run has not checked yet: a NaN stops the run before it reaches the disk
+            if isinstance(cb, TerminateOnNaN):
+                cb.check(learn)
         t = time.perf_counter()
         dl = learn.train_dl
         dl_state = dl.state_dict() if hasattr(dl, "state_dict") else None

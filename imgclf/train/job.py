@@ -11,6 +11,7 @@ goes on from RUN's last checkpoint with RUN's own config.
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import sys
@@ -68,7 +69,7 @@ from .plan import (
 )
 from .recipes import RECIPES, auto_fit, candidate_sizes
 from .schedule import get_schedule
-from .scratch import SCRATCH_EPOCHS, SCRATCH_LR, progressive_start, scratch_recipe
+from .scratch import SCRATCH_EPOCHS, SCRATCH_LR, SCRATCH_VALIDATIONS, progressive_start, scratch_recipe
 from .vision import VisionLearner, vision_learner
 
 JOB_RECIPES = (*RECIPES, "scratch")
@@ -199,7 +200,7 @@ def plan_job(cfg: RunConfig) -> Plan | None:
     may_scratch = (tc.recipe == "auto" and d.size is None and cfg.model.weights is None
                    and cfg.model.arch == ModelConfig.arch)
     if may_scratch and scratch_regime(facts):
-        scratch = scratch_recipe(facts.n_train, facts.short_side)
+        scratch = scratch_recipe(facts.n_train, facts.short_side, device.type)
         net, _ = create_model(scratch["arch"], 10, pretrained=False)
         scratch_rate = measure_training(net, scratch["size"], 10, device, dtype, bs=scratch["bs"])
     budget = tc.budget if tc.budget is not None else default_budget(facts.n_train)
@@ -220,7 +221,8 @@ def scratch_config(cfg: RunConfig, settings: dict[str, Any]) -> RunConfig:
                      augment=settings["augment"]),
         model=replace(cfg.model, arch=settings["arch"], pretrained=False, weights=None),
         train=replace(cfg.train, recipe="scratch", epochs=settings["epochs"], lr=settings["lr"],
-                      label_smoothing=settings["label_smoothing"], schedule=settings["schedule"]),
+                      label_smoothing=settings["label_smoothing"], schedule=settings["schedule"],
+                      progressive=settings["progressive"] if cfg.train.progressive is None else cfg.train.progressive),
     )
 
 
@@ -394,6 +396,7 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         seed=cfg.data.seed, loss=tc.loss, opt=tc.opt, lr=0.0 if lr_auto else lr, wd=tc.wd, wd_mode=tc.wd_mode,
         clip=tc.clip, drop_rate=cfg.model.drop_rate, device=tc.device, precision=tc.precision,
         channels_last=tc.channels_last, progress=progress, init=tc.init, accum=tc.accum, compile=tc.compile,
+        valid_every=tc.valid_every or 1,
     )
     balance = balance_plan(data, tc.balance, recipe)  # --balance: data/samplers.py (auto: by ratio and recipe)
     learner_kwargs["balance"] = balance["method"]
@@ -629,6 +632,8 @@ def _scratch_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: 
         fit_cbs = [cb for cb in fit_cbs if cb is not best]
     learn.phase = "scratch"
     epochs = max(1, recipe_epochs(cfg, "scratch"))
+    if not keep_best and tc.valid_every is None:  # nothing is chosen on validation: it only shows progress
+        learn.valid_every = math.ceil(epochs / SCRATCH_VALIDATIONS)
     print(f"scratch: {epochs} epoch(s) x {len(learn.train_dl)} steps of {tc.schedule}, peak lr {lr:.3g}")
     learn.fit_schedule(epochs, lr, tc.schedule, cbs=fit_cbs)
     kept = f"epoch {best.best_epoch} ({best.best_phase})" if keep_best else f"the last epoch ({epochs}, scratch)"

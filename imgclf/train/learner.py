@@ -102,10 +102,13 @@ class Learner:
         accum: int = 1,
         distributed: bool | None = None,
         compile: bool = False,
+        valid_every: int = 1,
     ):
         if accum < 1:
             raise UserError(f"--accum {accum}: give a whole number of batches >= 1")
         self.device = pick_device(device)
+        if self.device.type == "cuda":  # cuDNN times its algorithms once per input shape and keeps the fastest
+            torch.backends.cudnn.benchmark = True  # (as timm's train.py): a few shapes an epoch, many steps each
         self.model = model.to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -130,6 +133,9 @@ class Learner:
             self.cbs.append(ProgressCallback())
         self.cbs += [cb for cb in cbs if dist.is_main() or not isinstance(cb, CSVLogger)]
         self.accum, self.accumulating = accum, False
+        # validate every Nth epoch and the last (Keras's validation_freq); `validating` says it for this epoch, and
+        # callbacks that follow a validation figure (early stopping, keeping the best epoch) skip the others
+        self.valid_every, self.validating = max(1, int(valid_every)), valid_dl is not None
         # torch.compile the training forward (and so its backward): `_forward_module`
         self.compile = compile
         self._compiled: tuple[nn.Module, nn.Module] | None = None  # (what was compiled, its compiled wrapper)
@@ -243,10 +249,13 @@ class Learner:
             for self.epoch in range(start, n_epoch):
                 stop = False
                 try:
+                    self.validating = self._validation_due()
                     self._event("before_epoch", all_cbs)
                     self._train_epoch(all_cbs)
-                    if self.valid_dl is not None:
+                    if self.validating:
                         self._validate(all_cbs)
+                    else:  # the epoch's row shows no figure (NaN) rather than the last epoch's
+                        self.last_validation = dict.fromkeys(["valid_loss", *(n for n, _ in self.metrics)], math.nan)
                     self._event("after_epoch", all_cbs)
                 except CancelEpochException:
                     pass
@@ -271,6 +280,11 @@ class Learner:
                 torch.set_flush_denormal(False)
         if ck:
             ck.after_fit(self, all_cbs)
+
+    def _validation_due(self) -> bool:
+        if self.valid_dl is None:
+            return False
+        return self.valid_every == 1 or self.epoch + 1 >= self.n_epoch or (self.epoch + 1) % self.valid_every == 0
 
     def _train_epoch(self, cbs: Sequence[Callback]) -> None:
         self.training = True

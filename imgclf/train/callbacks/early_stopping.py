@@ -20,6 +20,8 @@ class EarlyStopping(TrackerCallback):
         self.best, self.wait, self.best_state, self.stopped_epoch = None, 0, None, None
 
     def after_epoch(self, learn) -> None:
+        if not getattr(learn, "validating", True):  # an epoch `valid_every` left unvalidated: nothing to compare
+            return
         value = self.current(learn)
         if self.improved(value):
             self.best, self.wait = value, 0

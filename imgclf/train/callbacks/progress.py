@@ -44,7 +44,7 @@ class ProgressCallback(Callback):
     def before_train(self, learn) -> None:
         self._close()
         n_train = _len(learn.train_dl)
-        n_valid = _len(learn.valid_dl) if learn.valid_dl is not None else 0
+        n_valid = _len(learn.valid_dl) if learn.valid_dl is not None and getattr(learn, "validating", True) else 0
         total = n_train + self.valid_weight * n_valid if n_train is not None and n_valid is not None else None
         self._counts = (n_train, n_valid)
         self._desc = f"epoch {learn.epoch + 1}/{learn.n_epoch} {learn.phase}"
@@ -86,7 +86,8 @@ class ProgressCallback(Callback):
         cells = [f"{row['phase']:>11}"]
         for c in cols:
             v = row[c]
-            cells.append(f"{v:>11d}" if isinstance(v, int) else f"{v:>11.4f}")
+            cells.append(f"{v:>11d}" if isinstance(v, int) else f"{'-':>11}" if v != v else f"{v:>11.4f}")  # NaN:
+            # not validated this epoch (`valid_every`)
         progress.write("  ".join(cells))
 
     def after_fit(self, learn) -> None:

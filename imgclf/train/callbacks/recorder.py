@@ -1,11 +1,20 @@
-"""Recorder: per-batch losses and learning rates, and the per-epoch history table."""
+"""Recorder: per-batch losses and learning rates, and the per-epoch history table.
+
+On a GPU, reading a loss (`.item()`) makes the host wait for the device every step, so the host cannot queue the
+next step's kernels while the device runs this one: small nets then train at the speed of the two added up.
+Losses are kept on the device and read together every `READ_EVERY` steps (one wait per window) and whenever the
+recorded figures are asked for; on a CPU a read costs nothing and happens each step."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import torch
+
 from .core import Callback
+
+READ_EVERY = 32  # steps between the reads of losses kept on a GPU
 
 
 class Recorder(Callback):
@@ -13,7 +22,8 @@ class Recorder(Callback):
 
     order = -10
 
-    def __init__(self) -> None:
+    def __init__(self, read_every: int | None = None) -> None:
+        self.read_every = read_every  # steps between reads; None: each step on a CPU, READ_EVERY on a GPU
         self.history: list[dict[str, Any]] = []
         self.losses: list[float] = []  # smoothed training loss per batch, across fits
         self.lrs: list[float] = []
@@ -21,6 +31,7 @@ class Recorder(Callback):
         self._smooth, self._count = 0.0, 0
         self._sum, self._n = 0.0, 0
         self._resumed_sums: tuple[float, int] | None = None  # a resumed epoch's sums so far (load_state_dict)
+        self._pending: list[tuple[object, int]] = []  # (loss on the device, batch size) not read yet
 
     def before_fit(self, learn) -> None:
         self._epoch_base = len(self.history)
@@ -34,14 +45,32 @@ class Recorder(Callback):
     def after_batch(self, learn) -> None:
         if not learn.training:
             return
-        loss, bs = learn.loss.detach().float().item(), len(learn.yb)
-        self._sum, self._n = self._sum + loss * bs, self._n + bs
-        self._count += 1
-        self._smooth = 0.98 * self._smooth + 0.02 * loss
-        self.losses.append(self._smooth / (1 - 0.98**self._count))
+        self._pending.append((learn.loss.detach().float(), len(learn.yb)))
         self.lrs.append(learn.opt.param_groups[-1]["lr"])
+        every = self.read_every or (1 if learn.loss.device.type == "cpu" else READ_EVERY)
+        if len(self._pending) >= every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the losses kept on the device (one wait for it) into the sums and the per-batch curve."""
+        if not self._pending:
+            return
+        values = torch.stack([t for t, _ in self._pending]).tolist()
+        for loss, (_, bs) in zip(values, self._pending, strict=True):
+            self._sum, self._n = self._sum + loss * bs, self._n + bs
+            self._count += 1
+            self._smooth = 0.98 * self._smooth + 0.02 * loss
+            self.losses.append(self._smooth / (1 - 0.98**self._count))
+        self._pending.clear()
+
+    def after_train(self, learn) -> None:
+        self.flush()
+
+    def after_fit(self, learn) -> None:  # a fit stopped within an epoch skips after_train
+        self.flush()
 
     def after_epoch(self, learn) -> None:
+        self.flush()
         row = {"epoch": self._epoch_base + learn.epoch, "phase": learn.phase,
                "train_loss": self._sum / max(self._n, 1)}
         row.update(learn.last_validation)
@@ -51,6 +80,7 @@ class Recorder(Callback):
 
     def plot_loss(self):
         """Train and valid loss per epoch, and the smoothed per-batch train loss: a matplotlib Figure."""
+        self.flush()
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(9, 3.6), layout="constrained")
@@ -71,6 +101,7 @@ class Recorder(Callback):
     def state_dict(self) -> dict[str, Any]:
         """History and per-batch curves, and the running sums of an epoch in progress (a mid-epoch resume
         then reports the same train_loss as an uninterrupted run)."""
+        self.flush()
         return {"history": self.history, "losses": self.losses, "lrs": self.lrs, "epoch_base": self._epoch_base,
                 "smooth": self._smooth, "count": self._count, "sum": self._sum, "n": self._n}
 

@@ -37,6 +37,8 @@ class SaveBestModel(TrackerCallback):
         return self.model if self.model is not None else learn.model
 
     def after_epoch(self, learn) -> None:
+        if not getattr(learn, "validating", True):  # an epoch `valid_every` left unvalidated: nothing to compare
+            return
         value = self.current(learn)
         if self.improved(value):
             self.best, self.best_epoch, self.best_phase = value, learn.recorder.history[-1]["epoch"], learn.phase
