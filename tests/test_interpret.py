@@ -193,7 +193,7 @@ def test_interpret_a_tiny_run_end_to_end(image_folder, tmp_path, capsys):
     assert main(["interpret", str(run), "--quiet", "--k", "4"]) == 0
     out = capsys.readouterr().out
     assert f"accuracy {mine.accuracy:.4f}" in out and "frogs" in out and str(run / "interpret") in out
-    assert "cats -> dogs: 1" in out  # the planted dog
+    assert "cats -> dogs: " in out  # the planted dog (with it, at 6 images a class, maybe a real cat)
     folder = run / "interpret"
     for name in FILES:
         assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
@@ -218,7 +218,7 @@ def test_interpret_a_tiny_run_end_to_end(image_folder, tmp_path, capsys):
     assert {"path": str(planted), "actual": "cats", "predicted": "dogs"}.items() <= next(
         w for w in wrong if w["path"] == str(planted)).items()
     pairs = [[r["actual"], r["predicted"], int(r["count"])] for r in read_csv(folder / "most_confused.csv")]
-    assert pairs == d["most_confused"] and ["cats", "dogs", 1] in pairs
+    assert pairs == d["most_confused"] and any(p[:2] == ["cats", "dogs"] and p[2] >= 1 for p in pairs)
     per_class = read_csv(folder / "per_class.csv")
     assert [float(r["f1"]) for r in per_class] == pytest.approx([r["f1"] for r in d["per_class"]], abs=1e-6)
     assert "multiply-adds" in (folder / "model_summary.txt").read_text()

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .callbacks.resize import progressive_cost
+from .probe import PROBE_MIRRORS
 
 TRAIN_COST = 3.5  # a training step costs about this many forward passes (forward + backward + step)
 TRIAL_FRACTION = 1 / 8  # the fine-tune's trial: this fraction of an epoch, then judged on the inner holdout
@@ -158,13 +159,15 @@ def scratch_regime(facts: DataFacts) -> bool:
 
 
 def probe_phases(facts: DataFacts, rates: Rates, size: int, first: bool) -> list[Phase]:
-    """Decode at `size` (each size decodes again), the features of train + mirror + valid, the CV'd probe."""
+    """Decode at `size` (each size decodes again), the features of train (+ mirrors: probe.PROBE_MIRRORS) + valid,
+    the CV'd probe."""
     n_all = facts.n_train + facts.n_valid
-    feats = (2 * facts.n_train + facts.n_valid) / rates.forward_at(size)
+    rows = facts.n_train * (2 if PROBE_MIRRORS else 1)
+    feats = (rows + facts.n_valid) / rates.forward_at(size)
     decode = n_all / rates.decode
     name = f"decode {n_all} images" if first else f"decode again at {size} px"
     return [Phase(name, decode), Phase(f"features at {size} px", feats),
-            Phase("probe" if first else f"probe at {size} px", 0.5 + PROBE_SECONDS_PER_ROW * 2 * facts.n_train)]
+            Phase("probe" if first else f"probe at {size} px", 0.5 + PROBE_SECONDS_PER_ROW * rows)]
 
 
 def fine_tune_prices(facts: DataFacts, rates: Rates, size: int) -> tuple[float, float]:

@@ -44,7 +44,7 @@ from .callbacks import Callback, CancelFitException, CSVLogger, EarlyStopping, S
 from .checkpoint import Checkpointer
 from .lr_finder import LRFind
 from .plan import EXPORT_SECONDS, HOLDOUT, TRAIN_COST, TRIAL_FRACTION, default_budget, eager_rate, record_rate
-from .probe import ProbeSelection, best_fit, fit_linear_probe, load_head, select_probe
+from .probe import PROBE_MIRRORS, ProbeSelection, best_fit, fit_linear_probe, load_head, select_probe
 from .vision import VisionLearner, vision_learner
 
 MIN_ERRORS = 10  # a fine-tune is tried only if the probe leaves this many errors to fix where it is judged
@@ -106,11 +106,15 @@ def keep_fine_tune(probe: Candidate, tuned: Candidate | None) -> tuple[bool, str
 
 
 def probe_features(learn: VisionLearner) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x, y, xv, yv): the training images' cached features, center views then their mirrors (row i and row
-    i + n are one image), and the validation center views: what every probe fits and scores on."""
+    """(x, y, xv, yv): the training images' cached features (center views; with `PROBE_MIRRORS`, then their
+    mirrors: row i and row i + n are one image), and the validation center views: what every probe fits and
+    scores on."""
+    if PROBE_MIRRORS:  # first: the center views come from the same pass
+        x2, y2 = learn.cached_features("train", "flip")
     x1, y1 = learn.cached_features("train", "center")
-    x2, y2 = learn.cached_features("train", "flip")
     xv, yv = learn.cached_features("valid", "center")
+    if not PROBE_MIRRORS:
+        return x1, y1, xv, yv
     return torch.cat([x1, x2]), torch.cat([y1, y2]), xv, yv
 
 
@@ -162,9 +166,9 @@ def probe_cv(learn: VisionLearner, folds: int = 5) -> tuple[Candidate, float, Pr
     t = time.perf_counter()
     x, y, xv, yv = probe_features(learn)
     feat_seconds = time.perf_counter() - t
-    n = len(y) // 2
+    n = len(learn.data.train_y)  # images; with mirrors, 2n rows (an image and its mirror in one fold)
     sel = select_probe(x, y, len(learn.data.classes),
-                       groups=torch.arange(n).repeat(2), folds=folds, seed=learn.seed,
+                       groups=torch.arange(n).repeat(len(y) // n), folds=folds, seed=learn.seed,
                        class_weights=learn.class_weights)  # --balance: see vision_learner
     load_head(learn.model.get_classifier(), sel.fit)
     valid_loss, accuracy = _score(xv, yv, sel.fit.weight, sel.fit.bias)
@@ -173,10 +177,11 @@ def probe_cv(learn: VisionLearner, folds: int = 5) -> tuple[Candidate, float, Pr
         f"probe@{learn.data.size}", "probe", learn.data.size, valid_loss, accuracy, time.perf_counter() - t,
         {"head": "lbfgs", "wd": sel.wd, "train_loss": sel.fit.train_loss, "feature_seconds": feat_seconds,
          "feature_engine": learn.features.engine_report(), "tried": sel.table},
-        {"method": f"{k}-fold CV on the training features (an image and its mirror in one fold)",
+        {"method": f"{k}-fold CV on the training features" + (" (an image and its mirror in one fold)"
+                                                                 if PROBE_MIRRORS else ""),
          "loss": sel.cv_loss, "loss_se": sel.cv_loss_se, "accuracy": sel.cv_accuracy, "n": n},
     )
-    rate = (2 * n + len(yv)) / max(feat_seconds, 1e-3)
+    rate = (len(y) + len(yv)) / max(feat_seconds, 1e-3)
     return cand, rate, sel
 
 
@@ -500,9 +505,10 @@ def _cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, An
     data = learn.data
     fit_rows, hold_rows = inner_holdout(data.train_y, HOLDOUT, learn.seed)
     x1, y1 = learn.cached_features("train", "center")
-    x2, _ = learn.cached_features("train", "flip")
-    ref = fit_linear_probe(torch.cat([x1[fit_rows], x2[fit_rows]]), torch.cat([y1[fit_rows], y1[fit_rows]]),
-                           x1[hold_rows], y1[hold_rows], len(data.classes), wds=(sel_info["wd"],))[0]
+    xf, yf = x1[fit_rows], y1[fit_rows]
+    if PROBE_MIRRORS:
+        xf, yf = torch.cat([xf, learn.cached_features("train", "flip")[0][fit_rows]]), torch.cat([yf, yf])
+    ref = fit_linear_probe(xf, yf, x1[hold_rows], y1[hold_rows], len(data.classes), wds=(sel_info["wd"],))[0]
     tuner = make_learner(subset_data(data, fit_rows, hold_rows), log=False)
     tuner.model.load_state_dict(learn.model.state_dict())
     load_head(tuner.model.get_classifier(), ref)

@@ -55,9 +55,10 @@ class VisionLearner(Learner):
         torchrun each rank computes its strided share and the shares are gathered: every rank holds them all.
 
         The body runs on `features.pick_engine`'s choice (onnxruntime fp32 on a CPU when installed and its features
-        match eager fp32's on the first images; `self.features.engine_name = "eager"` forces eager), and the
-        training split's center and mirrored views come from one pass over its batches."""
-        pair = split == "train" and view in ("center", "flip")
+        match eager fp32's on the first images; `self.features.engine_name = "eager"` forces eager). Asked for the
+        training split's mirrored views, the center views come from the same pass over its batches; asked for the
+        center views first, they come alone (the auto recipe's probe uses no mirrors: probe.PROBE_MIRRORS)."""
+        pair = split == "train" and view == "flip"
 
         def make():
             dl = self.data.loader(split, self.meta.mean, self.meta.std, view="center" if pair else view,
@@ -95,8 +96,8 @@ class VisionLearner(Learner):
         Same loop, same loss, optimizer settings, history and logs: only the model and the data differ.
         `log=False` keeps its epochs out of this learner's history, CSV log and console (a trial).
         """
+        x2, y2 = self.cached_features("train", "flip")  # first: the center views come from the same pass
         x1, y1 = self.cached_features("train", "center")
-        x2, y2 = self.cached_features("train", "flip")
         xv, yv = self.cached_features("valid", "center")
         head = nn.Sequential(nn.Dropout(getattr(self.model, "drop_rate", 0.0)), self.model.get_classifier())
         logs = [cb for cb in self.cbs if isinstance(cb, CSVLogger)] if log else []
