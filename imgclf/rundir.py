@@ -6,10 +6,12 @@ need to see images as they were trained to (arch, classes, sizes, normalisation)
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
@@ -182,6 +184,23 @@ class _Tee:
 
     def fileno(self) -> int:
         return self.console.fileno()
+
+
+@contextmanager
+def early_lines() -> Iterator[io.StringIO]:
+    """Keep what a job prints before its run directory exists (the plan, the decoding's lines, the data's warnings)
+    to be written into train.log once it does (`log_to(..., early=...)`); the console shows it as usual."""
+    buf = io.StringIO()
+    show = warnings.showwarning
+
+    def show_and_keep(message, category, filename, lineno, file=None, line=None):
+        show(message, category, filename, lineno, file, line)
+        buf.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():  # restores the hook on the way out
+        warnings.showwarning = show_and_keep  # the documented hook for where warnings go
+        with redirect_stdout(_Tee(sys.stdout, buf)), progress.log_lines(buf):
+            yield buf
 
 
 @contextmanager

@@ -81,19 +81,23 @@ def test_sampler_draws_classes_evenly():
     assert len(seen) == 100 and max(counts) - min(counts) <= 1
 
 
-@pytest.mark.parametrize("balance", ["auto", "sampler"])
+@pytest.mark.parametrize("balance", ["auto", "sampler", "auto-random"])
 def test_cli_balance(image_folder, tmp_path, balance):
     """auto on a 5:1 split picks weights (probe recipe, --calibrate off: T stays 1); the sampler acts where
-    batches are drawn (scratch recipe; its temperature cross-fitted on validation halves)."""
+    batches are drawn (scratch recipe; its temperature cross-fitted on validation halves); auto with
+    `--recipe fine_tune --no-pretrained` trains from random weights, so it picks the sampler as from scratch."""
     data = image_folder({"cats": 15, "dogs": 3}, split=True, n_valid=3, size=(40, 30))
     out = tmp_path / f"run_{balance}"
-    args = ["train", str(data), "--size", "32", "--bs", "8", "--quiet", "--balance", balance, "--out", str(out)]
-    args += (["--recipe", "probe", "--calibrate", "off"] if balance == "auto"
-             else ["--recipe", "scratch", "--arch", "simple_cnn", "--epochs", "1"])
+    asked = balance.split("-")[0]
+    args = ["train", str(data), "--size", "32", "--bs", "8", "--quiet", "--balance", asked, "--out", str(out)]
+    args += {"auto": ["--recipe", "probe", "--calibrate", "off"],
+             "sampler": ["--recipe", "scratch", "--arch", "simple_cnn", "--epochs", "1"],
+             "auto-random": ["--recipe", "fine_tune", "--no-pretrained", "--arch", "simple_cnn", "--epochs", "1",
+                             "--freeze-epochs", "0"]}[balance]
     assert main(args) in (0, None)
     m = json.loads((out / "metrics.json").read_text())
     assert m["imbalance_ratio"] == pytest.approx(5.0)
-    assert m["balance"] == ("weights" if balance == "auto" else balance)  # ratio 5 >= 3: weights
+    assert m["balance"] == ("weights" if balance == "auto" else "sampler")  # ratio 5 >= 3
     for k in ("balanced_accuracy", "macro_f1"):
         assert m[f"{k}_low"] <= m[k] <= m[f"{k}_high"]
     resolved = json.loads((out / "config.json").read_text())["resolved"]
@@ -101,6 +105,8 @@ def test_cli_balance(image_folder, tmp_path, balance):
     cal, meta = m["calibration"], json.loads((out / "model.json").read_text())
     if balance == "auto":
         assert cal["mode"] == "off" and meta["temperature"] == 1.0 and m["ece"] == cal["ece_before"]
+    elif balance == "auto-random":
+        assert "from scratch" in resolved["balance"]["why"]
     else:
         assert "cross-fitted" in cal["method"] or "too few" in cal["method"]
         assert meta["temperature"] == cal["temperature"]

@@ -77,6 +77,12 @@ def worker(out: Path, data_dir: Path) -> None:
     rep["same_weights"] = _same_as_rank0(_weights(learn.model))
     rep["train_loss"] = learn.recorder.history[-1]["train_loss"]
     rep["same_loss"] = dist.agree(rep["train_loss"]) == rep["train_loss"]
+    # validation scored in shares (each rank its strided half, 12 images: one padded in on 2 ranks) and gathered
+    # is the whole set's: the same figures as one pass over every validation image, on every rank
+    share, n = learn._valid_share()
+    whole = learn.validate()  # get_preds over the whole loader, in this process alone
+    rep["valid_sharded"] = n == data.n_valid and len(share.images) == data.n_valid and share.n_shard < n
+    rep["valid_equal"] = all(abs(learn.last_validation[k] - whole[k]) < 1e-5 for k in whole)
 
     # 3. cached features: computed in shards, gathered, equal to one process's pass over all images
     learn.features.engine_name = "eager"  # the same engine as the one-process pass below
@@ -168,6 +174,7 @@ def test_two_nodes_c10d_disjoint_shards_same_weights_resume_and_probe(data_dir, 
     for rep in reps:
         assert rep["same_weights"], "DDP with accumulation left the ranks with different weights"
         assert rep["same_loss"], "the logged training loss is the mean over ranks, the same on each"
+        assert rep["valid_sharded"] and rep["valid_equal"], "validation in shares differs from one whole pass"
         assert rep["features_equal"], "features computed in shards and gathered differ from one pass"
         assert rep["interrupted"] and rep["ckpt_ranks"] == 2 and rep["ckpt_batches"] == [4, 4]
         assert rep["resume_equal"], "a resumed 2-process fit differs from an uninterrupted one"

@@ -118,6 +118,7 @@ def test_train_off_a_terminal_says_each_phase_with_seconds(tmp_path, image_folde
     """`imgclf train` with stderr to a file: no bar junk, and per-phase lines with seconds in stderr and
     train.log."""
     root = image_folder({"red": 8, "blue": 8}, split=True, n_valid=4, size=(24, 20))
+    (root / "train" / "red" / "empty.jpg").write_bytes(b"")  # a warning that names it, before the run dir exists
     out = tmp_path / "run"
     err_file = tmp_path / "stderr.txt"
     env = {k: v for k, v in os.environ.items() if k != "IMGCLF_PROGRESS"}
@@ -130,9 +131,12 @@ def test_train_off_a_terminal_says_each_phase_with_seconds(tmp_path, image_folde
     log = (out / "train.log").read_text()
     for text in (stderr, log, p.stdout):
         assert "\r" not in text and "\x1b[" not in text
-    # decoding (before the run directory exists): its count as it starts, its seconds and rate as it ends
-    assert "decode train: 16 img" in stderr.splitlines(), stderr
-    assert any(x.startswith("decode train: 16 img in ") and x.endswith("/s)") for x in stderr.splitlines()), stderr
+    # decoding (before the run directory exists): its count as it starts, its seconds and rate as it ends, and
+    # the warning naming the empty file, on stderr and, once the run directory exists, in train.log
+    for text in (stderr, log):
+        assert "decode train: 17 img" in text.splitlines(), text
+        assert any(x.startswith("decode train: 17 img in ") and x.endswith("/s)") for x in text.splitlines()), text
+        assert "imgclf: warning: skipped 1 file" in text and "empty.jpg: empty file (0 bytes)" in text, text
     for text in (stderr, log):  # each epoch as it starts, in stderr and in train.log
         assert "epoch 1/1 scratch: 2 training batches + 1 validation batch" in text.splitlines(), text
     # and its table row, with its seconds, in train.log and on stdout

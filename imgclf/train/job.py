@@ -42,6 +42,7 @@ from ..rundir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     check_version,
+    early_lines,
     log_to,
     new_run_dir,
     read_json,
@@ -315,33 +316,32 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
 
     cfg = resolve_config(cfg, progress)
     seed_everything(cfg.data.seed)
-    t_plan = time.perf_counter()
-    plan = _job_plan(cfg, out)  # the auto recipe's: priced and printed before any image is decoded
-    phases = {"setup": t_plan - t_start, "plan": time.perf_counter() - t_plan}  # seconds, into metrics.json
-    if plan and plan["kind"] == "scratch":
-        cfg = scratch_config(cfg, plan["scratch"])
-    size, crop = resolve_size(cfg, is_scratch(cfg))
-    if plan and plan["kind"] != "scratch" and cfg.data.size is None:
-        size = plan["sizes"][0]  # the probe's first size: the others are decoded when their turn comes
-    t_data = time.perf_counter()
-    data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
-    phases["decode"] = time.perf_counter() - t_data  # listing, decoding, presizing and the near-duplicate check
+    with early_lines() as early:  # printed before the run directory exists: into its train.log below
+        t_plan = time.perf_counter()
+        plan = _job_plan(cfg, out)  # the auto recipe's: priced and printed before any image is decoded
+        phases = {"setup": t_plan - t_start, "plan": time.perf_counter() - t_plan}  # seconds, into metrics.json
+        if plan and plan["kind"] == "scratch":
+            cfg = scratch_config(cfg, plan["scratch"])
+        size, crop = resolve_size(cfg, is_scratch(cfg))
+        if plan and plan["kind"] != "scratch" and cfg.data.size is None:
+            size = plan["sizes"][0]  # the probe's first size: the others are decoded when their turn comes
+        t_data = time.perf_counter()
+        data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
+        phases["decode"] = time.perf_counter() - t_data  # listing, decoding, presizing and the near-duplicate check
     fresh = out is None
     out = out or dist.agree(new_run_dir(cfg.out or default_out(cfg)) if dist.is_main() else None)
     ckpt_every = cfg.train.ckpt_every
     ck = Checkpointer(out, ckpt_every)
-    if fresh:
-        if dist.is_main():
+    if dist.is_main():
+        if fresh:
             write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "running",
                                            **({"plan": plan} if plan else {})})
-            if plan:
-                with open(out / "train.log", "a") as log:
-                    log.write("\n".join([plan["text"], *(f"plan: {w}" for w in plan["why"])]) + "\n")
-    else:
-        if dist.is_main():
+        else:
             update_config(out, status="running")
-        if not ck.load() and dist.is_main():  # killed before its first checkpoint: the run starts over
-            (out / "history.csv").unlink(missing_ok=True)
+        with open(out / "train.log", "a") as log:
+            log.write(early.getvalue())
+    if not fresh and not ck.load() and dist.is_main():  # killed before its first checkpoint: the run starts over
+        (out / "history.csv").unlink(missing_ok=True)
     try:
         with ck.catch_interrupts(), log_to(out / "train.log") if dist.is_main() else dist.silenced():
             print(f"{'resuming' if not fresh else 'training'} {out}: checkpoints at each epoch's end"
@@ -398,7 +398,10 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         channels_last=tc.channels_last, progress=progress, init=tc.init, accum=tc.accum, compile=tc.compile,
         valid_every=tc.valid_every or 1,
     )
-    balance = balance_plan(data, tc.balance, recipe)  # --balance: data/samplers.py (auto: by ratio and recipe)
+    # --balance: data/samplers.py (auto: by ratio and recipe; random weights count as from scratch whatever the
+    # recipe's name: `--recipe fine_tune --no-pretrained` trains every layer from random weights too)
+    random_init = cfg.model.weights is None and (not cfg.model.pretrained or cfg.model.arch in own_models())
+    balance = balance_plan(data, tc.balance, "scratch" if random_init else recipe)
     learner_kwargs["balance"] = balance["method"]
     if balance["ratio"] is not None:
         print(f"classes: imbalance ratio {balance['ratio']:.2f} (largest/smallest in training); "

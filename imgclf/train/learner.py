@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.loaders import BatchLoader, TensorLoader
 from ..errors import UserError
 from . import distributed as dist
 from .callbacks import (
@@ -140,6 +141,7 @@ class Learner:
         self.compile = compile
         self._compiled: tuple[nn.Module, nn.Module] | None = None  # (what was compiled, its compiled wrapper)
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of the fit in progress
+        self._valid_shard: tuple[Any, Any, int] | None = None  # (valid_dl, this rank's share, its size): _valid_share
         if self.distributed:
             self._distribute()
         self.phase = "train"
@@ -338,12 +340,26 @@ class Learner:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
+    def _valid_share(self) -> tuple[Iterable, int | None]:
+        """The validation batches this process scores, and the whole set's size when they are a share: under
+        torchrun each rank scores its strided share of an indexable loader (`shard`, on a copy: `get_preds` and
+        exports keep the whole one) and the ranks' logits are gathered, so validation takes 1/world of the time."""
+        dl = self.valid_dl
+        # indexable (strided shares: `shard_order`, which gather_shards undoes), not already a share
+        shardable = isinstance(dl, (BatchLoader, TensorLoader)) and dl.world == 1
+        if not (self.distributed and dist.world_size() > 1 and shardable):
+            return dl, None
+        if self._valid_shard is None or self._valid_shard[0] is not dl:
+            self._valid_shard = (dl, copy.copy(dl).shard(dist.rank(), dist.world_size(), bs=dl.bs), dl.n_shard)
+        return self._valid_shard[1], self._valid_shard[2]
+
     def _validate(self, cbs: Sequence[Callback]) -> None:
         self.model.eval()
         self._event("before_validate", cbs)
+        dl, n = self._valid_share()
         preds, targets = [], []
         with torch.no_grad():
-            for xb, yb in self.valid_dl:
+            for xb, yb in dl:
                 self.xb, self.yb = xb, yb
                 try:
                     self._event("before_batch", cbs)
@@ -351,12 +367,15 @@ class Learner:
                     self._event("after_pred", cbs)
                     self.loss = self.valid_loss_func(self.pred.float(), self.yb)
                     self._event("after_loss", cbs)
-                    preds.append(self.pred.float().cpu())
-                    targets.append(self.yb.cpu())
+                    preds.append(self.pred.float() if n else self.pred.float().cpu())
+                    targets.append(self.yb if n else self.yb.cpu())
                 except CancelBatchException:
                     pass
                 self._event("after_batch", cbs)
-        self.last_validation = self.score(torch.cat(preds), torch.cat(targets))
+        logits, y = torch.cat(preds), torch.cat(targets)
+        if n:  # every rank gets every share, in order (the gather runs where the process group's backend does)
+            logits, y = dist.gather_shards(logits, n).cpu(), dist.gather_shards(y, n).cpu()
+        self.last_validation = self.score(logits, y)
         self._event("after_validate", cbs)
 
     def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
