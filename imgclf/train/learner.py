@@ -108,8 +108,6 @@ class Learner:
         if accum < 1:
             raise UserError(f"--accum {accum}: give a whole number of batches >= 1")
         self.device = pick_device(device)
-        if self.device.type == "cuda":  # cuDNN times its algorithms once per input shape and keeps the fastest
-            torch.backends.cudnn.benchmark = True  # (as timm's train.py): a few shapes an epoch, many steps each
         self.model = model.to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -242,6 +240,12 @@ class Learner:
         # CPU: flush denormal floats to zero while training. Tiny gradients late in training turn denormal
         # and x86 computes on them ~100x slower: Fashion-MNIST epochs took 27 s with this, 35 s without.
         flush = self.device.type == "cpu" and torch.set_flush_denormal(True)
+        # CUDA: cuDNN times its algorithms once per input shape and keeps the fastest (as timm's train.py does):
+        # training runs a few shapes many steps each. Turned on by the first fit, not at the learner's creation:
+        # on one H200 the default job's feature pass over 160 images took 10.9 s with it on from the start (every
+        # conv timed at each batch shape for one or two batches; not measured since)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.ddp = self._wrap_ddp()
         try:
             self._event("before_fit", all_cbs)
