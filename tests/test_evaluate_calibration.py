@@ -29,6 +29,9 @@ def test_evaluate_ece_matches_interpret_and_metrics(trained_run, tmp_path, capsy
     for k in ("balanced_accuracy", "macro_f1"):
         assert ev[f"{k}_low"] <= ev[k] <= ev[f"{k}_high"]
         assert ev[k] == pytest.approx(metrics[k], abs=1e-6)
+        # the same bootstrap (its own fixed seed): the same bounds as the run wrote
+        assert (ev[f"{k}_low"], ev[f"{k}_high"]) == pytest.approx((metrics[f"{k}_low"], metrics[f"{k}_high"]),
+                                                                  abs=1e-6)
         assert f"{k} {ev[k]:.4f} ({ev[f'{k}_low']:.2f}-{ev[f'{k}_high']:.2f}, {ev['n']} images)" in out
     assert f"ECE {ev['ece']:.4f} (T={t:.3f}" in out or f"-> {ev['ece']:.4f} (T={t:.3f}" in out
 

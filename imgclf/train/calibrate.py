@@ -208,7 +208,8 @@ def evaluate_classes(learn: Any, mode: str = "auto", selection_logits: torch.Ten
     from .metrics import class_figures
 
     logits, targets = preds if preds is not None else learn.get_preds()
-    final = {**learn.score(logits, targets), **class_figures(logits, targets, seed=seed)}
+    # the bootstrap's own fixed seed, not the run's: train, evaluate and interpret give the same bounds
+    final = {**learn.score(logits, targets), **class_figures(logits, targets)}
     cal = choose_temperature(logits, targets, mode, selection_logits, selection_targets, seed)
     learn.temperature = cal["temperature"]
     final.update(ece=cal["ece"], temperature=cal["temperature"], calibration=cal, balance=learn.balance,
