@@ -10,10 +10,10 @@ import torch
 
 from imgclf import ImageData
 from imgclf.config import DataConfig, RunConfig, TrainConfig
+from imgclf.train.candidate import Candidate
 from imgclf.train.job import train
 from imgclf.train.probe import PROBE_MIRRORS, best_fit, fit_linear_probe
 from imgclf.train.recipes import (
-    Candidate,
     auto_fit,
     cached_valid_preds,
     candidate_sizes,
