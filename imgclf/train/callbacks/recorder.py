@@ -31,7 +31,7 @@ class Recorder(Callback):
         self._smooth, self._count = 0.0, 0
         self._sum, self._n = 0.0, 0
         self._resumed_sums: tuple[float, int] | None = None  # a resumed epoch's sums so far (load_state_dict)
-        self._pending: list[tuple[object, int]] = []  # (loss on the device, batch size) not read yet
+        self._pending: list[tuple[torch.Tensor, int]] = []  # (loss on the device, batch size) not read yet
 
     def before_fit(self, learn) -> None:
         self._epoch_base = len(self.history)
