@@ -93,9 +93,10 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically (temp file + rename), so a killed run never leaves half a file."""
+    """Atomically (temp file + rename), so a killed run never leaves half a file; the temp file is the process's
+    own, so jobs writing one shared file at once (the caches under ~/.cache/imgclf) never mix their bytes."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
     publish(tmp, path)
 

@@ -37,10 +37,12 @@ _CALIBRATION = ("ece", "ece_before", "temperature")
 def calibration_text(res: dict, prefix: str = "", suffix: str = "") -> str:
     """`ECE 0.0820 -> 0.0301 (T=0.470, 15 bins)`: the expected calibration error before and after the run's
     temperature (what `predict`'s confidences are), or `ECE 0.0301 (T=1, ...)` for an uncalibrated run."""
+    from ..train.calibrate import BINS
+
     after, before = res[f"{prefix}ece{suffix}"], res.get(f"{prefix}ece_before{suffix}")
     t = res.get("temperature", 1.0)
-    return f"ECE {before:.4f} -> {after:.4f} (T={t:.3f}, 15 bins)" if before is not None else (
-        f"ECE {after:.4f} (T={t:.3f}, 15 bins)")
+    return f"ECE {before:.4f} -> {after:.4f} (T={t:.3f}, {BINS} bins)" if before is not None else (
+        f"ECE {after:.4f} (T={t:.3f}, {BINS} bins)")
 
 
 def run(a: argparse.Namespace) -> None:

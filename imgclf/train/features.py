@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..rundir import write_json
+
 ENGINES = ("auto", "onnx", "eager")
 # parity of an engine's features with eager fp32 on the first batch's images: cosine of each image's feature
 # vectors, and max |diff| relative to the largest |feature|. onnxruntime fp32 on Lite0: cosine 1 - 1e-9, max
@@ -180,13 +182,8 @@ def onnx_engine(model: nn.Module, size: int, threads: int | None = None, cache: 
                         f.unlink(missing_ok=True)
             except OSError:  # a read-only home: the engine works without its cache
                 pass
-    session = _session(graph, threads)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {"x": x.detach().float().contiguous().cpu().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
-
-    return FeatureEngine("onnxruntime fp32", run, time.perf_counter() - t, channels_last=False,
+    return FeatureEngine("onnxruntime fp32", _runner(_session(graph, threads)), time.perf_counter() - t,
+                         channels_last=False,
                          graph=path if path is not None and path.is_file() else None)
 
 
@@ -216,9 +213,7 @@ def remember_parity(engine: FeatureEngine) -> None:
     if path is None or not engine.parity.get("ok") or engine.parity.get("recalled"):
         return
     try:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(engine.parity))
-        tmp.replace(path)
+        write_json(path, engine.parity)
     except OSError:
         pass
 
@@ -268,12 +263,17 @@ def int8_engine(model: nn.Module, size: int, calib: torch.Tensor, threads: int |
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=["Conv", "Gemm", "MatMul", "Clip", "Relu"], nodes_to_exclude=[first])
         graph = out.read_bytes()
-    session = _session(graph, threads)
+    return FeatureEngine("onnxruntime int8", _runner(_session(graph, threads)), time.perf_counter() - t,
+                         channels_last=False)
 
-    def run(v: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"x": v.detach().float().contiguous().cpu().numpy()})[0]).to(v.device)
 
-    return FeatureEngine("onnxruntime int8", run, time.perf_counter() - t, channels_last=False)
+def _runner(session) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A batch through an onnxruntime session (float32 NCHW in, features out on the batch's device)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {"x": x.detach().float().contiguous().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    return run
 
 
 def _session(graph: bytes, threads: int | None = None):

@@ -400,8 +400,7 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     )
     # --balance: data/samplers.py (auto: by ratio and recipe; random weights count as from scratch whatever the
     # recipe's name: `--recipe fine_tune --no-pretrained` trains every layer from random weights too)
-    random_init = cfg.model.weights is None and (not cfg.model.pretrained or cfg.model.arch in own_models())
-    balance = balance_plan(data, tc.balance, "scratch" if random_init else recipe)
+    balance = balance_plan(data, tc.balance, "scratch" if random_weights(cfg) else recipe)
     learner_kwargs["balance"] = balance["method"]
     if balance["ratio"] is not None:
         print(f"classes: imbalance ratio {balance['ratio']:.2f} (largest/smallest in training); "
@@ -562,6 +561,12 @@ def is_scratch(cfg: RunConfig) -> bool:
     asked = cfg.train.recipe
     if asked in ("fine_tune", "scratch"):
         return asked == "scratch"
+    return random_weights(cfg)
+
+
+def random_weights(cfg: RunConfig) -> bool:
+    """Whether the model starts from random weights: no weights file, and no pretrained ones asked for or to be
+    had (our own archs have none)."""
     return cfg.model.weights is None and (not cfg.model.pretrained or cfg.model.arch in own_models())
 
 

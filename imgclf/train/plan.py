@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -30,8 +29,9 @@ from typing import Any
 
 import torch
 
+from ..rundir import write_json
 from .callbacks.resize import progressive_cost
-from .probe import PROBE_MIRRORS
+from .probe import probe_rows
 
 TRAIN_COST = 3.5  # a training step costs about this many forward passes (forward + backward + step)
 TRIAL_FRACTION = 1 / 8  # the fine-tune's trial: this fraction of an epoch, then judged on the inner holdout
@@ -162,7 +162,7 @@ def probe_phases(facts: DataFacts, rates: Rates, size: int, first: bool) -> list
     """Decode at `size` (each size decodes again), the features of train (+ mirrors: probe.PROBE_MIRRORS) + valid,
     the CV'd probe."""
     n_all = facts.n_train + facts.n_valid
-    rows = facts.n_train * (2 if PROBE_MIRRORS else 1)
+    rows = probe_rows(facts.n_train)
     feats = (rows + facts.n_valid) / rates.forward_at(size)
     decode = n_all / rates.decode
     name = f"decode {n_all} images" if first else f"decode again at {size} px"
@@ -321,9 +321,7 @@ def record_rate(arch: str, size: int, device: torch.device, engine: str, rows: i
     del rows_kept[:-RECORDS_KEPT]
     try:  # written whole then renamed: a concurrent job never reads half a file
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(path)
+        write_json(path, table)
     except OSError:
         pass
 

@@ -26,6 +26,12 @@ WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 PROBE_MIRRORS = True
 
 
+def probe_rows(n_train: int) -> int:
+    """Feature rows the auto recipe's probe computes and fits for `n_train` training images (their mirrors too
+    with PROBE_MIRRORS): what the planner prices and the rate record counts."""
+    return n_train * (2 if PROBE_MIRRORS else 1)
+
+
 @dataclass
 class ProbeFit:
     """One strength tried: its figures on validation, and the head it produced."""

@@ -46,7 +46,15 @@ from .checkpoint import Checkpointer
 from .finetune import cv_fine_tune, fine_tune
 from .lr_finder import LRFind
 from .plan import EXPORT_SECONDS, HOLDOUT, TRAIN_COST, TRIAL_FRACTION, default_budget, eager_rate, record_rate
-from .probe import PROBE_MIRRORS, ProbeSelection, best_fit, fit_linear_probe, load_head, select_probe
+from .probe import (
+    PROBE_MIRRORS,
+    ProbeSelection,
+    best_fit,
+    fit_linear_probe,
+    load_head,
+    probe_rows,
+    select_probe,
+)
 from .vision import VisionLearner, vision_learner
 
 MIN_ERRORS = 10  # a fine-tune is tried only if the probe leaves this many errors to fix where it is judged
@@ -318,7 +326,7 @@ def auto_fit(
         probes.append(cand)
         last = (size, rate)
         if dist.is_main():  # the next job's plan prices its features from this pass (plan.recorded_rate)
-            record_rate(arch, size, learn.device, learn.features.ran, 2 * d.n_train + d.n_valid,
+            record_rate(arch, size, learn.device, learn.features.ran, probe_rows(d.n_train) + d.n_valid,
                         cand.detail["feature_seconds"])
         if better:
             best = (cand, learn, rate, sel)
