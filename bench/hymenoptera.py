@@ -12,7 +12,7 @@ validation accuracy, fit and total seconds, and the ratios the issues target:
     bf16 + channels_last, the fastest plain loop; its tutorial fp32 form with --fp32-peer). Epoch
     seconds include validation on both sides.
 
-Usage: python bench/hymenoptera.py [DATA] [--quick] [--skip-fastai] [--fp32-peer]
+Usage: python bench/hymenoptera.py [DATA] [--quick] [--skip-fastai] [--fp32-peer] [--repeat N]
 --quick runs the default job and fastai only (~2-3 min on two cores). fastai comes from `pip install -e ".[bench]"`.
 """
 
@@ -81,10 +81,19 @@ def main() -> None:
     ap.add_argument("--skip-fastai", action="store_true")
     ap.add_argument("--fp32-peer", action="store_true", help="also run the tutorial's fp32 torch loop (slow)")
     ap.add_argument("--quick", action="store_true", help="the default job and fastai only")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of the default job (a few seconds each); its median wall time is the one compared")
     a = ap.parse_args()
 
-    rows = [ours(a.data)]
-    print(json.dumps(rows[-1]), flush=True)
+    # the machines are shared: one stray process can add seconds to a 10 s job, so its median of a few runs
+    # (fastai's ~2 min run absorbs such noise itself)
+    runs = [ours(a.data) for _ in range(max(1, a.repeat))]
+    for r in runs:
+        print(json.dumps(r), flush=True)
+    rows = [sorted(runs, key=lambda r: r["total_seconds"])[len(runs) // 2]]
+    if len(runs) > 1:
+        rows[0]["name"] += f" median of {len(runs)}"
+        print("default job wall seconds: " + ", ".join(f"{r['total_seconds']:.1f}" for r in runs), flush=True)
     rows.append(ours(a.data, "--recipe", "fine_tune", "--size", "224") if not a.quick else None)
     if rows[-1]:  # unfrozen epochs at the peers' size
         print(json.dumps(rows[-1]), flush=True)
@@ -106,12 +115,12 @@ def main() -> None:
                      "total_seconds": f["total_seconds"], "epoch_seconds": [], "recipe": f["epochs"]})
         print(json.dumps(rows[-1]), flush=True)
 
-    print(f"\n{'job':<22}{'accuracy':>10}{'fit s':>9}{'total s':>9}  epoch s (unfrozen)   recipe")
+    print(f"\n{'job':<32}{'accuracy':>10}{'fit s':>9}{'total s':>9}  epoch s (unfrozen)   recipe")
     for r in rows:
         if r is None:
             continue
         ep = ", ".join(f"{s:.1f}" for s in r["epoch_seconds"])
-        print(f"{r['name']:<22}{r['accuracy']:>10.4f}{r['fit_seconds']:>9.1f}{r['total_seconds']:>9.1f}  "
+        print(f"{r['name']:<32}{r['accuracy']:>10.4f}{r['fit_seconds']:>9.1f}{r['total_seconds']:>9.1f}  "
               f"{ep:<20} {r['recipe']}")
     me = rows[0]
     print("\n" + breakdown(me))

@@ -20,6 +20,23 @@ def run_cli(*args, cwd=None):
     return p.returncode, p.stdout, p.stderr
 
 
+def test_the_command_freezes_its_imports_and_a_callers_process_keeps_its_objects():
+    """`imgclf CMD` loads its stack with the collector paused, then freezes it (0.5 s at start and ~1 s at exit on
+    `imgclf train`); `main([...])` from someone's Python process leaves their collector as it was."""
+    code = ("import gc, sys; from imgclf.cli import COMMANDS, main; sys.argv = ['imgclf', 'models']; rc = main(); "
+            "print(rc, gc.isenabled(), gc.get_freeze_count(), 'torch' in sys.modules, "
+            "all(isinstance(c.STACK, tuple) and c.STACK for c in COMMANDS.values()))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    rc, enabled, frozen, torch_loaded, stacks = p.stdout.split()[-5:]
+    assert (rc, enabled, torch_loaded, stacks) == ("0", "True", "True", "True"), p.stdout + p.stderr
+    assert int(frozen) > 50_000  # torch alone leaves ~100k objects
+    import gc
+
+    before = gc.get_freeze_count()
+    assert main(["models"]) == 0
+    assert gc.get_freeze_count() == before and gc.isenabled()
+
+
 def test_help_reads_well():
     code, out, _ = run_cli("--help")
     assert code == 0 and "train" in out and "predict" in out and "evaluate" in out

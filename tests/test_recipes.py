@@ -89,6 +89,8 @@ def test_recipe_json_is_written_and_reproducible(image_folder, tmp_path):
         cfg = RunConfig(data=DataConfig(path=str(root), size=32, bs=8),
                         train=TrainConfig(recipe="auto", budget=300), out=str(tmp_path / f"r{k}"))
         res = train(cfg, progress=False)
+        # a loss curve when batches were trained; a kept probe (L-BFGS on features) has none to draw
+        assert (res.run_dir / "loss.png").is_file() == bool(res.learner.recorder.losses)
         return json.loads((res.run_dir / "recipe.json").read_text()), res.metrics
 
     (r1, m1), (r2, m2) = run(1), run(2)

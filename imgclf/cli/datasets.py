@@ -7,6 +7,9 @@ import argparse
 from .common import Help
 
 
+STACK = ("imgclf.data.datasets",)
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "datasets", help="list, download and locate public data sets by name",

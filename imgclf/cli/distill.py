@@ -9,6 +9,9 @@ from .common import Help, T, add_data_flags, figures, learning_rate
 from .train import config
 
 
+STACK = ("imgclf.train.distill",)
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "distill", help="train a small student on a trained run's soft targets (knowledge distillation)",

@@ -7,6 +7,9 @@ import argparse
 from .common import check_writable
 
 
+STACK = ("imgclf.infer", "imgclf.train.metrics")
+
+
 def add(sub) -> None:
     p = sub.add_parser("evaluate", help="score a trained run on labelled images",
                        description="The figures of RUN's task on DATA: class folders, a data set root whose "

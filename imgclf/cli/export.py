@@ -7,6 +7,9 @@ import argparse
 from .common import Help
 
 
+STACK = ("imgclf.infer.export",)
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "export", help="write the run's model as one ONNX or TorchScript file, preprocessing inside",

@@ -10,6 +10,9 @@ from ..errors import UserError
 from .common import Help, add_data_flags
 
 
+STACK = ("imgclf.train.job", "imgclf.data.show")
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "inspect", help="audit the data before training",

@@ -7,6 +7,9 @@ import argparse
 from .common import Help
 
 
+STACK = ("imgclf.evaluate.interpret",)
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "interpret", help="why does a trained run err? confusion matrix, top losses, features",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 
+STACK = ("imgclf.models",)
+
+
 def add(sub) -> None:
     m = sub.add_parser("models", help="list architecture names", description="List names --arch accepts.")
     m.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*resnet*'")

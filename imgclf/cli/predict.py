@@ -10,6 +10,9 @@ from ..errors import UserError
 from .common import check_writable, expand_images
 
 
+STACK = ("imgclf.infer", "imgclf.infer.predictor")
+
+
 def add(sub) -> None:
     p = sub.add_parser("predict", help="predict labels of new images with a trained run",
                        description="Predict IMAGES (files, folders or globs) with the model in RUN.")

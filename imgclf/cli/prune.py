@@ -7,6 +7,9 @@ import argparse
 from .common import Help
 
 
+STACK = ("imgclf.train.prune",)
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "prune", help="zero the smallest weights of a run, fine-tune briefly, write a new run",

@@ -7,6 +7,9 @@ import argparse
 from .common import check_writable
 
 
+STACK = ("imgclf.evaluate.report",)
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "report", help="one self-contained HTML page of a trained run",

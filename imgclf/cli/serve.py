@@ -7,6 +7,9 @@ import argparse
 from .common import Help
 
 
+STACK = ("imgclf.infer",)  # the server's own modules come in run(), which names a missing extra
+
+
 def add(sub) -> None:
     from ..serve.settings import ServeSettings  # the defaults; FastAPI is imported only by run()
 

@@ -10,6 +10,9 @@ from .common import Help
 D = DataConfig()
 
 
+STACK = ("imgclf.data.shards",)
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "shard", help="write DATA as tar shards, to train on data larger than memory",

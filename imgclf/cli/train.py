@@ -11,6 +11,9 @@ from ..errors import UserError
 from .common import Help, M, T, add_data_flags, figures, learning_rate
 
 
+STACK = ("imgclf.train.job",)
+
+
 def add(sub) -> None:
     p = sub.add_parser(
         "train", help="train a classifier on a folder of images",

@@ -478,7 +478,7 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     learn.export(out)
     content = write_training_content(out, data)  # train_content.json: evaluate warns when it scores these
     write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "done", "resolved": resolved})
-    if learn.recorder.history:
+    if learn.recorder.losses:  # batches were trained; a probe alone (L-BFGS on features) has no curve to draw
         _save_fig(learn.recorder.plot_loss(), out / "loss.png")
     phases.update(fit=fit_seconds, finish=time.perf_counter() - t_finish)  # finish: final figures, export, files
     metrics = {

@@ -181,15 +181,22 @@ def grouped_stratified_folds(y: torch.Tensor, groups: torch.Tensor | None = None
     return fold_of_group[inv]
 
 
+# L-BFGS's stopping change for the CV fits, which only rank decays: their out-of-fold losses come within 2e-4 of the
+# strict (1e-9) fits' on hymenoptera (standard errors 3e-3 to 9e-3) in 0.75x the time (1.11 s vs 1.45 s, 2-core Xeon)
+CV_TOLERANCE = 1e-7
+
+
 def _lbfgs(xs: torch.Tensor, y: torch.Tensor, n_classes: int, wd: float, label_smoothing: float, max_iter: int,
            init: tuple[torch.Tensor, torch.Tensor] | None = None, class_weights: torch.Tensor | None = None,
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_fit_one`'s objective, started from `init` (a warm start) instead of zeros."""
+           tolerance_change: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_fit_one`'s objective, started from `init` (a warm start) instead of zeros. `tolerance_change`: L-BFGS's
+    stop when a step moves the loss or weights less (its default 1e-9 for the head a run keeps; CV_TOLERANCE)."""
     w = torch.zeros(n_classes, xs.shape[1]) if init is None else init[0].clone()
     b = torch.zeros(n_classes) if init is None else init[1].clone()
     w.requires_grad_(True)
     b.requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_change=tolerance_change)
 
     def closure():
         opt.zero_grad()
@@ -262,7 +269,8 @@ def select_probe(
                 xs, xe = xs @ basis.T, xe @ basis.T
             last = None
             for i in order:
-                w, b = _lbfgs(xs, y[tr], n_classes, wds[i], label_smoothing, max_iter, last if warm_start else None, cw)
+                w, b = _lbfgs(xs, y[tr], n_classes, wds[i], label_smoothing, max_iter, last if warm_start else None, cw,
+                              CV_TOLERANCE)
                 last = (w, b)
                 logits = xe @ w.T + b
                 oof[i, te] = logits
