@@ -17,6 +17,7 @@ Measures, each beside its target:
 Usage: python bench/limits.py [DATA] [--bs 32] [--threads N] [--compile] [--skip-job] [--skip-fastai]
                               [--fastai-seconds S]
        python bench/limits.py --int8-probe [SET ...]   # the probe on fp32 vs int8 features (the engine decision)
+       python bench/limits.py --ort-batches [SIZE ...]  # onnxruntime fp32 images/s by images per call (ORT_CALL_PIXELS)
 """
 
 from __future__ import annotations
@@ -191,6 +192,33 @@ def int8_probe(names: list[str]) -> None:
 LINE = re.compile(r"^(?P<phase>[^:]+): .* in (?P<s>[\d.]+) ?s\b")  # progress.py's end line of a phase
 
 
+def ort_batches(sizes: list[int]) -> None:
+    """onnxruntime fp32 images/s of the default body by images per call, at each size: where the calls of
+    `features.ORT_CALL_PIXELS` come from (activations that stay in the caches run faster than big batches)."""
+    import numpy as np
+
+    from imgclf.models import create_model
+    from imgclf.train.features import ORT_CALL_PIXELS, _export_graph, _session, ort_chunk
+
+    model, _ = create_model("efficientnet_lite0", 2, pretrained=True)
+    model.eval().requires_grad_(False)
+    for size in sizes:
+        session = _session(_export_graph(model, size))
+        rates = {}
+        for n in (1, 2, 4, 8, 16, 32, 64, 128):
+            x = np.random.default_rng(0).standard_normal((n, 3, size, size), dtype=np.float32)
+            session.run(None, {"x": x})
+            t, done = time.perf_counter(), 0
+            while time.perf_counter() - t < 1.5:
+                session.run(None, {"x": x})
+                done += n
+            rates[n] = done / (time.perf_counter() - t)
+        best = max(rates, key=rates.get)
+        print(f"{size:>4} px: " + ", ".join(f"{r:.0f} ({n})" for n, r in rates.items())
+              + f" img/s (images per call); best {best}, ORT_CALL_PIXELS gives {ort_chunk(size)}"
+              f" ({ORT_CALL_PIXELS} pixels)", flush=True)
+
+
 def job(data: Path) -> dict:
     """The default job in its own process, split into phases from its progress lines and run files."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,9 +260,14 @@ def main() -> None:
     ap.add_argument("--int8-probe", nargs="*", metavar="SET",
                     help="only the probe's accuracy on fp32 vs int8 features on these sets (none: all four of "
                          "bench/recipes.py's photo sets: ~10 min quiet)")
+    ap.add_argument("--ort-batches", nargs="*", type=int, metavar="SIZE",
+                    help="only onnxruntime fp32's images/s by images per call at these sizes (none: 32 128 256)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.ort_batches is not None:
+        ort_batches(a.ort_batches or [32, 128, 256])
+        return
     if a.int8_probe is not None:
         int8_probe(a.int8_probe or ["hymenoptera", "hymenoptera-8", "hymenoptera-48px", "fashion-2000"])
         return

@@ -18,6 +18,7 @@ from imgclf.train.features import (
     eager_engine,
     extract_features,
     onnx_engine,
+    ort_chunk,
     pick_engine,
     recalled_parity,
 )
@@ -61,6 +62,13 @@ def test_onnx_engine_matches_eager_fp32_on_real_photos(body, photos, engine_cach
     assert (got - ref).abs().max() < 1e-3 * ref.abs().max()
     # and a batch of another size runs through the same session (the batch dimension is free)
     assert torch.allclose(engine(photos[:1]), got[:1], atol=1e-4)
+    # more images than one onnxruntime call takes come back whole and in order, the mirrors between
+    many = torch.cat([photos, photos.flip(-1), photos])
+    assert len(many) > ort_chunk(SIZE) > 1
+    out = engine(many)
+    assert out.shape == (18, 1280)
+    assert torch.allclose(out[:6], got, atol=1e-4) and torch.allclose(out[12:], got, atol=1e-4)
+    assert not torch.allclose(out[6:12], got, atol=1e-2)
     # the export was kept under the body's hash: the next engine for this body loads it, same features
     (kept,) = engine_cache.glob("*.onnx")
     assert kept.stem == body_key(body, SIZE) and body_key(body, SIZE + 32) != kept.stem

@@ -1,7 +1,8 @@
 """The `imgclf` command: thin over the Python API. User mistakes print one line and exit 2.
 
-One module per command, each with `add(subparsers)` and `run(args)`, and `STACK`, the modules its run imports
-(loaded first by `load_stack`); `COMMANDS` lists them in the order `imgclf --help` shows them. Flags that several commands share live in `common.py`.
+One module per command, each with `add(subparsers)`, `run(args)` and `STACK` (the modules its run imports, loaded
+first by `load_stack`); `COMMANDS` lists them in the order `imgclf --help` shows them. Flags that several commands
+share live in `common.py`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from ..config import DISTILL_ALPHA, DISTILL_TEMPERATURE, ModelConfig
 from .common import Help, T, add_data_flags, figures, learning_rate
 from .train import config
 
-
 STACK = ("imgclf.train.distill",)
 
 

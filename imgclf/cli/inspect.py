@@ -9,7 +9,6 @@ from ..config import DataConfig, RunConfig
 from ..errors import UserError
 from .common import Help, add_data_flags
 
-
 STACK = ("imgclf.train.job", "imgclf.data.show")
 
 

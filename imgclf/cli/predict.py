@@ -9,7 +9,6 @@ import sys
 from ..errors import UserError
 from .common import check_writable, expand_images
 
-
 STACK = ("imgclf.infer", "imgclf.infer.predictor")
 
 

@@ -6,7 +6,6 @@ import argparse
 
 from .common import Help
 
-
 STACK = ("imgclf.train.prune",)
 
 

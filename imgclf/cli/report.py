@@ -6,7 +6,6 @@ import argparse
 
 from .common import check_writable
 
-
 STACK = ("imgclf.evaluate.report",)
 
 

@@ -6,7 +6,6 @@ import argparse
 
 from .common import Help
 
-
 STACK = ("imgclf.infer",)  # the server's own modules come in run(), which names a missing extra
 
 

@@ -10,7 +10,6 @@ from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import UserError
 from .common import Help, M, T, add_data_flags, figures, learning_rate
 
-
 STACK = ("imgclf.train.job",)
 
 

@@ -314,10 +314,6 @@ def _erase(x: torch.Tensor, p: float, g: torch.Generator, attempts: int = 10) ->
     return x
 
 
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-
-
 def augment_batch(
     x: torch.Tensor, size: int, aug: Augment, g: torch.Generator, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
@@ -349,11 +345,14 @@ def augment_batch(
 
 
 def center_batch(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, P, P) -> the normalised center `size` crop: the deterministic validation view."""
+    """uint8 (B, 3, P, P) -> the normalised center `size` crop: the deterministic validation view.
+
+    One float copy normalised in place, (x - 255 mean) / (255 std): a third of the time of scaling and normalising
+    into new tensors (16 vs 50 ms for 64 images at 256 px), which the feature pass spent between engine calls."""
     p = x.shape[-1]
     if p < size:
         xf = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=False, align_corners=False)
     else:
         top = (p - size) // 2
         xf = x[..., top : top + size, top : top + size].float()
-    return normalize(xf / 255, mean, std)
+    return xf.sub_(mean.view(1, -1, 1, 1) * 255).div_(std.view(1, -1, 1, 1) * 255)

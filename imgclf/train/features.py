@@ -35,6 +35,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,6 +48,11 @@ ENGINES = ("auto", "onnx", "eager")
 MIN_COSINE, MAX_REL_DIFF = 0.999, 0.02
 PARITY_IMAGES = 8
 CACHE_FILES = 4  # exported graphs kept in engine_cache(), most recently used first
+# onnxruntime on a CPU runs a convolutional body fastest in calls of ~2 x 256^2 pixels, whose activations stay in
+# the caches: Lite0 on the 2-core Xeon, images/s by images per call (bench/limits.py --ort-batches):
+# 256 px: 239 (1), 248 (2), 226 (8), 187 (32), 177 (64); 128 px: 697 (1), 992 (8), 1019 (16), 790 (64);
+# 32 px: 2156 (1), 6255 (8), 9788 (64), 9732 (128). The default job's pass over hymenoptera: 160 -> 231 img/s
+ORT_CALL_PIXELS = 2 * 256 * 256
 ENGINE_FORMAT = 1  # bump when the exported graph changes (static_padding, opset): old cached files are not read
 
 
@@ -267,11 +273,19 @@ def int8_engine(model: nn.Module, size: int, calib: torch.Tensor, threads: int |
                          channels_last=False)
 
 
+def ort_chunk(size: int) -> int:
+    """Images per onnxruntime call at `size` px: ORT_CALL_PIXELS of them, at least one."""
+    return max(1, ORT_CALL_PIXELS // (size * size))
+
+
 def _runner(session) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A batch through an onnxruntime session (float32 NCHW in, features out on the batch's device)."""
+    """A batch through an onnxruntime session in calls of `ort_chunk` images (float32 NCHW in, features out on the
+    batch's device)."""
     def run(x: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {"x": x.detach().float().contiguous().cpu().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
+        xs = x.detach().float().contiguous().cpu()
+        step = ort_chunk(xs.shape[-1])
+        outs = [session.run(None, {"x": xs[i:i + step].numpy()})[0] for i in range(0, len(xs), step)]
+        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs)).to(x.device)
 
     return run
 
@@ -358,12 +372,9 @@ def extract_features(model: nn.Module, loader: Iterable, dtype: torch.dtype | No
     engine = engine or eager_engine(model, dtype)
     feats, flipped, targets = [], [], []
     for xb, yb in loader:
-        if flip:
-            f = engine(torch.cat([xb, xb.flip(-1)]))
-            feats.append(f[: len(xb)])
-            flipped.append(f[len(xb):])
-        else:
-            feats.append(engine(xb))
+        feats.append(engine(xb))
+        if flip:  # a second call, not one on both views concatenated: the copy cost more than it saved
+            flipped.append(engine(xb.flip(-1)))
         targets.append(yb)
     if flip:
         return torch.cat(feats), torch.cat(targets), torch.cat(flipped)
