@@ -17,6 +17,7 @@ import pytest
 from imgclf import UserError, export_model, load_model
 from imgclf.cli import main
 from imgclf.rundir import read_json
+from imgclf.train.features import ort_chunk
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,11 @@ def test_backend_predictions_equal_eager(exported, trained_run, backend):
     assert max(abs(p.probs[c] - q.probs[c]) for p, q in zip(a, b, strict=True) for c in p.probs) < 1e-3
     single = other.predict(paths[0])
     assert single.label == a[0].label and abs(sum(single.probs.values()) - 1) < 1e-4
+    if backend == "onnx":  # a batch over several onnxruntime calls (ort_chunk) comes back whole and in order
+        one, _ = other.predict_files(paths, bs=1, progress=False)
+        c, _ = other.predict_files(paths * 6, bs=len(paths) * 6, progress=False)
+        assert len(paths) * 6 > ort_chunk(other.size)
+        assert max(abs(p.probs[k] - q.probs[k]) for p, q in zip(c, one * 6, strict=True) for k in p.probs) < 1e-5
 
 
 def test_cli_predict_backend_onnx_csv(exported, trained_run, tmp_path, capsys):

@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import UserError
+from ..train.features import ort_chunk
 from .predictor import Predictor
 
 # backend -> the file `imgclf export` writes into the run directory
@@ -80,8 +82,9 @@ def _session(path: str | Path, device: torch.device, threads: int | None = None)
 class ExportedPredictor(Predictor):
     """A `Predictor` over an exported file: `predict`, `predict_files`, `probs_files`, `view_probs` as the eager one.
 
-    ONNX runs in onnxruntime (hymenoptera's EfficientNet-Lite0 at 256 px on the 2-core CPU, bench/export.py:
-    130 images/s at batch 64, 97 at batch 1; the eager predictor 56 and 0.8 in bf16, 36 and 41 in fp32); TorchScript
+    ONNX runs in onnxruntime (hymenoptera's EfficientNet-Lite0 at 256 px on the 2-core Xeon, bench/export.py:
+    217 images/s at batch 64 run in calls of 2 (172 in one call), 87-112 at batch 1; the eager predictor 66 and 71
+    in bf16, 41 and 59 in fp32); TorchScript
     in torch. The file's own metadata gives the classes, task and sizes."""
 
     def __init__(self, path: str | Path, backend: str = "onnx", device: str = "auto", threads: int | None = None):
@@ -95,6 +98,7 @@ class ExportedPredictor(Predictor):
             meta = _decode(json.loads(extra["imgclf.json"] or "{}"), path)
         else:
             self._session, self._input = _session(path, self.device, threads)
+            self._on_gpu = self._session.get_providers()[0] != "CPUExecutionProvider"
             meta = _decode(self._session.get_modelmeta().custom_metadata_map, path)
         self.meta = meta
         self.classes = list(meta["classes"])
@@ -108,7 +112,12 @@ class ExportedPredictor(Predictor):
         if self.backend == "torchscript":
             with torch.inference_mode():
                 return self._module(nhwc.to(self.device)).float().cpu()
-        return torch.from_numpy(self._session.run(None, {self._input: nhwc.contiguous().numpy()})[0])
+        x = nhwc.contiguous().numpy()
+        # on a CPU in calls of a few images, as the feature pass (features.ORT_CALL_PIXELS: their activations stay
+        # in the caches); a GPU takes the batch whole
+        step = len(x) if self._on_gpu else ort_chunk(self.size)
+        outs = [self._session.run(None, {self._input: x[i:i + step]})[0] for i in range(0, len(x), step)]
+        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
 
     def view_probs(self, images: torch.Tensor, names: Sequence[str] = ("center",)) -> torch.Tensor:
         """Outputs (V, B, C) of each named view of a uint8 (B, 3, P, P) batch: the file's outputs (probabilities,
