@@ -99,7 +99,7 @@ def test_blurred_photo_set_plans_a_trial_before_any_fine_tune_epoch():
 
 def test_a_budget_too_small_gets_the_cheap_plan():
     facts = DataFacts(n_train=2000, n_valid=1000, short_side=28)
-    plan = choose_plan(facts, PHOTO_RATES, 66, [64, 128, 256])  # the probe at 64 px fits; a fine-tune does not
+    plan = choose_plan(facts, PHOTO_RATES, 52, [64, 128, 256])  # the probe at 64 px fits; a fine-tune does not
     assert plan.kind == "probe" and plan.sizes == [64] and plan.fine_tune_epochs == 0
     assert any("left out" in w for w in plan.why) and any("no fine-tune" in w for w in plan.why)
     assert not any("passes the" in w for w in plan.why)  # the probe at 64 px itself fits

@@ -44,8 +44,10 @@ SCRATCH_MAX_SIDE = 64
 MIN_SCRATCH_EPOCHS = 6  # fewer one-cycle epochs than this lose more than a point on Fashion-MNIST
 MAX_DEFAULT_BUDGET = 600.0  # ten minutes unless --budget says more
 EXPORT_SECONDS = 3.0
-# select_probe (5 folds x 7 decays + the refit, L-BFGS) on hymenoptera's 490 feature rows: 2.9 s under load
-PROBE_SECONDS_PER_ROW = 0.006
+# select_probe (5 folds x 7 decays + the refit, L-BFGS): hymenoptera's 490 feature rows 1.0-1.1 s on the quiet
+# 2-core Xeon (2.9 s under load before its CV fits stopped at probe.CV_TOLERANCE); 0.5-1.5 ms a row on 490-3,920
+# rows of them with noise added; priced at about twice that, as a shared machine runs it
+PROBE_SECONDS_PER_ROW = 0.0025
 # the feature pass runs on onnxruntime fp32, training steps run eager: onnxruntime fp32 136 img/s vs eager bf16
 # autocast 72 at 256 px (bench/limits.py, 2-core Xeon), so a fine-tune is priced from the feature rate / 1.9
 ONNX_SPEEDUP = 1.9
