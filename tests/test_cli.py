@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gc
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -10,7 +12,7 @@ import sys
 
 import pytest
 
-from imgclf.cli import main
+from imgclf.cli import COMMANDS, main
 
 
 def run_cli(*args, cwd=None):
@@ -30,11 +32,11 @@ def test_the_command_freezes_its_imports_and_a_callers_process_keeps_its_objects
     rc, enabled, frozen, torch_loaded, stacks = p.stdout.split()[-5:]
     assert (rc, enabled, torch_loaded, stacks) == ("0", "True", "True", "True"), p.stdout + p.stderr
     assert int(frozen) > 50_000  # torch alone leaves ~100k objects
-    import gc
-
     before = gc.get_freeze_count()
     assert main(["models"]) == 0
     assert gc.get_freeze_count() == before and gc.isenabled()
+    for name, command in COMMANDS.items():  # what each command loads first exists
+        assert all(importlib.util.find_spec(m) for m in command.STACK), name
 
 
 def test_help_reads_well():
