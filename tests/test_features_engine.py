@@ -97,15 +97,21 @@ def test_an_engine_off_eager_is_not_used(body, photos):
         pick_engine(body, photos, engine="tensorrt")
 
 
-def test_train_views_come_from_one_pass_and_match_separate_passes(tiny_split_folder):
+def test_train_views_come_from_one_pass_and_match_separate_passes(tiny_split_folder, capsys, monkeypatch):
     """Asked for the mirrors, the center views come from the same pass; asked for the center views alone, no
-    mirror is computed."""
+    mirror is computed. The pass's progress counts images (both views), as the decode's does."""
+    monkeypatch.delenv("IMGCLF_PROGRESS", raising=False)  # off a terminal: plain lines
     data = ImageData.from_folder(tiny_split_folder, size=32, bs=4, progress=False)
     alone = vision_learner(data, progress=False)
     xc, _ = alone.cached_features("train", "center")
     assert alone.features.passes == 1 and alone.features.computed == 1
-    learn = vision_learner(data, progress=False)
+    learn = vision_learner(data, progress=True)
+    capsys.readouterr()
     x2, y2 = learn.cached_features("train", "flip")
+    n = len(data.train_y)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"features train/center+flip [onnxruntime fp32]: {2 * n} img", lines
+    assert lines[-1].startswith(f"features train/center+flip [onnxruntime fp32]: {2 * n} img in "), lines
     x1, y1 = learn.cached_features("train", "center")
     assert learn.features.passes == 1 and learn.features.computed == 2 and torch.allclose(x1, xc, atol=1e-5)
     assert learn.features.engine.name == "onnxruntime fp32"

@@ -8,7 +8,7 @@ cached pooled features of each image and its mirror, so it costs one forward pas
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,8 @@ class VisionLearner(Learner):
             if world > 1:
                 dl.shard(dist.rank(), world, bs=dl.bs)
             desc = f"features {split}/{'center+flip' if pair else view} [{engine.name}]"
-            out = extract_features(self.model, _progress(dl, desc, self.progress), self.dtype, self.device,
-                                   engine=engine, flip=pair)
+            batches = _progress(dl, desc, self.progress, 2 if pair else 1)
+            out = extract_features(self.model, batches, self.dtype, self.device, engine=engine, flip=pair)
             out = tuple(dist.gather_shards(t, n) for t in out) if world > 1 else out
             return {(split, "center"): out[:2], (split, "flip"): (out[2], out[1])} if pair else out
 
@@ -192,10 +192,15 @@ class VisionLearner(Learner):
         return Path(path)
 
 
-def _progress(dl, desc: str, enabled: bool):
+def _progress(dl, desc: str, enabled: bool, views: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches under a bar that counts the images through the engine (`views` a batch image: its
+    center and mirror from one pass), as the decode's bar does: `490 img in 2.2 s (223/s)`, not `4 batches`."""
     from ..progress import bar
 
-    return bar(dl, desc=desc, unit="batch", enabled=enabled and dist.is_main())
+    with bar(total=dl.n_shard * views, desc=desc, unit="img", enabled=enabled and dist.is_main()) as b:
+        for xb, yb in dl:
+            yield xb, yb
+            b.update(len(xb) * views)
 
 
 def task_losses(data: ImageData, label_smoothing: float = 0.1, loss: str = "auto",
