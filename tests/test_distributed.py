@@ -79,7 +79,7 @@ def worker(out: Path, data_dir: Path) -> None:
     rep["same_loss"] = dist.agree(rep["train_loss"]) == rep["train_loss"]
     # validation scored in shares (each rank its strided half, 12 images: one padded in on 2 ranks) and gathered
     # is the whole set's: the same figures as one pass over every validation image, on every rank
-    share, n = learn._valid_share()
+    share, n = learn.valid_share()
     whole = learn.validate()  # get_preds over the whole loader, in this process alone
     rep["valid_sharded"] = n == data.n_valid and len(share.images) == data.n_valid and share.n_shard < n
     rep["valid_equal"] = all(abs(learn.last_validation[k] - whole[k]) < 1e-5 for k in whole)

@@ -139,7 +139,7 @@ class Learner:
         self.compile = compile
         self._compiled: tuple[nn.Module, nn.Module] | None = None  # (what was compiled, its compiled wrapper)
         self.ddp: nn.Module | None = None  # the DistributedDataParallel wrapper of the fit in progress
-        self._valid_shard: tuple[Any, Any, int] | None = None  # (valid_dl, this rank's share, its size): _valid_share
+        self._valid_shard: tuple[Any, Any, int] | None = None  # (valid_dl, this rank's share, its size): valid_share
         if self.distributed:
             self._distribute()
         self.phase = "train"
@@ -344,7 +344,7 @@ class Learner:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
-    def _valid_share(self) -> tuple[Iterable, int | None]:
+    def valid_share(self) -> tuple[Iterable, int | None]:
         """The validation batches this process scores, and the whole set's size when they are a share: under
         torchrun each rank scores its strided share of an indexable loader (`shard`, on a copy: `get_preds` and
         exports keep the whole one) and the ranks' logits are gathered, so validation takes 1/world of the time."""
@@ -360,7 +360,7 @@ class Learner:
     def _validate(self, cbs: Sequence[Callback]) -> None:
         self.model.eval()
         self._event("before_validate", cbs)
-        dl, n = self._valid_share()
+        dl, n = self.valid_share()
         preds, targets = [], []
         with torch.no_grad():
             for xb, yb in dl:

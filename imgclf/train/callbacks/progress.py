@@ -44,7 +44,9 @@ class ProgressCallback(Callback):
     def before_train(self, learn) -> None:
         self._close()
         n_train = _len(learn.train_dl)
-        n_valid = _len(learn.valid_dl) if learn.valid_dl is not None and getattr(learn, "validating", True) else 0
+        # under torchrun each rank scores its share of validation (Learner.valid_share): the bar counts that
+        validating = learn.valid_dl is not None and getattr(learn, "validating", True)
+        n_valid = _len(learn.valid_share()[0]) if validating else 0
         total = n_train + self.valid_weight * n_valid if n_train is not None and n_valid is not None else None
         self._counts = (n_train, n_valid)
         self._desc = f"epoch {learn.epoch + 1}/{learn.n_epoch} {learn.phase}"
