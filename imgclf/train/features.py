@@ -274,7 +274,7 @@ def int8_engine(model: nn.Module, size: int, calib: torch.Tensor, threads: int |
 
 
 def ort_chunk(size: int) -> int:
-    """Images per onnxruntime call at `size` px: ORT_CALL_PIXELS of them, at least one."""
+    """Images per onnxruntime call at `size` px: as many as make ORT_CALL_PIXELS pixels, at least one."""
     return max(1, ORT_CALL_PIXELS // (size * size))
 
 
