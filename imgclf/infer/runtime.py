@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import UserError
-from ..train.features import ort_chunk
+from ..train.features import ort_chunk, ort_run
 from .predictor import Predictor
 
 # backend -> the file `imgclf export` writes into the run directory
@@ -116,8 +115,7 @@ class ExportedPredictor(Predictor):
         # on a CPU in calls of a few images, as the feature pass (features.ORT_CALL_PIXELS: their activations stay
         # in the caches); a GPU takes the batch whole
         step = len(x) if self._on_gpu else ort_chunk(self.size)
-        outs = [self._session.run(None, {self._input: x[i:i + step]})[0] for i in range(0, len(x), step)]
-        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
+        return torch.from_numpy(ort_run(self._session, self._input, x, max(1, step)))
 
     def view_probs(self, images: torch.Tensor, names: Sequence[str] = ("center",)) -> torch.Tensor:
         """Outputs (V, B, C) of each named view of a uint8 (B, 3, P, P) batch: the file's outputs (probabilities,

@@ -278,14 +278,18 @@ def ort_chunk(size: int) -> int:
     return max(1, ORT_CALL_PIXELS // (size * size))
 
 
+def ort_run(session, name: str, x: np.ndarray, step: int) -> np.ndarray:
+    """`session`'s first output for the batch `x` (fed as input `name`), computed in calls of `step` images."""
+    outs = [session.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)]
+    return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+
 def _runner(session) -> Callable[[torch.Tensor], torch.Tensor]:
     """A batch through an onnxruntime session in calls of `ort_chunk` images (float32 NCHW in, features out on the
     batch's device)."""
     def run(x: torch.Tensor) -> torch.Tensor:
-        xs = x.detach().float().contiguous().cpu()
-        step = ort_chunk(xs.shape[-1])
-        outs = [session.run(None, {"x": xs[i:i + step].numpy()})[0] for i in range(0, len(xs), step)]
-        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs)).to(x.device)
+        xs = x.detach().float().contiguous().cpu().numpy()
+        return torch.from_numpy(ort_run(session, "x", xs, ort_chunk(xs.shape[-1]))).to(x.device)
 
     return run
 

@@ -57,7 +57,7 @@ class VisionLearner(Learner):
         The body runs on `features.pick_engine`'s choice (onnxruntime fp32 on a CPU when installed and its features
         match eager fp32's on the first images; `self.features.engine_name = "eager"` forces eager). Asked for the
         training split's mirrored views, the center views come from the same pass over its batches; asked for the
-        center views first, they come alone (the auto recipe's probe uses no mirrors: probe.PROBE_MIRRORS)."""
+        center views first, they come alone (the auto recipe's probe without mirrors: probe.PROBE_MIRRORS off)."""
         pair = split == "train" and view == "flip"
 
         def make():
