@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from imgclf.train.plan import (
     record_rate,
     recorded_rate,
     scratch_regime,
+    steady_rate,
 )
 from imgclf.train.scratch import scratch_recipe
 
@@ -139,3 +141,17 @@ def test_feature_rates_are_recorded_for_the_next_plan(tmp_path, monkeypatch):
     onnx, eager = Rates(rate, size, 500.0, engine=engine), Rates(rate / ONNX_SPEEDUP, size, 500.0)
     assert fine_tune_prices(facts, onnx, 256) == pytest.approx(fine_tune_prices(facts, eager, 256))
     assert onnx.forward_at(256) == pytest.approx(ONNX_SPEEDUP * eager.forward_at(256))
+
+
+def test_a_moment_of_load_does_not_price_the_plan():
+    """The plan times its models call by call and takes the median: one call slowed 50x by another process (here
+    a sleep) leaves the rate where the other calls put it; timed as one block it would read ~10x slow."""
+    calls = []
+
+    def step() -> None:
+        calls.append(1)
+        time.sleep(0.5 if len(calls) == 3 else 0.01)  # the warm-up, then a spike on the second timed call
+
+    rate = steady_rate(step, 8, torch.device("cpu"), 5)
+    assert len(calls) == 6  # one warm-up, five timed
+    assert 8 / 0.03 < rate <= 8 / 0.01  # the median call's 10 ms (+ scheduling); a block of five: 8 / 0.108 each

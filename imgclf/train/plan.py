@@ -21,7 +21,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -349,47 +349,58 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def steady_rate(step: Callable[[], object], images: int, device: torch.device, steps: int) -> float:
+    """Images/s of `step` (which handles `images` images) from the median of `steps` timed calls after one
+    warm-up call: a moment of load elsewhere on the machine slows one or two calls, not the median. Timed as one
+    block, three training steps of the from-scratch net once read 10x slow while another job started: the plan
+    cut a 32-epoch run to 11 for a budget it then used under a third of."""
+    step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return images / max(statistics.median(times), 1e-6)
+
+
 def measure_forward(model: torch.nn.Module, size: int, device: torch.device, dtype: torch.dtype | None = None,
-                    bs: int = 8, batches: int = 2) -> float:
-    """Images/s of `model`'s feature pass at `size` (after one warm-up batch); random pixels cost what images do."""
+                    bs: int = 8, batches: int = 3) -> float:
+    """Images/s of `model`'s feature pass at `size` (`steady_rate`); random pixels cost what images do."""
     model = model.to(device, memory_format=torch.channels_last).eval()
     x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     ctx = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-    with torch.no_grad(), ctx:
-        model.forward_features(x)
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(batches):
+
+    def step() -> None:
+        with torch.no_grad(), ctx:
             model.forward_features(x)
-        _sync(device)
-    return bs * batches / max(time.perf_counter() - t, 1e-6)
+
+    return steady_rate(step, bs, device, batches)
 
 
 def measure_training(model: torch.nn.Module, size: int, n_classes: int, device: torch.device,
-                     dtype: torch.dtype | None = None, bs: int = 256, steps: int = 3) -> float:
-    """Images/s of `model`'s training steps (forward, backward, AdamW step) at `size`, after one warm-up step."""
+                     dtype: torch.dtype | None = None, bs: int = 256, steps: int = 5) -> float:
+    """Images/s of `model`'s training steps (forward, backward, AdamW step) at `size` (`steady_rate`)."""
     model = model.to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, n_classes, (bs,), device=device)
     ctx = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+    def step() -> None:
+        with ctx:
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     flush = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
-        t = 0.0
-        for i in range(steps + 1):
-            if i == 1:
-                _sync(device)
-                t = time.perf_counter()
-            with ctx:
-                loss = torch.nn.functional.cross_entropy(model(x).float(), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        _sync(device)
+        return steady_rate(step, bs, device, steps)
     finally:
         if flush:
             torch.set_flush_denormal(False)
-    return bs * steps / max(time.perf_counter() - t, 1e-6)
 
 
 def measure_decode(paths: Sequence[Path], presize: int, workers: int) -> float:
