@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 
 from ..progress import bar as progress_bar
-from .decode import BadImage, default_workers, open_image, presize
+from .decode import BadImage, default_workers, open_image, peek_image, presize
 
 if TYPE_CHECKING:
     from .core import ImageData
@@ -155,7 +155,7 @@ def scan_files(
         try:
             data = info.path.read_bytes()
             info.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-            with Image.open(io.BytesIO(data)) as im:
+            with peek_image(io.BytesIO(data)) as im:
                 w, h = im.size
                 turned = im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
                 info.width, info.height = (h, w) if turned else (w, h)

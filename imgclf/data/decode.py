@@ -80,12 +80,20 @@ def _warn_if_huge(path: str | Path, img: Image.Image) -> None:
                       f"decompression-bomb warning limit); decoded anyway, ~{w * h * 3 >> 20} MiB", stacklevel=3)
 
 
+def peek_image(source: str | Path | io.BytesIO) -> Image.Image:
+    """`Image.open` without PIL's own decompression-bomb warning, which names no file: `_warn_if_huge` gives one
+    that does (a user saw both, the first one anonymous)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)
+
+
 def check_header(path: str | Path) -> None:
     """Raise `BadImage` for what the header alone shows (empty, not an image, too large); nothing decoded."""
     try:
         if os.path.getsize(path) == 0:
             raise BadImage("empty file (0 bytes)")
-        with Image.open(path) as img:
+        with peek_image(path) as img:
             _warn_if_huge(path, img)
     except BadImage:
         raise
@@ -105,7 +113,7 @@ def open_image(source: str | Path | bytes, min_size: int | None = None, max_pixe
     try:
         if (len(source) if isinstance(source, bytes) else os.path.getsize(source)) == 0:
             raise BadImage("empty file (0 bytes)")
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        with peek_image(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             w, h = img.size
             if max_pixels and w * h > max_pixels:
                 raise TooLarge(f"{w}x{h} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
@@ -192,7 +200,7 @@ def median_short_side(paths: Sequence[Path], sample: int = 256) -> float:
     sides = []
     for p in list(paths)[::step]:
         try:
-            with Image.open(p) as im:
+            with peek_image(p) as im:
                 sides.append(min(im.size))
         except Exception:  # unreadable files are reported by decoding; here they just do not count
             continue

@@ -44,7 +44,7 @@ from ..errors import UserError
 from .audit import TooAlike, near_groups, tensor_fingerprints
 from .augment import Augment
 from .core import CROP_PCT, presize_for
-from .decode import BadImage, default_workers, open_image, presize, presize_image, warn_skipped
+from .decode import BadImage, default_workers, open_image, peek_image, presize, presize_image, warn_skipped
 from .dedup import MAX_IMAGES, NearDuplicates
 from .loaders import ViewBatches, _Position
 from .sources import Unused, items_from_csv, items_from_folder
@@ -108,7 +108,7 @@ def _encode(path: Path, size: int | None, pixels: bool = False) -> tuple[bytes, 
     image stored presized to `size` as uint8 (3, size, size) `.npy`, so reading it back decodes nothing."""
     try:
         img = open_image(path, min_size=size)
-        with Image.open(path) as raw:  # the header's size: open_image's draft may have decoded it reduced
+        with peek_image(path) as raw:  # the header's size: open_image's draft may have decoded it reduced
             short = min(raw.size)
     except BadImage as e:
         return str(e)
