@@ -245,9 +245,12 @@ def test_checkpoint_of_another_arch_is_one_line(data_dir, tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["status"].startswith("failed:")
 
 
-def test_fine_tune_recipe_resumes_in_its_second_fit(data_dir, tmp_path):
+@pytest.mark.parametrize("fit_no", [1, 2])
+def test_fine_tune_recipe_resumes_in_either_fit(data_dir, tmp_path, fit_no):
     """The fine_tune recipe is two fits (the head on cached features, then the whole model): Ctrl-C in the
-    second, resume: the first is skipped (no features computed), the second goes on, the result is the same."""
+    second, resume: the first is skipped (no features computed), the second goes on, the result is the same.
+    Ctrl-C in the first (the head's epochs): it goes on from its checkpoint (that resume once skipped the head
+    fit and ended at chance)."""
     import signal
     import threading
     import time
@@ -261,16 +264,18 @@ def test_fine_tune_recipe_resumes_in_its_second_fit(data_dir, tmp_path):
     def cfg(out):
         return RunConfig(data=DataConfig(path=str(data_dir), size=32, bs=8, workers=1),
                          model=ModelConfig(arch="xresnet_tiny", pretrained=False),
-                         train=TrainConfig(recipe="fine_tune", epochs=1, freeze_epochs=1, precision="fp32",
+                         train=TrainConfig(recipe="fine_tune", epochs=1, freeze_epochs=1 if fit_no == 2 else 40,
+                                           precision="fp32",
                                            ckpt_every=2, device="cpu"),  # bitwise: on the CPU (see _learner)
                          out=str(out))
 
-    def ctrl_c_in_second_fit(run: Path) -> None:
+    def ctrl_c_in_the_fit(run: Path) -> None:
         while True:
             try:
                 with safe_open(str(run / CHECKPOINT_FILE), "pt") as f:
                     doc = json.loads(f.metadata()["imgclf_checkpoint"])
-                if doc["fit_no"] == 2 and doc["train_dl"]["batches"] >= 2:
+                far = doc["train_dl"]["batches"] >= 2 if fit_no == 2 else doc["epoch"] >= 3
+                if doc["fit_no"] == fit_no and far:
                     os.kill(os.getpid(), signal.SIGINT)
                     return
             except (FileNotFoundError, OSError):
@@ -278,14 +283,15 @@ def test_fine_tune_recipe_resumes_in_its_second_fit(data_dir, tmp_path):
             time.sleep(0.005)
 
     a = train(cfg(tmp_path / "a"), progress=False)
-    threading.Thread(target=ctrl_c_in_second_fit, args=(tmp_path / "b",), daemon=True).start()
+    threading.Thread(target=ctrl_c_in_the_fit, args=(tmp_path / "b",), daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         train(cfg(tmp_path / "b"), progress=False)
     conf = json.loads((tmp_path / "b" / "config.json").read_text())
-    assert conf["status"] == "interrupted" and conf["last_checkpoint"].startswith("unfrozen epoch 1 step")
+    assert conf["status"] == "interrupted" and conf["last_checkpoint"].startswith(
+        "unfrozen epoch 1 step" if fit_no == 2 else "frozen epoch")
     assert (tmp_path / "b" / "model.safetensors").exists()  # the head epoch, the best so far, kept
     b = train(resume=tmp_path / "b", progress=False)
     wa, wb = load_file(str(a.run_dir / "model.safetensors")), load_file(str(b.run_dir / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (a.metrics["valid_loss"], a.metrics["kept"]) == (b.metrics["valid_loss"], b.metrics["kept"])
-    assert [r["phase"] for r in b.learner.recorder.history] == ["frozen", "unfrozen"]
+    assert [r["phase"] for r in b.learner.recorder.history] == ["frozen"] * (1 if fit_no == 2 else 40) + ["unfrozen"]

@@ -213,8 +213,10 @@ class Checkpointer:
 
     def skip_done_fit(self) -> bool:
         """For a caller that would prepare a fit at some cost (cached features): True, and the fit counted,
-        when the checkpoint has finished it already."""
-        if self.loaded and self.loaded["fit_no"] > self.fit_no:
+        when the checkpoint stands in a later fit (whose restore brings back the whole model). A checkpoint in
+        this very fit, even at its end, is `begin_fit`'s "restore": skipping it lost the head fit's weights
+        and its best epoch, and a fine_tune run stopped in its head phase resumed to a model at chance."""
+        if self.loaded and self.loaded["fit_no"] > self.fit_no + 1:
             self.fit_no += 1
             return True
         return False
