@@ -56,13 +56,35 @@ def test_real_short_training_beats_chance(hymenoptera, tmp_path):
     preds, skipped = model.predict_files(res.learner.data.valid_paths, progress=False)
     probs = torch.tensor([[p.probs[c] for c in model.classes] for p in preds])
     assert not skipped
-    torch.testing.assert_close(probs, logits.softmax(-1), atol=2e-3, rtol=0)
+    # both in fp32 on a CPU (learner.inference_dtype): the same figures, not bf16 autocast's ~1e-2 apart
+    torch.testing.assert_close(probs, (logits / model.temperature).softmax(-1), atol=1e-4, rtol=0)
+    labels = torch.tensor([model.classes.index(p.label) for p in preds])
+    assert (labels == targets).float().mean().item() == pytest.approx(m["accuracy"])  # predict gives train's figure
     one = model.predict(res.learner.data.valid_paths[0])
     assert one.label in ("ants", "bees") and one.confidence == pytest.approx(probs[0].max().item(), abs=1e-5)
 
     # evaluate agrees with the run's own validation accuracy
     ev = evaluate(model, hymenoptera / "val", progress=False)
     assert ev["n"] == 153 and 0.7 < ev["accuracy"] <= 1.0
+
+
+def test_a_probe_run_predicts_the_figures_it_reported(hymenoptera, tmp_path):
+    """The probe's figures come from fp32 features; `predict` (eager, precision auto) computes in fp32 on a CPU
+    too, whatever the CPU's bf16: it once ran bf16 autocast there and disagreed with train's figures (a
+    borderline image changed label, a 15/16 run evaluated 16/16)."""
+    from imgclf.train.recipes import cached_valid_preds
+
+    cfg = RunConfig(data=DataConfig(path=str(subset_csv(hymenoptera, tmp_path)), size=128),
+                    train=TrainConfig(recipe="probe"), out=str(tmp_path / "run"))
+    res = train(cfg, progress=False)
+    logits, targets = cached_valid_preds(res.learner)  # what metrics.json was scored on
+    model = load_model(res.run_dir)
+    assert model.dtype is None  # fp32 on the CPU
+    preds, _ = model.predict_files(res.learner.data.valid_paths, progress=False)
+    probs = torch.tensor([[p.probs[c] for c in model.classes] for p in preds])
+    torch.testing.assert_close(probs, (logits / model.temperature).softmax(-1), atol=1e-4, rtol=0)
+    assert (probs.argmax(1) == targets).float().mean().item() == pytest.approx(res.metrics["accuracy"])
+    assert load_model(res.run_dir, precision="bf16").dtype == torch.bfloat16  # asked for: given
 
 
 def test_auto_lr_writes_lr_find_plot(tiny_split_folder, tmp_path):

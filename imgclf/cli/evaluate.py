@@ -29,6 +29,9 @@ def add(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the eager model's arithmetic (auto: fp32 on a CPU, as train's figures; bf16 autocast on a "
+                        "GPU that has it)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -54,8 +57,9 @@ def run(a: argparse.Namespace) -> None:
 
     if a.json:
         check_writable(a.json, a.force)
-    res = evaluate(load_model(a.run, device=a.device), a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet,
-                   tta=a.tta, label_col=a.label_col, run_dir=a.run)
+    model = load_model(a.run, device=a.device, precision=a.precision)
+    res = evaluate(model, a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet, tta=a.tta, label_col=a.label_col,
+                   run_dir=a.run)
     # the task's plain figures (classes: accuracy, loss), then the single-label ones a skewed set cannot hide
     plain = [k for k, v in res.items() if isinstance(v, float) and not k.startswith("tta_")
              and not k.endswith(("_low", "_high", "_unseen")) and k not in _CLASS_LINE + _CALIBRATION]

@@ -30,6 +30,9 @@ def add(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --csv, --submission or --plot file")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the eager model's arithmetic (auto: fp32 on a CPU, as train's figures; bf16 autocast on a "
+                        "GPU that has it)")
     p.add_argument("--backend", default="eager", choices=["eager", "onnx", "int8", "torchscript"],
                    help="eager: the run's weights in torch; onnx / int8 / torchscript: the file `imgclf export` wrote "
                         "into RUN (model.onnx, model.int8.onnx, model.ts)")
@@ -48,7 +51,7 @@ def run(a: argparse.Namespace) -> None:
     paths = expand_images(a.images)
     if a.submission:
         check_submission_ids(paths)
-    model = load_model(a.run, device=a.device, backend=a.backend)
+    model = load_model(a.run, device=a.device, precision=a.precision, backend=a.backend)
     k = _check_topk(a, model.task, model.classes)
     preds, skipped = model.predict_files(paths, bs=a.bs, progress=not a.quiet, tta=a.tta)
     if a.submission:

@@ -20,7 +20,7 @@ from ..data.decode import decode_all, presize
 from ..data.decode import open_image as _open
 from ..errors import UserError
 from ..models import model_from_run
-from ..train.learner import pick_device, resolve_precision
+from ..train.learner import inference_dtype, pick_device
 from .tta import TTA_VIEWS, combine, views
 
 
@@ -61,7 +61,7 @@ class Predictor:
         self.temperature = float(meta.get("temperature", 1.0))
         self.size, self.presize = int(meta["size"]), int(meta["presize"])
         self.device = pick_device(device)
-        self.dtype = resolve_precision(precision, self.device)
+        self.dtype = inference_dtype(precision, self.device)  # auto: fp32 on a CPU, as train's figures
         self.mean = torch.tensor(meta["mean"], dtype=torch.float32, device=self.device)
         self.std = torch.tensor(meta["std"], dtype=torch.float32, device=self.device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
