@@ -49,6 +49,16 @@ def add_data_flags(g) -> None:
     g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def add_inference_precision(p) -> None:
+    """`--precision` for the commands that run a trained model (predict, evaluate)."""
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="the eager model's arithmetic (auto: fp32 on a CPU, as train's figures; bf16 autocast on a "
+                        "GPU that has it)")
+
+
 def expand_images(args: list[str]) -> list[Path]:
     """Files, folders (recursively) and globs to a sorted list of image paths; what they hold that is not an
     image (notes.txt, a dangling symlink...) is counted by kind in one warning line."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import check_writable
+from .common import add_inference_precision, check_writable
 
 STACK = ("imgclf.infer", "imgclf.train.metrics")
 
@@ -29,9 +29,7 @@ def add(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="the eager model's arithmetic (auto: fp32 on a CPU, as train's figures; bf16 autocast on a "
-                        "GPU that has it)")
+    add_inference_precision(p)
     p.add_argument("--quiet", action="store_true")
 
 

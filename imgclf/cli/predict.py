@@ -7,7 +7,7 @@ import csv
 import sys
 
 from ..errors import UserError
-from .common import check_writable, expand_images
+from .common import add_inference_precision, check_writable, expand_images
 
 STACK = ("imgclf.infer", "imgclf.infer.predictor")
 
@@ -30,9 +30,7 @@ def add(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing --csv, --submission or --plot file")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="the eager model's arithmetic (auto: fp32 on a CPU, as train's figures; bf16 autocast on a "
-                        "GPU that has it)")
+    add_inference_precision(p)
     p.add_argument("--backend", default="eager", choices=["eager", "onnx", "int8", "torchscript"],
                    help="eager: the run's weights in torch; onnx / int8 / torchscript: the file `imgclf export` wrote "
                         "into RUN (model.onnx, model.int8.onnx, model.ts)")

@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import UserError
-from .common import Help, M, T, add_data_flags, figures, learning_rate
+from .common import PRECISIONS, Help, M, T, add_data_flags, figures, learning_rate
 
 STACK = ("imgclf.train.job",)
 
@@ -79,7 +79,7 @@ def add(sub) -> None:
                    help="validate every Nth epoch and the last (default: every epoch; a from-scratch run the "
                         "planner chose: 4 times, as nothing is chosen on validation there)")
     g.add_argument("--device", default=T.device, help="auto, cpu, cuda, cuda:1, mps")
-    g.add_argument("--precision", default=T.precision, choices=["auto", "fp32", "bf16", "fp16"])
+    g.add_argument("--precision", default=T.precision, choices=PRECISIONS)
     g.add_argument("--compile", action="store_true", default=T.compile,
                    help="torch.compile the training step: faster steps after a compile of a minute or so (CPU: "
                         "needs a C compiler); pays on long runs and GPUs")
