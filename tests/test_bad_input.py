@@ -201,3 +201,21 @@ def test_unused_merges_and_caps_examples():
     a.update(b)
     assert a.counts == {"hidden": 8} and len(a.examples["hidden"]) == Unused.max_examples and a
     assert not Unused()
+
+
+def test_predict_of_nothing_decodable_fails_and_writes_nothing(trained_run, tmp_path, capsys):
+    """A single undecodable file: exit code 2 and one line, not an empty CSV that reads as success."""
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(trained_run), str(bad), "--csv", str(out), "--quiet"]) == 2
+    assert "none of the 1 image file(s) could be decoded" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_class_with_no_validation_image_is_warned_of(image_folder):
+    """Trained on, never scored: train says so, since its recall can only read n/a."""
+    root = image_folder({"a": 6, "b": 6, "c": 1})
+    with pytest.warns(UserWarning, match=r"class\(es\) c have no validation images"):
+        data = ImageData.from_folder(root, size=16, progress=False)
+    assert (data.train_y == 2).sum() == 1 and not (data.valid_y == 2).any()

@@ -18,7 +18,7 @@ from imgclf import Interpretation
 from imgclf.cli import main
 from imgclf.config import DataConfig, RunConfig, TrainConfig
 from imgclf.evaluate import model_summary, project_features
-from imgclf.evaluate.interpret import FILES
+from imgclf.evaluate.interpret import FILES, format_summary
 from imgclf.evaluate.plots import short
 from imgclf.train.job import train
 
@@ -47,11 +47,21 @@ def test_confusion_matrix_and_most_confused_on_a_hand_made_set():
 def test_per_class_precision_recall_f1_by_hand():
     rows = {r["class"]: r for r in from_pairs(["a", "b", "c", "d"], HAND).per_class()}
     # a: 3 right of 6 actual, of 7 predicted; b: 2 of 5 actual, of 4 predicted; c: 4 of 5 and of 5
-    hand = {"a": (3 / 7, 3 / 6, 6 / 13, 6), "b": (2 / 4, 2 / 5, 4 / 9, 5), "c": (4 / 5, 4 / 5, 4 / 5, 5),
-            "d": (0.0, 0.0, 0.0, 0)}
+    hand = {"a": (3 / 7, 3 / 6, 6 / 13, 6), "b": (2 / 4, 2 / 5, 4 / 9, 5), "c": (4 / 5, 4 / 5, 4 / 5, 5)}
     for name, (p, r, f1, support) in hand.items():
         got = rows[name]
         assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx((p, r, f1, support))
+    # d has no images: its recall and F1 are unknown, not 0 (a 0 reads as a class the model always misses)
+    d = rows["d"]
+    assert (d["precision"], d["recall"], d["f1"], d["support"], d["recall_low"]) == (0.0, None, None, 0, None)
+
+
+def test_a_class_without_images_reads_n_a_in_the_table():
+    interp = from_pairs(["a", "b", "c", "d"], HAND)
+    text = format_summary(interp.to_dict(), 10)
+    row = next(line for line in text.splitlines() if line.startswith("d "))
+    assert "n/a" in row and "0.0000 (0.00-0.00)" not in row and row.split()[-1] == "0"
+    assert "1 class(es) have no validation images (d)" in text
 
 
 def test_short_names_keep_their_distinguishing_end():

@@ -154,3 +154,45 @@ def test_look_alike_chains_are_not_taken_for_copies():
     groups = near_groups(tensor_fingerprints(torch.stack(images)))
     assert [0, 40, 41, 42, 43] in groups
     assert all(len(g) < 5 for g in groups if g != [0, 40, 41, 42, 43])
+
+
+def test_distinct_small_grey_pictures_stay_in_validation(tmp_path):
+    """10 classes x 6 Fashion-MNIST PNGs (28 px): the 16x16 fingerprint took distinct garments of one kind for
+    copies and moved validation images to training; the 32x32 grey check (audit.confirm_pairs) keeps them. A
+    real copy (upscaled to 40 px, JPEG q70, brightened, mirrored) of one of them still moves."""
+    import gzip
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fashion-mnist"
+    with gzip.open(shared / "train-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(shared / "train-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    rng = np.random.default_rng(0)
+    root = tmp_path / "fm"
+    for c in range(10):
+        (root / str(c)).mkdir(parents=True)
+        for i in rng.choice(np.flatnonzero(labels == c), 6, replace=False):
+            Image.fromarray(images[i]).save(root / str(c) / f"{i}.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = ImageData.from_folder(root, size=32, progress=False)
+    assert data.near_duplicates.checked and data.near_duplicates.moved == []
+    assert data.n_valid == 10  # one of each class
+    original = data.valid_paths[0]
+    copy = Image.open(original).resize((40, 40), Image.Resampling.BICUBIC).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    ImageEnhance.Brightness(copy.convert("RGB")).enhance(1.1).save(original.parent / "copy.jpg", quality=70)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = ImageData.from_folder(root, size=32, progress=False)
+    side = {p.name: "train" for p in again.train_paths} | {p.name: "valid" for p in again.valid_paths}
+    assert side[original.name] == side["copy.jpg"]
+    # and the pair is found as one, wherever the split put them
+    import torch
+
+    from imgclf.data.audit import near_groups, tensor_fingerprints
+
+    both = torch.cat([again.train_images, again.valid_images])
+    paths = [p.name for p in again.train_paths + again.valid_paths]
+    groups = near_groups(tensor_fingerprints(both), image=lambda i: both[i])
+    assert sorted([paths.index(original.name), paths.index("copy.jpg")]) in groups and len(groups) == 1

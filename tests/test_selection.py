@@ -54,3 +54,23 @@ def test_groups_stay_in_one_fold_and_classes_spread_evenly():
     assert torch.equal(sel.folds, folds)
     # fewer groups than folds: as many folds as groups
     assert grouped_stratified_folds(torch.tensor([0, 1, 0]), torch.tensor([7, 8, 7]), folds=5).tolist() == [0, 1, 0]
+
+
+def test_size_ties_say_which_way_the_choice_went():
+    """128 -> 192 -> 256, each step up clearly better than the last kept, yet 256 within a standard error of 192:
+    the note must not claim the smaller one was kept. A larger size that ties with the kept one: the cheaper
+    one is kept, and the note says so."""
+    from imgclf.train.candidate import Candidate
+    from imgclf.train.recipes import clearly_better, size_ties
+
+    def probe(size: int, loss: float, se: float = 0.05) -> Candidate:
+        return Candidate(f"probe@{size}", "probe", size, None, None, 0.0, selection={"loss": loss, "loss_se": se})
+
+    p128, p192, p256 = probe(128, 0.60), probe(192, 0.45), probe(256, 0.40)
+    assert clearly_better(p192, p128) and not clearly_better(p256, p192)
+    notes = size_ties([p128, p192, p256], p256)
+    assert len(notes) == 1 and notes[0].startswith("probe@256 was kept although") and "probe@192" in notes[0]
+    assert "cheaper, smaller one is kept" not in notes[0]
+    notes = size_ties([p128, p192, p256], p192)
+    assert len(notes) == 1 and "cannot tell probe@256 from probe@192" in notes[0]
+    assert size_ties([p128, probe(256, 0.2)], probe(256, 0.2)) == []

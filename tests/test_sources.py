@@ -10,6 +10,7 @@ import pytest
 from imgclf.data.core import ImageData
 from imgclf.data.sources import (
     find_images,
+    folder_labels,
     items_from_csv,
     items_from_files,
     items_from_folder,
@@ -215,6 +216,82 @@ def test_csv_is_valid_column_and_extensionless_files(tmp_path, write_image):
     assert items.is_valid == [False, True, True, False]
 
 
+def test_csv_split_column_in_the_words_people_use(tmp_path, write_image):
+    """A `split` column of train/valid/test (test rows kept out, and what evaluate scores), y/n values, and
+    a misspelled is_valid or an unknown value as a clear error naming the column, line and value."""
+    for name in "abcdef":
+        write_image(tmp_path / f"{name}.png")
+    rows = [["a", "x", "train"], ["b", "y", "valid"], ["c", "x", "test"], ["d", "y", "train"], ["e", "x", "val"],
+            ["f", "y", "test"]]
+    csv_path = write_csv(tmp_path / "l.csv", [["file", "label", "split"], *rows])
+    with pytest.warns(UserWarning, match=r"2 row\(s\) marked as test in column 'split' are kept out"):
+        items = items_from_csv(csv_path)
+    assert [p.name for p in items.paths] == ["a.png", "b.png", "d.png", "e.png"]
+    assert items.is_valid == [False, True, False, True]
+    test = items_from_csv(csv_path, test_rows=True)  # evaluate's view: the test rows alone
+    assert [p.name for p in test.paths] == ["c.png", "f.png"] and test.labels == ["x", "y"]
+    yn = write_csv(tmp_path / "yn.csv", [["file", "label", "is_valid"], ["a", "x", "n"], ["b", "y", "Y"],
+                                         ["c", "x", "no"], ["d", "y", "yes"]])
+    assert items_from_csv(yn).is_valid == [False, True, False, True]
+    assert items_from_csv(yn, test_rows=True).paths == [tmp_path / f"{n}.png" for n in "abcd"]  # no test rows: all
+    bad = write_csv(tmp_path / "bad.csv", [["file", "label", "is_valid"], ["a", "x", "0"], ["b", "y", "maybe"]])
+    with pytest.raises(UserError, match=r"bad.csv:3: is_valid is 'maybe'; use true/false"):
+        items_from_csv(bad)
+    typo = write_csv(tmp_path / "typo.csv", [["file", "label", "is_vaild"], ["a", "x", "0"], ["b", "y", "1"]])
+    with pytest.raises(UserError, match=r"column 'is_vaild' looks like 'is_valid' misspelled"):
+        items_from_csv(typo)
+
+
+def test_csv_rows_that_cannot_mean_what_they_say(tmp_path, write_image):
+    """One file with two labels, an empty file name: an error with the line; a repeated row: used once."""
+    write_image(tmp_path / "a.png")
+    write_image(tmp_path / "b.png")
+    clash = write_csv(tmp_path / "clash.csv", [["file", "label"], ["a.png", "x"], ["b.png", "y"], ["a.png", "y"]])
+    with pytest.raises(UserError, match=r"clash.csv:4: a.png is listed again with label 'y'; line 2 gave it 'x'"):
+        items_from_csv(clash)
+    empty = write_csv(tmp_path / "empty.csv", [["file", "label"], ["a.png", "x"], ["", "y"]])
+    with pytest.raises(UserError, match=r"empty.csv:3: the file name is empty"):
+        items_from_csv(empty)
+    twice = write_csv(tmp_path / "twice.csv", [["file", "label"], ["a.png", "x"], ["b.png", "y"], ["a.png", "x"]])
+    with pytest.warns(UserWarning, match=r"1 file\(s\) listed more than once with the same label, e.g. a.png "
+                                         r"\(lines 2 and 4\)"):
+        items = items_from_csv(twice, valid_pct=0.5)
+    assert items.paths == [tmp_path / "a.png", tmp_path / "b.png"]
+
+
+def test_a_label_group_that_names_each_file_is_refused(tmp_path, write_image):
+    for i in range(4):
+        write_image(tmp_path / "d" / f"cat_{i}.jpg")
+    with pytest.raises(UserError, match=r"its group gives each of the 4 files a label of its own"):
+        items_from_folder(tmp_path / "d", label_re=r"(.+)\.jpg")
+    assert set(items_from_folder(tmp_path / "d", label_re=r"^(.+)_\d+\.jpg$", valid_pct=0.25).labels) == {"cat"}
+    for i in range(3):  # numbers, one per file, may be a regression's targets: allowed
+        write_image(tmp_path / "ages" / f"{20 + i}_x.jpg")
+    assert folder_labels(sorted((tmp_path / "ages").iterdir()), tmp_path / "ages", r"^(\d+)_") == ["20", "21", "22"]
+
+
+def test_a_file_or_archive_given_for_the_folder_is_named_as_such(tmp_path, write_image):
+    img = write_image(tmp_path / "one.jpg")
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    with pytest.raises(UserError, match=r"one.jpg: a file, not a folder"):
+        items_from_folder(img)
+    with pytest.raises(UserError, match=r"data.zip: an archive, not a folder: unpack it"):
+        items_from_folder(tmp_path / "data.zip")
+
+
+def test_evaluate_labels_nested_folders_as_train_does(tmp_path, write_image):
+    """class/sub/img.jpg is `class` to train (the first folder under the root), so it is to evaluate too."""
+    from imgclf.infer.evaluate import labelled_items
+
+    write_image(tmp_path / "test" / "cats" / "indoor" / "1.jpg")
+    write_image(tmp_path / "test" / "dogs" / "2.jpg")
+    items = labelled_items(tmp_path / "test")
+    assert sorted(items.labels) == ["cats", "dogs"]
+    write_image(tmp_path / "test" / "loose.jpg")
+    with pytest.raises(UserError, match="image not inside a class folder"):
+        labelled_items(tmp_path / "test")
+
+
 def test_csv_column_names_are_found_in_any_order(tmp_path, write_image):
     write_image(tmp_path / "p.png")
     write_image(tmp_path / "q.png")
@@ -253,7 +330,7 @@ def test_files_and_labels(tmp_path):
 
 def test_missing_folder(tmp_path):
     missing = tmp_path / "no_such"
-    with pytest.raises(UserError, match="no such directory") as e:
+    with pytest.raises(UserError, match="no such folder") as e:
         items_from_folder(missing)
     assert str(missing) in str(e.value)
 

@@ -52,6 +52,8 @@ def run(a: argparse.Namespace) -> None:
     model = load_model(a.run, device=a.device, precision=a.precision, backend=a.backend)
     k = _check_topk(a, model.task, model.classes)
     preds, skipped = model.predict_files(paths, bs=a.bs, progress=not a.quiet, tta=a.tta)
+    if not preds:  # each file was named as it was skipped; an empty CSV would read as success
+        raise UserError(f"none of the {len(skipped)} image file(s) could be decoded: nothing predicted or written")
     if a.submission:
         with open(a.submission, "w", newline="") as f:
             csv.writer(f).writerows([("Id", "Category"), *submission_rows(preds)])

@@ -98,7 +98,8 @@ def add(sub) -> None:
     g.add_argument("--nproc", type=int, metavar="N", help="train in N processes with DistributedDataParallel "
                    "(runs `torchrun --standalone --nproc_per_node N -m imgclf train ...`; gloo on the CPU, nccl on "
                    "CUDA); --bs stays the batch of one step, shared by the processes")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or per-phase lines (the plan, decisions, warnings and figures still print)")
     _DEFAULTS.update(vars(p.parse_args([])))
 
 

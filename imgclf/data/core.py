@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +113,11 @@ class ImageData:
             missing = [c for i, c in enumerate(self.classes) if not (self.train_y == i).any()]
             if missing:
                 raise UserError(f"{source}: class(es) {', '.join(missing)} have no training images")
+            unscored = [c for i, c in enumerate(self.classes) if not (self.valid_y == i).any()]
+            if unscored:  # trained on, never scored: its recall is unknown, and accuracy cannot show it
+                warnings.warn(f"{source}: class(es) {', '.join(unscored[:10])}{' ...' if len(unscored) > 10 else ''} "
+                              "have no validation images: their recall will show as n/a; move a few of their "
+                              "images into the validation split to score them", stacklevel=2)
 
     # --- constructors: one per label source, all ending in the same Items ---
     @classmethod

@@ -3,7 +3,8 @@
 Byte-identical copies are kept on one side of a drawn split before decoding (`sources.split_items`). Near
 duplicates need pixels, so they are found here, once the images are decoded and presized: the audit's
 fingerprint (`audit.tensor_fingerprints`: a 16x16 thumbnail less its best-fit plane, cosine >= 0.9 to
-another's or to its mirror, `audit.NEAR`) of every presized image, grouped transitively (`audit.near_groups`).
+another's or to its mirror, `audit.NEAR`) of every presized image, each pair confirmed on 32x32 grey fingerprints
+(`audit.confirm_pairs`), grouped transitively (`audit.near_groups`).
 A group with members on both sides of the split:
 
 - on a split we drew (`Items.split_origin` "drawn"): its validation members move to training (deterministic:
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .audit import NEAR, TooAlike, near_groups, tensor_fingerprints
+from .audit import FINE_NEAR, NEAR, TooAlike, near_groups, tensor_fingerprints
 from .sources import content_keys
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ class NearDuplicates:
                 "groups_straddling": self.groups_straddling, "n_moved": len(self.moved), "moved": self.moved,
                 "examples": [list(e) for e in self.examples],
                 "method": f"cosine of 16x16 thumbnails of the presized images less their best-fit planes "
-                          f"(or one's mirror) >= {NEAR}", "seconds": round(self.seconds, 4), "note": self.note}
+                          f"(or one's mirror) >= {NEAR}, and of 32x32 grey ones >= {FINE_NEAR}",
+                "seconds": round(self.seconds, 4), "note": self.note}
 
 
 def _name(path: Path, root: str) -> str:
@@ -85,7 +87,8 @@ def keep_near_duplicates_together(data: ImageData, threshold: float = NEAR) -> N
         torch.set_num_threads(1)
     try:
         prints = torch.cat([tensor_fingerprints(data.train_images), tensor_fingerprints(data.valid_images)])
-        groups = near_groups(prints, threshold)
+        groups = near_groups(prints, threshold, image=lambda i: (
+            data.train_images[i] if i < data.n_train else data.valid_images[i - data.n_train]))
     except TooAlike as e:
         return NearDuplicates(False, origin, note=str(e), seconds=time.perf_counter() - t0)
     finally:

@@ -31,6 +31,7 @@ from PIL import Image
 from ..errors import UserError
 from ..progress import bar as progress_bar
 from .decode import default_workers, presize, presize_image
+from .sources import require_folder
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
@@ -148,9 +149,7 @@ def load_idx(folder: str | Path, n_train: int | None = None, n_valid: int | None
     `n_train` / `n_valid` keep the first so many of each (the files are already shuffled), reading only
     those bytes. Item ids name the file and the record: `<folder>/train-images-idx3-ubyte.gz#12345`.
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise UserError(f"{root}: no such directory")
+    root = require_folder(folder)
     found = idx_files(root)
     missing = [r for r in ROLES if r not in found]
     if missing:

@@ -153,7 +153,8 @@ def _near_duplicates(items: Any, size: int, pool: ThreadPoolExecutor) -> NearDup
         return NearDuplicates(True, origin)
     moved = []
     try:
-        groups = near_groups(torch.stack([p for _, p in ok]))
+        groups = near_groups(torch.stack([p for _, p in ok]),  # the few candidates read again to confirm
+                             image=lambda k: _presized(items.paths[ok[k][0]], size))
     except TooAlike as e:
         return NearDuplicates(False, origin, note=str(e))
     for group in groups:

@@ -11,6 +11,7 @@ entries beside the train/ and valid/ folders. Symlinks to images and folders tha
 from __future__ import annotations
 
 import csv
+import difflib
 import errno
 import hashlib
 import os
@@ -345,6 +346,14 @@ def label_from_re(pattern: str):
     return label
 
 
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
 def _no_group(pattern: str, why: str) -> UserError:
     return UserError(f"--label-re '{pattern}' has no capture group and {why}, so every file would be its own "
                      r"class: put the label part of the name in parentheses, e.g. '^(.+)_\d+\.jpg$'")
@@ -373,9 +382,7 @@ def items_from_folder(
     `multi_label`: an image copied into several class folders is one item tagged with each (merged before
     the random split, so its copies cannot land on both sides). The random split (`split_items`) is stratified
     by class unless `stratify` is False or `multi_label` is set."""
-    root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"{root}: no such directory")
+    root = require_folder(path)
     unused = Unused()
     root = _unwrap(root, unused)
     dirs = _find_split_dirs(root, valid)
@@ -386,7 +393,7 @@ def items_from_folder(
             paths, left_out = scan_images(d)
             unused.update(left_out)
             _require_images(paths, d)
-            parts.append((paths, _labels(paths, d, label_re), [is_valid] * len(paths)))
+            parts.append((paths, folder_labels(paths, d, label_re), [is_valid] * len(paths)))
         items = Items(*(a + b for a, b in zip(*parts, strict=True)))
         items = merge_by_content(items) if multi_label else items
         items.unused = unused
@@ -394,13 +401,26 @@ def items_from_folder(
     paths, left_out = scan_images(root)
     unused.update(left_out)
     _require_images(paths, root)
-    items = Items(paths, _labels(paths, root, label_re), [False] * len(paths))
+    items = Items(paths, folder_labels(paths, root, label_re), [False] * len(paths))
     if multi_label:
         items = merge_by_content(items)
     items.is_valid = split_items(items.paths, items.labels, valid_pct, seed, stratify and not multi_label, split)
     items.split_origin = split_origin(split)
     items.unused = unused
     return items
+
+
+def require_folder(path: str | Path) -> Path:
+    """`path` as a folder, or a UserError that says what it is instead (a file, an archive, nothing)."""
+    root = Path(path)
+    if root.is_dir():
+        return root
+    if not root.exists():
+        raise UserError(f"{root}: no such folder")
+    if root.suffix.lower() in (".zip", ".tar", ".gz", ".tgz", ".xz", ".bz2", ".7z"):
+        raise UserError(f"{root}: an archive, not a folder: unpack it and give the folder it makes")
+    raise UserError(f"{root}: a file, not a folder: give the folder that holds the class folders (or the images, "
+                    "with --label-re), or a CSV of file,label rows")
 
 
 def _unwrap(root: Path, unused: Unused) -> Path:
@@ -420,13 +440,20 @@ def _unwrap(root: Path, unused: Unused) -> Path:
         root = subdirs[0]
 
 
-def _labels(paths: Sequence[Path], split_root: Path, label_re: str | None) -> list[str]:
-    """Labels by regex on names, or by the first folder under `split_root` (torchvision's ImageFolder)."""
+def folder_labels(paths: Sequence[Path], split_root: Path, label_re: str | None) -> list[str]:
+    """Labels by regex on names, or by the first folder under `split_root` (torchvision's ImageFolder): what
+    train and evaluate both read, so `class/sub/img.jpg` is `class` to each."""
     if label_re:
         labeller = label_from_re(label_re)
         labels = [labeller(p) for p in paths]
-        if re.compile(label_re).groups == 0 and len(paths) > 2 and len(set(labels)) == len(labels):
-            raise _no_group(label_re, f"its whole match differs for each of the {len(paths)} files")
+        if len(paths) > 2 and len(set(labels)) == len(labels):
+            if re.compile(label_re).groups == 0:
+                raise _no_group(label_re, f"its whole match differs for each of the {len(paths)} files")
+            if not all(_is_number(v) for v in labels):  # numbers may be a regression's targets, each its own
+                raise UserError(
+                    f"--label-re '{label_re}': its group gives each of the {len(paths)} files a label of its own "
+                    f"({labels[0]!r}, {labels[1]!r}, ...), so every file would be its own class: capture only the "
+                    r"part of the name the files of a class share, e.g. '^(.+)_\d+\.jpg$'")
         return labels
     loose = next((p for p in paths if p.parent == split_root), None)
     if loose is not None:
@@ -444,13 +471,15 @@ _LABEL_COLS = ("label", "labels", "class", "category", "target", "y")
 
 def items_from_csv(
     csv_file: str | Path, folder: str | Path | None = None, valid_pct: float = 0.2, seed: int = 42,
-    label_col: str | None = None, stratify: bool = True, split: str = "stratified",
+    label_col: str | None = None, stratify: bool = True, split: str = "stratified", test_rows: bool = False,
 ) -> Items:
     """Rows of `file,label[,is_valid]`; files are relative to `folder` (default: the CSV's folder).
 
     `label_col` names the label column (a regression target such as `age`); by default the first of
     label/labels/class/category/target/y, else the column after the file's. A multi-label row keeps its
-    space-separated tags in one string (`split_tags` reads them)."""
+    space-separated tags in one string (`split_tags` reads them). The split column (`is_valid`, or `split`
+    with train/valid/test) marks validation rows; test rows are left out of both, unless `test_rows`
+    (evaluate), which returns the test rows alone when there are any."""
     csv_path = Path(csv_file)
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: CSV file not found")
@@ -471,21 +500,50 @@ def items_from_csv(
         lcol = header.index(label_col.strip().lower())
     else:
         lcol = next((header.index(c) for c in _LABEL_COLS if c in header), 1 if fcol == 0 else 0)
-    vcol = header.index("is_valid") if "is_valid" in header else None
+    vcol = _split_column(csv_path, rows[0], header, (fcol, lcol))
     paths, labels, flags = [], [], []
+    first: dict[Path, tuple[int, str]] = {}  # a file's first row and label: a second row must agree
+    held_out = 0  # rows of a test split: neither trained nor validated on
+    other: list[tuple[Path, str]] = []  # the rows set aside (test rows; for evaluate, the others)
+    repeats: list[str] = []  # files listed twice with the same label: the repeats are left out
     for lineno, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) <= max(fcol, lcol):
             raise UserError(f"{csv_path}:{lineno}: expected a file and a label column")
+        if not row[fcol].strip():
+            raise UserError(f"{csv_path}:{lineno}: the file name is empty")
         p = base / row[fcol].strip()
         if not p.suffix and not p.exists():
             exts = sorted(IMAGE_EXTS) + sorted(e.upper() for e in IMAGE_EXTS)
             p = next((p.with_suffix(e) for e in exts if p.with_suffix(e).exists()), p)
-        paths.append(p)
-        labels.append(row[lcol].strip())
+        label = row[lcol].strip()
+        if p in first:
+            line0, label0 = first[p]
+            if label0 != label:
+                raise UserError(f"{csv_path}:{lineno}: {row[fcol].strip()} is listed again with label {label!r}; "
+                                f"line {line0} gave it {label0!r} (one row per file; a multi-label row keeps its "
+                                "tags in one cell, separated by spaces)")
+            repeats.append(f"{row[fcol].strip()} (lines {line0} and {lineno})")
+            continue
+        first[p] = (lineno, label)
         if vcol is not None:
-            flags.append(row[vcol].strip().lower() in ("1", "true", "yes", "valid"))
+            flag = _split_flag(row[vcol] if vcol < len(row) else "", f"{csv_path}:{lineno}", rows[0][vcol])
+            if (flag is None) != test_rows:  # a test row outside evaluate, or any other row inside it
+                held_out += flag is None
+                other.append((p, label))
+                continue
+            flags.append(bool(flag))
+        paths.append(p)
+        labels.append(label)
+    if test_rows and not paths:  # no test rows: evaluate scores every row
+        paths, labels, flags = [p for p, _ in other], [lab for _, lab in other], [True] * len(other)
+    if repeats:
+        warnings.warn(f"{csv_path}: {len(repeats)} file(s) listed more than once with the same label, e.g. "
+                      f"{repeats[0]}; each is used once", stacklevel=2)
+    if held_out and not test_rows:
+        warnings.warn(f"{csv_path}: {held_out} row(s) marked as test in column {rows[0][vcol]!r} are kept out of "
+                      "training and validation; score the run on them with `imgclf evaluate RUN CSV`", stacklevel=2)
     missing = [p for p in paths if not p.exists()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -494,6 +552,38 @@ def items_from_csv(
         return Items(paths, labels, flags)
     is_valid = split_items(paths, labels, valid_pct, seed, stratify, split)
     return Items(paths, labels, is_valid, split_origin=split_origin(split))
+
+
+_SPLIT_COLS = ("is_valid", "valid", "is_val", "validation", "split", "set", "subset")
+_VALID_VALUES = ("1", "true", "t", "yes", "y", "valid", "val", "validation", "dev")
+_HELD_OUT_VALUES = ("test", "holdout", "hold-out")
+_TRAIN_VALUES = ("0", "false", "f", "no", "n", "train", "training", "")
+
+
+def _split_column(csv_path: Path, names: Sequence[str], header: Sequence[str], used: tuple[int, int]) -> int | None:
+    """The column that says which rows are validation (fastai's `is_valid`, or a `split` of train/valid), or None.
+    A column whose name is close to `is_valid` but not it (`isvalid`, `is_vaild`) is a UserError rather than a
+    silently drawn split: the user meant a split of their own."""
+    for name in _SPLIT_COLS:
+        if name in header and header.index(name) not in used:
+            return header.index(name)
+    for i, h in enumerate(header):
+        if i not in used and difflib.get_close_matches(h, _SPLIT_COLS[:1], n=1, cutoff=0.75):
+            raise UserError(f"{csv_path}: column {names[i]!r} looks like 'is_valid' misspelled; rename it to "
+                            "'is_valid' (true/false per row) to use it as the split, or to anything else to draw one")
+    return None
+
+
+def _split_flag(value: str, where: str, column: str) -> bool | None:
+    """True for a validation row, False for a training one, None for a test row (kept out of both)."""
+    v = value.strip().lower()
+    if v in _VALID_VALUES:
+        return True
+    if v in _TRAIN_VALUES:
+        return False
+    if v in _HELD_OUT_VALUES:
+        return None
+    raise UserError(f"{where}: {column} is {value.strip()!r}; use true/false, 1/0, yes/no, or train/valid/test")
 
 
 def split_tags(label: str) -> list[str]:

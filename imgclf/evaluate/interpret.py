@@ -197,18 +197,23 @@ class Interpretation:
         return sorted(pairs, key=lambda p: -p[2])  # stable: ties stay in class order
 
     def per_class(self) -> list[dict[str, Any]]:
-        """Precision, recall, F1 and support of each class (0 where a ratio has nothing to divide by), with 95%
-        bounds: `recall_low`/`recall_high` (Wilson, over the class's images) and `f1_low`/`f1_high` (bootstrap
-        over images, 1000 resamples, seed 0: the same figures every call)."""
+        """Precision, recall, F1 and support of each class, with 95% bounds: `recall_low`/`recall_high` (Wilson,
+        over the class's images) and `f1_low`/`f1_high` (bootstrap over images, 1000 resamples, seed 0: the same
+        figures every call). A class with no images here has no recall or F1 (None, "n/a" in the table): a 0 would
+        read as a class the model always misses. Precision is 0 when nothing was predicted as the class."""
         cm = self.confusion_matrix()
         f1_lo, f1_hi = bootstrap_f1_per_class(self.preds, self.targets, len(self.classes))
         out = []
         for i, name in enumerate(self.classes):
             tp, predicted, support = int(cm[i, i]), int(cm[:, i].sum()), int(cm[i].sum())
             precision = tp / predicted if predicted else 0.0
-            recall = tp / support if support else 0.0
+            if not support:
+                out.append({"class": name, "precision": precision, "recall": None, "f1": None, "support": 0,
+                            "recall_low": None, "recall_high": None, "f1_low": None, "f1_high": None})
+                continue
+            recall = tp / support
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            r_lo, r_hi = wilson_interval(tp, support) if support else (0.0, 0.0)
+            r_lo, r_hi = wilson_interval(tp, support)
             out.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": support,
                         "recall_low": r_lo, "recall_high": r_hi, "f1_low": f1_lo[i], "f1_high": f1_hi[i]})
         return out
@@ -395,12 +400,19 @@ def format_summary(result: dict[str, Any], limit: int = 10) -> str:
     width = max([5, *(len(r["class"]) for r in result["per_class"])])
     lines.append(f"{'class'.ljust(width)}  precision  {'recall (95%)':20}  {'f1 (95%)':20}  support")
 
-    def bounds(r: dict, k: str) -> str:
-        return f"({r[k + '_low']:.2f}-{r[k + '_high']:.2f})" if k + "_low" in r else ""
+    def figure(r: dict, k: str) -> str:  # "0.9500 (0.88-0.98)", or n/a for a class with no images here
+        if r[k] is None:
+            return f"{'n/a':6} {'':13}"
+        b = f"({r[k + '_low']:.2f}-{r[k + '_high']:.2f})" if r.get(k + "_low") is not None else ""
+        return f"{r[k]:6.4f} {b:13}"
 
     for r in result["per_class"]:
-        lines.append(f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {r['recall']:6.4f} {bounds(r, 'recall'):13}"
-                     f"  {r['f1']:6.4f} {bounds(r, 'f1'):13}  {r['support']:7d}")
+        lines.append(f"{r['class'].ljust(width)}  {r['precision']:9.4f}  {figure(r, 'recall')}  {figure(r, 'f1')}"
+                     f"  {r['support']:7d}")
+    empty = [r["class"] for r in result["per_class"] if not r["support"]]
+    if empty:
+        lines.append(f"n/a: {len(empty)} class(es) have no validation images ({', '.join(empty[:5])}"
+                     f"{', ...' if len(empty) > 5 else ''}), so their recall and F1 are unknown")
     if "balanced_accuracy" in result:
         lines += ["", f"balanced accuracy {result['balanced_accuracy']:.4f} ({result['balanced_accuracy_low']:.2f}-"
                       f"{result['balanced_accuracy_high']:.2f}), macro F1 {result['macro_f1']:.4f} "

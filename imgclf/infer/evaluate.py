@@ -11,7 +11,16 @@ import torch.nn.functional as F
 
 from ..data.dedup import array_keys, check_seen
 from ..data.idx import is_idx_folder, load_idx, presize_arrays
-from ..data.sources import Items, Unused, content_keys, items_from_csv, items_from_folder, label_from_re, scan_images
+from ..data.sources import (
+    Items,
+    Unused,
+    content_keys,
+    folder_labels,
+    items_from_csv,
+    items_from_folder,
+    require_folder,
+    scan_images,
+)
 from ..data.targets import encode_targets
 from ..errors import UserError
 from ..train.calibrate import BINS, reliability
@@ -30,14 +39,13 @@ from .tta import TTA_VIEWS, combine
 
 
 def labelled_items(path: str | Path, label_re: str | None = None, label_col: str | None = None) -> Items:
-    """Images with labels from `path`: a CSV's rows (all of them), a folder's validation split when it has
-    train/ + valid/, else all of it."""
+    """Images with labels from `path`: a CSV's test rows (all its rows when none is marked test), a folder's
+    validation split when it has train/ + valid/, else all of it."""
     root = Path(path)
     if root.suffix.lower() == ".csv":
-        items = items_from_csv(root, label_col=label_col, split="random")  # every row scored: no split to make
+        items = items_from_csv(root, label_col=label_col, split="random", test_rows=True)  # test rows, or all
         return Items(items.paths, items.labels, [True] * len(items.paths))
-    if not root.is_dir():
-        raise UserError(f"{root}: no such directory")
+    require_folder(root)
     if any((root / n).is_dir() for n in ("valid", "val", "validation")) and (root / "train").is_dir():
         items = items_from_folder(root, label_re=label_re)
         paths, labels = items.split(valid=True)
@@ -45,8 +53,7 @@ def labelled_items(path: str | Path, label_re: str | None = None, label_col: str
     paths, unused = scan_images(root)
     if not paths:
         raise UserError(f"{root}: no images found")
-    labeller = label_from_re(label_re) if label_re else (lambda p: p.parent.name)
-    return Items(paths, [labeller(p) for p in paths], [True] * len(paths), unused=unused)
+    return Items(paths, folder_labels(paths, root, label_re), [True] * len(paths), unused=unused)
 
 
 def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None = None, bs: int = 64,

@@ -276,7 +276,9 @@ def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | Non
 
 
 def default_out(cfg: RunConfig) -> Path:
-    name = Path(cfg.data.csv or cfg.data.path).resolve()
+    """runs/<the images' folder>; runs/<the CSV's name> when the CSV is all there is (`imgclf train labels.csv`)."""
+    folder = Path(cfg.data.path).resolve()
+    name = folder if folder.is_dir() else Path(cfg.data.csv or cfg.data.path).resolve()
     return Path("runs") / (name.stem if name.suffix else name.name)
 
 

@@ -193,6 +193,23 @@ def clearly_better(new: Candidate, old: Candidate) -> bool:
     return new.selection["loss"] < old.selection["loss"] - se
 
 
+def size_ties(probes: Sequence[Candidate], kept: Candidate) -> list[str]:
+    """What to say of the probes whose CV loss is within a standard error of the kept one's. Sizes are compared
+    in turn, each with the one kept so far, so a tie can sit on either side: a larger one lost to the cheaper
+    kept one; a smaller one was passed over because a size between them beat it."""
+    close = [c for c in probes if c is not kept and not clearly_better(kept, c) and not clearly_better(c, kept)]
+    larger = [c.name for c in close if c.size > kept.size]
+    smaller = [c.name for c in close if c.size < kept.size]
+    out = []
+    if larger:
+        out.append(f"the training data cannot tell {', '.join(larger)} from {kept.name} apart (CV losses within "
+                   "a standard error): the cheaper, smaller one is kept")
+    if smaller:
+        out.append(f"{kept.name} was kept although its CV loss is within a standard error of {', '.join(smaller)}"
+                   "'s: sizes are compared in turn, and it beat the one kept before it by more than one")
+    return out
+
+
 def valid_cannot_tell(cands: Sequence[Candidate], n_valid: int) -> str | None:
     """A reason when the validation accuracies of `cands` differ by less than one standard error of accuracy
     on `n_valid` images: that split alone could not have chosen between them."""
@@ -346,11 +363,7 @@ def auto_fit(
                f"training split: CV loss {probe.selection['loss']:.4f} ± {probe.selection['loss_se']:.4f} of sizes "
                f"{sizes}" + (" (a larger size is taken only when its CV loss is lower by more than the standard "
                              "error of the difference: the cheaper one otherwise)" if len(probes) > 1 else "")]
-        close = [c.name for c in probes if c is not probe and not clearly_better(probe, c)
-                 and not clearly_better(c, probe)]
-        if close:
-            why.append(f"the training data cannot tell {', '.join(close)} from {probe.name} apart (CV losses within "
-                       "a standard error): the cheaper, smaller one is kept")
+        why += size_ties(probes, probe)
         reason = valid_cannot_tell(probes, data.n_valid)
         if reason:
             why.append(reason)
