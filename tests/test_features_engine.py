@@ -143,3 +143,31 @@ def test_probe_scores_the_same_on_onnx_and_eager_features(hymenoptera):
     (onnx, a), (eager, b) = scores.items()
     assert onnx == "onnxruntime fp32" and eager.startswith("eager")
     assert a >= 0.8 and abs(a - b) <= 2 / data.n_valid  # bf16 eager vs fp32 onnx: at most two images apart
+
+
+def test_the_pass_crops_on_one_torch_thread_in_engine_sized_batches(tiny_split_folder, photos, body):
+    """onnxruntime runs on its own threads: the pass crops PASS_PIXELS at a time on one torch thread (features.glue)
+    and gives the thread count back, even when the pass fails. In-order batches are slices of the presized images,
+    the same as the gathered ones, from any position a resume seeks to."""
+    from imgclf.train.features import PASS_PIXELS, glue
+
+    engine = onnx_engine(body, SIZE, cache=False)
+    assert engine.own_threads and engine.batch == PASS_PIXELS // SIZE**2
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with glue(engine):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == threads
+    with glue(eager_engine(body)):  # eager computes on torch's threads: all of them
+        assert torch.get_num_threads() == threads
+    data = ImageData.from_folder(tiny_split_folder, size=32, bs=5, progress=False)
+    dl = data.loader("train", (0.5,) * 3, (0.5,) * 3, view="center", channels_last=False)
+    gathered = [center_batch(data.train_images[i : i + 5], 32, dl.mean, dl.std) for i in range(0, data.n_train, 5)]
+    assert all(torch.equal(a, b) for (a, _), b in zip(dl, gathered, strict=True))
+    it = iter(dl)
+    next(it)
+    state = dl.state_dict()  # stopped after the first batch
+    again = data.loader("train", (0.5,) * 3, (0.5,) * 3, view="center", channels_last=False)
+    again.load_state_dict(state)
+    assert torch.equal(next(iter(again))[0], gathered[1])

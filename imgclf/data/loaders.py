@@ -166,9 +166,11 @@ class BatchLoader(ViewBatches):
         order = shard_order(order, self.rank, self.world)
         start = self.position.seek(start)
         order = order.to(images.device) if isinstance(images, torch.Tensor) else order
+        in_order = self.sampler is None and not self.shuffle and self.world == 1 and isinstance(images, torch.Tensor)
         for b in range(start, len(self)):
             idx = order[b * self.bs : (b + 1) * self.bs]
-            xb = self._to_device(images[idx])
+            # in order, a batch is a slice: a view, not the gathered copy of the presized images
+            xb = self._to_device(images[b * self.bs : (b + 1) * self.bs] if in_order else images[idx])
             batch = self.transform(xb), self._to_device(targets[idx])
             self.position.batches = b + 1
             yield batch

@@ -31,7 +31,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,12 @@ CACHE_FILES = 4  # exported graphs kept in engine_cache(), most recently used fi
 # 256 px: 239 (1), 248 (2), 226 (8), 187 (32), 177 (64); 128 px: 697 (1), 992 (8), 1019 (16), 790 (64);
 # 32 px: 2156 (1), 6255 (8), 9788 (64), 9732 (128). The default job's pass over hymenoptera: 160 -> 231 img/s
 ORT_CALL_PIXELS = 2 * 256 * 256
+# The pass crops and normalises PASS_PIXELS at a time, on one torch thread, between onnxruntime's calls: torch's
+# worker threads spin after each op and took the cores from onnxruntime's (bs 2 on two torch threads: 139 img/s).
+# hymenoptera's pass at 256 px by images cropped at a time, 2-core Xeon quiet, median of 3 (in-memory: 232):
+# 64 on two threads (before) 201; on one: 4 204, 8 211, 16 212, 32 206, 64 199. Without onnxruntime's spinning
+# every variant lost ~10%.
+PASS_PIXELS = 16 * 256 * 256
 ENGINE_FORMAT = 1  # bump when the exported graph changes (static_padding, opset): old cached files are not read
 
 
@@ -80,6 +86,8 @@ class FeatureEngine:
     graph: Path | None = None  # the cached exported graph it runs, if any: its parity verdict is kept beside it
     seconds: float = 0.0  # time spent in calls (the pass's rate without set-up or cropping)
     images: int = 0  # images through it
+    batch: int | None = None  # images the pass crops at a time for it (None: the loader's batch)
+    own_threads: bool = False  # runs on a thread pool of its own: the pass crops on one torch thread (see `glue`)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         t = time.perf_counter()
@@ -95,6 +103,21 @@ class FeatureEngine:
         return {"name": self.name, "setup_seconds": self.setup_seconds, "parity": self.parity, "note": self.note,
                 "images": self.images, "seconds": self.seconds,
                 "images_per_second": self.images / self.seconds if self.seconds else None}
+
+
+@contextmanager
+def glue(engine: FeatureEngine | None):
+    """Torch on one thread while `engine` runs on its own pool (onnxruntime): the crops between its calls are
+    small, and torch's idle workers would spin on the cores it needs (`PASS_PIXELS`)."""
+    if engine is None or not engine.own_threads:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def eager_engine(model: nn.Module, dtype: torch.dtype | None = None) -> FeatureEngine:
@@ -189,8 +212,8 @@ def onnx_engine(model: nn.Module, size: int, threads: int | None = None, cache: 
             except OSError:  # a read-only home: the engine works without its cache
                 pass
     return FeatureEngine("onnxruntime fp32", _runner(_session(graph, threads)), time.perf_counter() - t,
-                         channels_last=False,
-                         graph=path if path is not None and path.is_file() else None)
+                         channels_last=False, graph=path if path is not None and path.is_file() else None,
+                         batch=max(1, PASS_PIXELS // (size * size)), own_threads=True)
 
 
 def _verdict_file(engine: FeatureEngine) -> Path | None:

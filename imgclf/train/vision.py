@@ -23,7 +23,7 @@ from ..models import ModelMeta, create_model, layer_groups, lsuv_init
 from ..rundir import save_model
 from . import distributed as dist
 from .callbacks import Callback, CSVLogger, CutMix, MixUp
-from .features import PARITY_IMAGES, FeatureCache, extract_features, pick_engine
+from .features import PARITY_IMAGES, FeatureCache, extract_features, glue, pick_engine
 from .learner import Learner, pick_device
 from .metrics import METRICS, TASK_METRICS, accuracy_multi, best_threshold, fbeta_multi, multi_label_intervals, scaled
 
@@ -66,12 +66,15 @@ class VisionLearner(Learner):
             engine = self.features.get_engine(self.model, lambda: pick_engine(
                 self.model, self._parity_batch(split), self.dtype, self.features.engine_name))
             dl.channels_last = dl.channels_last and engine.channels_last  # onnxruntime reads NCHW: no layout copy
+            if engine.batch and dl.device.type == "cpu":  # a few calls' worth at a time (features.PASS_PIXELS)
+                dl.bs = engine.batch
             n, world = len(dl.images), dist.world_size()
             if world > 1:
                 dl.shard(dist.rank(), world, bs=dl.bs)
             desc = f"features {split}/{'center+flip' if pair else view} [{engine.name}]"
             batches = _progress(dl, desc, self.progress, 2 if pair else 1)
-            out = extract_features(self.model, batches, self.dtype, self.device, engine=engine, flip=pair)
+            with glue(engine):
+                out = extract_features(self.model, batches, self.dtype, self.device, engine=engine, flip=pair)
             out = tuple(dist.gather_shards(t, n) for t in out) if world > 1 else out
             return {(split, "center"): out[:2], (split, "flip"): (out[2], out[1])} if pair else out
 
