@@ -121,6 +121,26 @@ def test_predict_and_evaluate_errors(tmp_path, tiny_split_folder):
     assert code == 2 and "invalid regex" in err
 
 
+def test_output_files_are_checked_before_predicting(trained_run, tmp_path):
+    """Each of these was a traceback after the predictions were made, or a file silently lost."""
+    image = next((trained_run.parent / "data" / "val").rglob("*.jpg"))
+    cases = [
+        (["--csv", tmp_path], "is a folder; give a file name"),
+        (["--csv", tmp_path / "same.csv", "--submission", tmp_path / "same.csv"],
+         "--csv and --submission both name"),
+        (["--plot", tmp_path / "p.csv"], "give a file ending in .png"),
+        (["--bs", "0"], "--bs: must be at least 1"),
+    ]
+    for flags, said in cases:
+        code, _, err = run_cli("predict", trained_run, image, *flags)
+        assert code == 2 and said in err and "Traceback" not in err, (flags, err)
+    assert not (tmp_path / "same.csv").exists()
+    code, _, err = run_cli("predict", trained_run, image, "--csv", tmp_path / "new" / "dir" / "p.csv", "--quiet")
+    assert code == 0 and (tmp_path / "new" / "dir" / "p.csv").is_file(), err  # its folder is made, as export does
+    code, _, err = run_cli("serve", trained_run, "--port", "99999")
+    assert code == 2 and "a port is 0-65535" in err
+
+
 def test_missing_extra_is_one_line_naming_it(trained_run, tmp_path, monkeypatch, capsys):
     """Without the export extra, `imgclf export` says which extra to install, in one line, exit 2."""
     monkeypatch.setitem(sys.modules, "onnx", None)  # what an environment without the extra gives

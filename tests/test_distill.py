@@ -107,6 +107,7 @@ def test_distill_cli_writes_a_run_that_predicts(trained_run, tmp_path, capsys):
     assert m["gain"] == pytest.approx(m["accuracy"] - m["without_teacher"]["accuracy"])
     assert conf["distill"]["teacher"]["arch"] == "efficientnet_lite0" and conf["model"]["arch"] == "xresnet_tiny"
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs (the student's only)
+    assert m["kept"] in ("epoch 1/2 (distill)", "epoch 2/2 (distill)")  # as the bar named it, not counted from 0
     student = load_model(out, device="cpu")
     assert student.meta["arch"] == "xresnet_tiny" and student.size == 32
     pred = student.predict(data / "val" / "dogs" / "dogs_12.jpg")
@@ -131,3 +132,16 @@ def test_teacher_with_other_classes_is_a_user_error(trained_run, image_folder, c
     assert len(err.splitlines()) == 1
     assert main(["distill", str(other), str(other), "--quiet"]) == 2  # not a run directory
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_distill_from_shards_says_to_use_their_folder(trained_run, tmp_path, capsys):
+    """Shards stream; distill keeps each image's teacher targets in memory: a one-line error naming the folder the
+    shards came from (it was an AttributeError traceback)."""
+    shards = tmp_path / "shards"
+    assert main(["shard", str(trained_run.parent / "data"), "--out", str(shards), "--quiet"]) == 0
+    capsys.readouterr()
+    code = main(["distill", str(trained_run), str(shards), "--arch", "xresnet_tiny", "--size", "32", "--epochs", "1",
+                 "--out", str(tmp_path / "student"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not streamed shards" in err and str((trained_run.parent / "data").resolve()) in err
+    assert not (tmp_path / "student").exists()

@@ -176,12 +176,14 @@ def _bad_requests(hymenoptera: Path, good: Path) -> dict[str, tuple[dict, int, s
         "not multipart": ({"json": {"image": "x"}}, 400, "send the images as multipart/form-data"),
         "empty request": ({}, 400, "send the images as multipart/form-data"),
         "bad topk": ({"files": [one_good], "params": {"topk": "zero"}}, 400, "topk=zero: must be a whole number"),
+        "superscript topk": ({"files": [one_good], "params": {"topk": "\u00b2"}}, 400,
+                             "topk=\u00b2: must be a whole number"),  # a digit to str.isdigit, not to int()
     }
 
 
 @pytest.mark.parametrize("case", ["not an image", "truncated", "zero bytes", "bomb", "over pixel limit",
                                   "over size limit", "too many files", "one bad among good", "no files",
-                                  "not multipart", "empty request", "bad topk"])
+                                  "not multipart", "empty request", "bad topk", "superscript topk"])
 def test_bad_input_is_a_4xx_in_one_line_and_the_server_goes_on(server, trained_run, hymenoptera, case):
     good = val_images(trained_run)[0]
     kwargs, status, message = _bad_requests(hymenoptera, good)[case]

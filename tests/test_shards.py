@@ -174,6 +174,15 @@ def test_cli_shard_then_train(tmp_path, capsys):
     with pytest.warns(UserWarning, match="broken.jpg"):
         assert main(["shard", str(data), "--out", str(shards), "--force", "--original", "--quiet"]) == 0
     assert json.loads((shards / MANIFEST).read_text())["presize"] is None
+    # but never the data itself, a folder around it, or a folder that holds no shards: nothing is deleted
+    before = sorted(p.relative_to(tmp_path) for p in data.rglob("*"))
+    for out, said in ((data, "that is, holds or sits inside the data"),
+                      (data.parent, "that is, holds or sits inside the data"),
+                      (data / "a" / "shards", "that is, holds or sits inside the data"),
+                      (run, "is not a shard folder")):
+        with pytest.raises(UserError, match=said):
+            write_shards(data, out, force=True, progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in data.rglob("*")) == before and (run / "model.safetensors").is_file()
 
 
 def test_ranks_share_each_epoch(written):

@@ -41,7 +41,7 @@ def add_data_flags(g) -> None:
     g.add_argument("--crop-pct", type=float, default=D.crop_pct,
                    help="validation view: the center fraction of the presized image (default 0.875, ImageNet's; "
                         "1, the whole image, when a from-scratch model trains at small images' own size)")
-    g.add_argument("--bs", type=int, default=D.bs, help="batch size")
+    g.add_argument("--bs", type=positive_int, default=D.bs, help="batch size")
     g.add_argument("--augment", default=D.augment,
                    help="training augmentation: a preset (none, light, default, strong) and/or name=strength "
                         "overrides, e.g. 'strong', 'default,noise=0.05,erase=0.25', 'flip=0,rotate=20'; names: "
@@ -87,9 +87,57 @@ def expand_images(args: list[str]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def check_writable(path: str, force: bool) -> None:
-    if Path(path).exists() and not force:
+def check_writable(path: str, force: bool, suffixes: tuple[str, ...] = ()) -> None:
+    """Before any work: an output file that can be written (its folder made), not a folder, not overwritten
+    without `force`, and of one of `suffixes` when given, so no traceback comes after minutes of predicting."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{path}: is a folder; give a file name")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise UserError(f"{path}: give a file ending in {', '.join(suffixes)}")
+    if p.exists() and not force:
         raise UserError(f"{path}: already exists (pass --force to overwrite)")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path}: cannot make its folder ({e.strerror})") from None
+
+
+def check_outputs(force: bool, **outputs: str | None) -> None:
+    """`check_writable` for each output flag given, and no two flags naming the same file (one would be lost)."""
+    given = {flag: out for flag, out in outputs.items() if out}
+    seen: dict[Path, str] = {}
+    for flag, out in given.items():
+        key = Path(out).resolve()
+        if key in seen:
+            raise UserError(f"--{seen[key]} and --{flag} both name {out}: one would overwrite the other")
+        seen[key] = flag
+        check_writable(out, force, PLOT_SUFFIXES if flag == "plot" else ())
+
+
+PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
+def positive_int(value: str) -> int:
+    """A count that must be at least 1 (--bs): argparse's one-line error instead of a traceback deep inside."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def port(value: str) -> int:
+    """--port: 0 (any free one) to 65535."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0: any free one), got {n}")
+    return n
 
 
 def learning_rate(value: str) -> float | str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_inference_precision, check_writable
+from .common import add_inference_precision, check_writable, positive_int
 
 STACK = ("imgclf.infer", "imgclf.train.metrics")
 
@@ -27,7 +27,7 @@ def add(sub) -> None:
     p.add_argument("--tta", action="store_true", help="also score test-time augmentation (center view + mirror), "
                                                       "beside the plain figures")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
-    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--bs", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     add_inference_precision(p)
     p.add_argument("--quiet", action="store_true")

@@ -7,7 +7,7 @@ import csv
 import sys
 
 from ..errors import UserError
-from .common import add_inference_precision, check_writable, expand_images
+from .common import add_inference_precision, check_outputs, expand_images, positive_int
 
 STACK = ("imgclf.infer", "imgclf.infer.predictor")
 
@@ -28,7 +28,7 @@ def add(sub) -> None:
                                         "extension; rows sorted by Id, numerically when all Ids are numbers)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the center view and its mirror")
     p.add_argument("--force", action="store_true", help="overwrite an existing --csv, --submission or --plot file")
-    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--bs", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     add_inference_precision(p)
     p.add_argument("--backend", default="eager", choices=["eager", "onnx", "int8", "torchscript"],
@@ -41,9 +41,7 @@ def run(a: argparse.Namespace) -> None:
     from ..infer import load_model
     from ..infer.predictor import check_submission_ids, submission_rows
 
-    for out in (a.csv, a.submission, a.plot):
-        if out:
-            check_writable(out, a.force)
+    check_outputs(a.force, csv=a.csv, submission=a.submission, plot=a.plot)
     if a.topk is not None and a.topk < 1:
         raise UserError(f"--topk {a.topk}: must be at least 1")
     paths = expand_images(a.images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Help
+from .common import Help, positive_int
 
 STACK = ("imgclf.train.prune",)
 
@@ -26,7 +26,7 @@ def add(sub) -> None:
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the one-cycle fine-tune")
     p.add_argument("--head", action="store_true", help="prune the classifier too (default: it stays dense)")
     p.add_argument("--out", help="new run directory (default RUN-pruned50; never overwritten: -2, -3...)")
-    p.add_argument("--bs", type=int, help="batch size (default: the run's)")
+    p.add_argument("--bs", type=positive_int, help="batch size (default: the run's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

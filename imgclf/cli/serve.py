@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Help
+from .common import Help, port
 
 STACK = ("imgclf.infer",)  # the server's own modules come in run(), which names a missing extra
 
@@ -23,7 +23,7 @@ def add(sub) -> None:
     p.add_argument("run", help="run directory written by `imgclf train`")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0: every interface, reachable from other machines)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: any free one; the address printed says which)")
+    p.add_argument("--port", type=port, default=8000, help="port (0: any free one; the address printed says which)")
     p.add_argument("--max-mb", type=float, default=d.max_mb, help="largest file accepted, in MB (larger: 413)")
     p.add_argument("--max-files", type=int, default=d.max_files, help="most files in one request (more: 413)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="most images in one forward pass")

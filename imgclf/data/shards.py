@@ -124,6 +124,22 @@ def _encode(path: Path, size: int | None, pixels: bool = False) -> tuple[bytes, 
     return buf.getvalue(), "jpg", short
 
 
+def _check_out(out: Path, data: Path, force: bool) -> None:
+    """`out` may be replaced (--force) only when it is a shard folder this command wrote, and never when it is, holds
+    or sits inside the data: --force once replaced a folder of images with their shards."""
+    src, dst = data.resolve(), out.resolve()
+    src = src.parent if src.is_file() else src  # a CSV: the images sit beside it
+    if dst == src or dst in src.parents or src in dst.parents:
+        raise UserError(f"--out {out}: that is, holds or sits inside the data ({data}); write the shards elsewhere")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise UserError(f"{out}: already exists; pass --force to replace it, or another --out")
+    if not (out.is_dir() and (out / MANIFEST).is_file()):
+        raise UserError(f"--out {out}: exists and is not a shard folder (no {MANIFEST}), so --force will not replace "
+                        "it; choose another --out, or move it away yourself")
+
+
 def _presized(path: Path, size: int) -> torch.Tensor | None:
     try:
         return presize(open_image(path, min_size=size), size)
@@ -211,8 +227,9 @@ def write_shards(
     out = Path(out)
     if shard_size < 1:
         raise UserError(f"--shard-size {shard_size}: give at least 1")
-    if out.exists() and not force:
-        raise UserError(f"{out}: already exists; pass --force to replace it, or another --out")
+    for source in (data, csv):
+        if source:
+            _check_out(out, Path(source), force)
     size = DEFAULT_PRESIZE if presize == 0 else presize
     if size is not None and size < 8:
         raise UserError(f"--presize {size}: too small (at least 8 pixels)")

@@ -34,6 +34,7 @@ from .runtime import FILES, ExportedPredictor
 EXPORT_LOG = "export.json"
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
+MAX_OPSET = 23  # the highest torch 2.14's exporter writes (torch.onnx._constants); above it, it falls back to 18
 # validation images the parity check scores at most (evenly spaced): bounds an export of a large run
 MAX_PARITY = 1000
 # training images int8 calibration sees (activation ranges settle by ~100; more only costs time)
@@ -106,6 +107,9 @@ def export_onnx(module: Deployable, path: str | Path, meta: dict[str, str], opse
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if written != opset:  # the exporter fell back to another opset: the file would not be what export.json says
+        raise UserError(f"--opset {opset}: torch's exporter wrote opset {written} instead; use --opset {written}")
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
@@ -246,8 +250,8 @@ def export_model(run: str | Path, format: str = "onnx", out: str | Path | None =
         raise UserError(f"--format {format}: choose {' or '.join(FORMATS)}")
     if int8 and format != "onnx":
         raise UserError("--int8 quantizes the ONNX model: use it with --format onnx")
-    if opset < 17:
-        raise UserError(f"--opset {opset}: use 17 or later")
+    if not 17 <= opset <= MAX_OPSET:
+        raise UserError(f"--opset {opset}: use 17 to {MAX_OPSET} (what torch's exporter writes)")
     path = Path(out) if out else default_path(run, format, int8)
     if path.exists() and not force:
         raise UserError(f"{path}: already exists (pass --force to overwrite)")

@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import UserError
 from ..infer.predictor import Prediction, Predictor
@@ -153,7 +154,7 @@ def _topk(request: Request, default: int, n_classes: int) -> int:
     raw = request.query_params.get("topk")
     if raw is None:
         return min(default, n_classes)
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:  # isdigit alone takes "²", which int() refuses
         raise UploadError(400, f"topk={raw}: must be a whole number >= 1")
     return min(int(raw), n_classes)
 
@@ -165,7 +166,7 @@ async def _read_files(request: Request, s: ServeSettings) -> list[tuple[str, byt
     length = request.headers.get("content-length")
     if length is None:
         raise UploadError(411, "a Content-Length header is required")
-    if not length.isdigit():
+    if not (length.isascii() and length.isdigit()):
         raise UploadError(400, f"Content-Length {length!r} is not a number")
     limit = s.max_files * (s.max_bytes + MULTIPART_OVERHEAD)
     if int(length) > limit:
@@ -173,6 +174,8 @@ async def _read_files(request: Request, s: ServeSettings) -> list[tuple[str, byt
                                f"of {megabytes(s.max_bytes)}")
     try:
         form = await request.form(max_files=s.max_files, max_fields=s.max_files + 8)
+    except ClientDisconnect:  # the client left mid-upload: one line in the log, not a traceback
+        raise UploadError(400, "the client disconnected before the upload was complete") from None
     except HTTPException as e:  # starlette's words for a part count over max_files
         if str(e.detail).startswith("Too many files"):
             raise UploadError(413, f"too many files: at most {s.max_files} per request (--max-files)") from None

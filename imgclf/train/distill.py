@@ -200,7 +200,7 @@ def fit_student(cfg: RunConfig, learn: VisionLearner) -> dict[str, Any]:
     learn.phase = "distill" if learn.loss_func.alpha else "alone"
     epochs = max(1, recipe_epochs(cfg, recipe))
     learn.fit_schedule(epochs, lr, tc.schedule, cbs=cbs)
-    return {"recipe": recipe, "lr": lr, "epochs": epochs, "kept": f"epoch {best.best_epoch}"}
+    return {"recipe": recipe, "lr": lr, "epochs": epochs, "kept": best.kept}
 
 
 @dataclass
@@ -233,6 +233,11 @@ def distill(cfg: RunConfig, teacher_run: str | Path, temperature: float = TEMPER
     size, crop = resolve_size(cfg, is_scratch(cfg))
     cfg = replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop))
     data = load_data(cfg, progress)
+    if not isinstance(data, ImageData):  # tar shards stream: the teacher's targets are kept per image, in memory
+        source = getattr(data, "manifest", {}).get("source")
+        raise UserError(f"{cfg.data.path}: distill holds each training image and its teacher's targets in memory, "
+                        "so it reads an image folder or CSV, not streamed shards"
+                        + (f"; the shards were written from {source}" if source else ""))
     check_classes(teacher, data)
 
     # the teacher's view of the same items: its own size and crop, no augmentation

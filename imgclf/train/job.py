@@ -626,7 +626,7 @@ def _fine_tune_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs
     print(f"fine_tune: {tc.freeze_epochs} head epoch(s) on cached features, then {recipe_epochs(cfg, 'fine_tune')} "
           f"epoch(s) of the whole model x {len(learn.train_dl)} steps, peak lr {lr:.3g}")
     learn.fine_tune(recipe_epochs(cfg, "fine_tune"), tc.freeze_epochs, base_lr=lr, cbs=fit_cbs, schedule=tc.schedule)
-    resolved = {"recipe": "fine_tune", "lr": lr, "kept": f"epoch {best.best_epoch} ({best.best_phase})"}
+    resolved = {"recipe": "fine_tune", "lr": lr, "kept": best.kept}
     return learn, resolved, finder
 
 
@@ -646,6 +646,6 @@ def _scratch_recipe(cfg: RunConfig, data: ImageData, out: Path, learner_kwargs: 
         learn.valid_every = math.ceil(epochs / SCRATCH_VALIDATIONS)
     print(f"scratch: {epochs} epoch(s) x {len(learn.train_dl)} steps of {tc.schedule}, peak lr {lr:.3g}")
     learn.fit_schedule(epochs, lr, tc.schedule, cbs=fit_cbs)
-    kept = f"epoch {best.best_epoch} ({best.best_phase})" if keep_best else f"the last epoch ({epochs}, scratch)"
+    kept = best.kept if keep_best else f"the last epoch ({epochs}, scratch)"
     resolved = {"recipe": "scratch", "lr": lr, "kept": kept}
     return learn, resolved, finder
