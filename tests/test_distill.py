@@ -98,7 +98,8 @@ def test_distill_cli_writes_a_run_that_predicts(trained_run, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "without it" in printed and "teacher accuracy" in printed
-    for name in ("model.safetensors", "model.json", "config.json", "metrics.json", "history.csv"):
+    for name in ("model.safetensors", "model.json", "config.json", "metrics.json", "history.csv",
+                 "train_content.json"):  # evaluate warns when it scores the student's training images
         assert (out / name).is_file(), name
     m, conf = read_json(out / "metrics.json"), read_json(out / "config.json")
     assert m["teacher"]["run"] == str(trained_run.resolve()) and m["teacher"]["valid_accuracy"] == 1.0

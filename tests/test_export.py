@@ -94,6 +94,14 @@ def test_cli_predict_backend_onnx_csv(exported, trained_run, tmp_path, capsys):
     assert rows["onnx"][0] == rows["eager"][0] == ["path", "label", "confidence"]
     assert [r[:2] for r in rows["onnx"]] == [r[:2] for r in rows["eager"]]
     assert len(rows["onnx"]) == 19
+    figures = {}
+    for backend in ("eager", "onnx"):  # evaluate takes the backend too (README: predict, evaluate and serve)
+        out = tmp_path / f"{backend}.json"
+        assert main(["evaluate", str(exported), folder, "--backend", backend, "--json", str(out), "--quiet"]) == 0
+        figures[backend] = json.loads(out.read_text())
+    assert figures["onnx"]["accuracy"] == figures["eager"]["accuracy"] and figures["onnx"]["n"] == 18
+    assert figures["onnx"]["valid_loss" if "valid_loss" in figures["onnx"] else "loss"] == pytest.approx(
+        figures["eager"]["valid_loss" if "valid_loss" in figures["eager"] else "loss"], abs=1e-4)
 
 
 ONNX_SCRIPT = """

@@ -85,6 +85,7 @@ def test_prune_cli_writes_a_new_run_that_predicts(trained_run, tmp_path, capsys)
     assert m["file"]["bytes"] == pytest.approx(m["original_file"]["bytes"], abs=1024)  # zeros take room raw...
     assert m["file"]["gzip_bytes"] < 0.8 * m["original_file"]["gzip_bytes"]  # ...not compressed
     assert read_json(out / "config.json")["prune"]["from"] == str(run.resolve())
+    assert read_json(out / "train_content.json")["keys"] == read_json(run / "train_content.json")["keys"]
     assert read_json(out / "model.json")["classes"] == read_json(run / "model.json")["classes"]
     state = load_file(str(out / "model.safetensors"))  # the zeros survived the fine-tune and the file
     body = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 4]

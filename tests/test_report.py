@@ -201,3 +201,22 @@ def test_report_in_headless_chromium(image_folder, tmp_path, browser_page):
         assert im.format == "PNG" and im.size[0] == 1280 and im.size[1] > 2000
 
 
+
+
+def test_an_interpretation_of_other_images_is_labelled_as_such(trained_run, tmp_path, capsys):
+    """`interpret --data` scores other images than the run's validation split: the report says whose they are
+    instead of titling them "the validation images" under the run's own headline."""
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    assert main(["interpret", str(run), "--quiet"]) == 0
+    ctx = report_context(run)
+    assert (ctx["scored"], ctx["scored_other"]) == ("validation images", None)
+    other = tmp_path / "other"
+    for cls in ("cats", "dogs"):
+        shutil.copytree(trained_run.parent / "data" / "val" / cls, other / cls)
+    assert main(["interpret", str(run), "--data", str(other), "--quiet"]) == 0
+    ctx = report_context(run)
+    n = json.loads((run / "interpret" / "interpret.json").read_text())["n_valid"]
+    assert ctx["scored_other"] == {"source": str(other), "n": n} and ctx["scored"] == f"images of {other}"
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html"), "--quiet"]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert f"score {n} images of {other}" in html and "The validation images the model got most wrong" not in html

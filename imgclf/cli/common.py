@@ -59,6 +59,13 @@ def add_inference_precision(p) -> None:
                         "GPU that has it)")
 
 
+def add_backend(p) -> None:
+    """`--backend` for the commands that run a trained model (predict, evaluate, serve)."""
+    p.add_argument("--backend", default="eager", choices=["eager", "onnx", "int8", "torchscript"],
+                   help="eager: the run's weights in torch; onnx / int8 / torchscript: the file `imgclf export` wrote "
+                        "into RUN (model.onnx, model.int8.onnx, model.ts)")
+
+
 def expand_images(args: list[str]) -> list[Path]:
     """Files, folders (recursively) and globs to a sorted list of image paths; what they hold that is not an
     image (notes.txt, a dangling symlink...) is counted by kind in one warning line."""

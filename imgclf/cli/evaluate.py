@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_inference_precision, check_writable, positive_int
+from .common import add_backend, add_inference_precision, check_writable, positive_int
 
 STACK = ("imgclf.infer", "imgclf.train.metrics")
 
@@ -30,6 +30,7 @@ def add(sub) -> None:
     p.add_argument("--bs", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     add_inference_precision(p)
+    add_backend(p)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -55,7 +56,7 @@ def run(a: argparse.Namespace) -> None:
 
     if a.json:
         check_writable(a.json, a.force)
-    model = load_model(a.run, device=a.device, precision=a.precision)
+    model = load_model(a.run, device=a.device, precision=a.precision, backend=a.backend)
     res = evaluate(model, a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet, tta=a.tta, label_col=a.label_col,
                    run_dir=a.run)
     # the task's plain figures (classes: accuracy, loss), then the single-label ones a skewed set cannot hide

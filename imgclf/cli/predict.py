@@ -7,7 +7,7 @@ import csv
 import sys
 
 from ..errors import UserError
-from .common import add_inference_precision, check_outputs, expand_images, positive_int
+from .common import add_backend, add_inference_precision, check_outputs, expand_images, positive_int
 
 STACK = ("imgclf.infer", "imgclf.infer.predictor")
 
@@ -31,9 +31,7 @@ def add(sub) -> None:
     p.add_argument("--bs", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     add_inference_precision(p)
-    p.add_argument("--backend", default="eager", choices=["eager", "onnx", "int8", "torchscript"],
-                   help="eager: the run's weights in torch; onnx / int8 / torchscript: the file `imgclf export` wrote "
-                        "into RUN (model.onnx, model.int8.onnx, model.ts)")
+    add_backend(p)
     p.add_argument("--quiet", action="store_true")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Help, port
+from .common import Help, add_backend, port
 
 STACK = ("imgclf.infer",)  # the server's own modules come in run(), which names a missing extra
 
@@ -32,9 +32,7 @@ def add(sub) -> None:
                         "request never waits)")
     p.add_argument("--topk", type=int, default=d.topk, help="classes per image in the answer (?topk=K overrides)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="eager", choices=["eager", "onnx", "int8", "torchscript"],
-                   help="eager: the run's weights in torch; onnx / int8 / torchscript: the file `imgclf export` wrote "
-                        "into RUN (as for `imgclf predict --backend`)")
+    add_backend(p)
 
 
 def run(a: argparse.Namespace) -> None:

@@ -125,7 +125,19 @@ def report_context(run: str | Path) -> dict[str, Any]:
         "model_summary": _text(folder / "model_summary.txt"),
         "interpret_folder": str(folder),
         "max_rows": MAX_ROWS,
+        **_scored(config, interp),
     }
+
+
+def _scored(config: dict, interp: dict) -> dict[str, Any]:
+    """What the interpretation sections scored: the run's validation images, or the folder `imgclf interpret
+    --data` was given (`scored_other`), said in their captions so that the two are never read as one."""
+    d = config.get("data", {})
+    own = d.get("csv") or d.get("path")
+    other = interp.get("data")
+    if not other or not own or other == own or Path(other).resolve() == Path(own).resolve():
+        return {"scored": "validation images", "scored_other": None}
+    return {"scored": f"images of {other}", "scored_other": {"source": other, "n": interp.get("n_valid")}}
 
 
 def _top_losses(rows: list[dict[str, Any]], root: str | None) -> dict[str, Any]:

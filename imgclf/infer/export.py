@@ -313,6 +313,7 @@ def export_model(run: str | Path, format: str = "onnx", out: str | Path | None =
     entries = read_json(log) if log.is_file() else {}
     entries[path.name] = entry
     write_json(log, entries)
-    say(f"{path} ({entry['bytes'] / 1e6:.1f} MB); figures in {log}")
+    rate = f", {entry['images_per_s']:.0f} images/s at batch 64 here" if entry.get("images_per_s") else ""
+    say(f"{path} ({entry['bytes'] / 1e6:.1f} MB{rate}); figures in {log}")
     return entry
 

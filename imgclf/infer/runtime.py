@@ -103,6 +103,7 @@ class ExportedPredictor(Predictor):
         self.classes = list(meta["classes"])
         self.task = meta.get("task", "classify")
         self.threshold = float(meta.get("threshold", 0.5))
+        self.temperature = float(meta.get("temperature", 1.0))  # applied inside the file; evaluate's "before" needs it
         self.size, self.presize = int(meta["size"]), int(meta["presize"])
         self.dtype = None
         self.model = None  # no torch module: interpret's feature hooks and model summaries need the eager backend

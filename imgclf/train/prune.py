@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..config import RunConfig
+from ..data.dedup import write_training_content
 from ..errors import UserError
 from ..models import ModelMeta, model_from_run
 from ..rundir import MODEL_FILE, new_run_dir, read_json, read_run, save_model, write_json
@@ -190,5 +191,6 @@ def prune_run(run: str | Path, data: str | Path | None = None, amount: float = 0
         "n_train": learn.data.n_train, "n_valid": learn.data.n_valid,
         "note": "dense kernels do not skip zeros: no faster; the raw weights file is no smaller, a compressed one is",
     }
+    write_training_content(dest, learn.data)  # the original run's training images: evaluate warns on them too
     write_json(dest / "metrics.json", metrics)
     return PruneResult(dest, metrics, learn)
