@@ -95,8 +95,9 @@ def expand_images(args: list[str]) -> list[Path]:
 
 
 def check_writable(path: str, force: bool, suffixes: tuple[str, ...] = ()) -> None:
-    """Before any work: an output file that can be written (its folder made), not a folder, not overwritten
-    without `force`, and of one of `suffixes` when given, so no traceback comes after minutes of predicting."""
+    """Before any work: an output file that can be written (its missing folders are made by `make_parent` when it
+    is written), not a folder, not overwritten without `force`, and of one of `suffixes` when given, so no
+    traceback comes after minutes of predicting."""
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{path}: is a folder; give a file name")
@@ -104,10 +105,15 @@ def check_writable(path: str, force: bool, suffixes: tuple[str, ...] = ()) -> No
         raise UserError(f"{path}: give a file ending in {', '.join(suffixes)}")
     if p.exists() and not force:
         raise UserError(f"{path}: already exists (pass --force to overwrite)")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{path}: cannot make its folder ({e.strerror})") from None
+    above = next(a for a in p.absolute().parents if a.exists())
+    if not above.is_dir():
+        raise UserError(f"{path}: {above} is a file, so the folder cannot be made")
+
+
+def make_parent(path: str | Path) -> str | Path:
+    """`path`, its folder made if missing (as export and report do)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def check_outputs(force: bool, **outputs: str | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_backend, add_inference_precision, check_writable, positive_int
+from .common import add_backend, add_inference_precision, check_writable, make_parent, positive_int
 
 STACK = ("imgclf.infer", "imgclf.train.metrics")
 
@@ -88,4 +88,4 @@ def run(a: argparse.Namespace) -> None:
             b = bounds.get(c)
             print(f"  {c}: {v:.4f}" + (f" ({b['low']:.2f}-{b['high']:.2f}, {b['n']} images)" if b else ""))
     if a.json:
-        write_json(a.json, res)
+        write_json(make_parent(a.json), res)

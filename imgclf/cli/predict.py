@@ -7,7 +7,7 @@ import csv
 import sys
 
 from ..errors import UserError
-from .common import add_backend, add_inference_precision, check_outputs, expand_images, positive_int
+from .common import add_backend, add_inference_precision, check_outputs, expand_images, make_parent, positive_int
 
 STACK = ("imgclf.infer", "imgclf.infer.predictor")
 
@@ -51,7 +51,7 @@ def run(a: argparse.Namespace) -> None:
     if not preds:  # each file was named as it was skipped; an empty CSV would read as success
         raise UserError(f"none of the {len(skipped)} image file(s) could be decoded: nothing predicted or written")
     if a.submission:
-        with open(a.submission, "w", newline="") as f:
+        with open(make_parent(a.submission), "w", newline="") as f:
             csv.writer(f).writerows([("Id", "Category"), *submission_rows(preds)])
         print(f"{len(preds)} predictions -> {a.submission}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
     if model.task == "regression":
@@ -67,7 +67,7 @@ def run(a: argparse.Namespace) -> None:
             rows = [row + [x for c, q in p.topk(k) for x in (c, f"{q:.6f}")]
                     for row, p in zip(rows, preds, strict=True)]
     if a.csv:
-        with open(a.csv, "w", newline="") as f:
+        with open(make_parent(a.csv), "w", newline="") as f:
             csv.writer(f).writerows([header, *rows])
         print(f"{len(rows)} predictions -> {a.csv}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
     elif not a.submission:
@@ -76,7 +76,7 @@ def run(a: argparse.Namespace) -> None:
     if a.plot and preds:
         from ..infer.plot import MAX_PLOTTED, plot_topk
 
-        plot_topk(preds, k).savefig(a.plot, dpi=110)
+        plot_topk(preds, k).savefig(make_parent(a.plot), dpi=110)
         more = f" (the first {MAX_PLOTTED} of {len(preds)} predicted)" if len(preds) > MAX_PLOTTED else ""
         print(f"top-{k} of {min(len(preds), MAX_PLOTTED)} image(s) -> {a.plot}{more}", file=sys.stderr)
 
