@@ -45,6 +45,10 @@ def test_real_short_training_beats_chance(hymenoptera, tmp_path):
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [r["phase"] for r in rows] == ["frozen"] * 3 + ["unfrozen"]
     assert set(rows[0]) >= {"epoch", "phase", "train_loss", "valid_loss", "accuracy", "seconds"}
+    kept = min(rows, key=lambda r: float(r["valid_loss"]))  # validated in fp32 as the final figures (not bf16)
+    assert float(kept["accuracy"]) == pytest.approx(m["accuracy"], abs=1e-6)
+    assert m["kept"] == f"epoch {1 if kept['phase'] == 'unfrozen' else int(kept['epoch']) + 1}/" \
+                        f"{1 if kept['phase'] == 'unfrozen' else 3} ({kept['phase']})"
     meta = json.loads((run / "model.json").read_text())
     assert meta["classes"] == ["ants", "bees"] and meta["size"] == 128 and meta["arch"] == "efficientnet_lite0"
     conf = json.loads((run / "config.json").read_text())

@@ -287,5 +287,7 @@ class ImageData:
         return show_batch(self, n, mean, std, seed=seed)
 
     def __repr__(self) -> str:
-        return (f"ImageData({self.source!r}: {len(self.classes)} classes, {self.n_train} train, "
+        what = f"target {self.classes[0]}" if self.task == "regression" else (
+            f"{len(self.classes)} {'tags' if self.task == 'multi_label' else 'classes'}")
+        return (f"ImageData({self.source!r}: {what}, {self.n_train} train, "
                 f"{self.n_valid} valid, size {self.size}, presize {self.presize})")

@@ -284,7 +284,8 @@ def distill(cfg: RunConfig, teacher_run: str | Path, temperature: float = TEMPER
                     "seconds": teach_seconds}
     distill_info = {"teacher": teacher_info, "temperature": temperature, "alpha": alpha,
                     "targets": "cached: the teacher's mean softmax over each training image and its mirror"}
-    resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32"), "size": data.size,
+    resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32").removeprefix("torch."),
+                     "size": data.size,
                      "presize": data.presize, "crop_pct": data.crop_pct, "classes": data.classes,
                      "augment": data.augment.describe(), "task": data.task, "loss": "DistillLoss"})
     saved = cfg.to_dict()

@@ -260,18 +260,19 @@ def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | Non
     recorded, so its validation images are the ones the run was scored on: `interpret` and `export` use this."""
     conf = Path(run) / CONFIG_FILE
     if not conf.is_file():
-        raise UserError(f"{run}: no config.json to rebuild the validation data from; pass the data")
+        raise UserError(f"{run}: no config.json to rebuild the validation data from; give the data with --data DIR")
     cfg = RunConfig.from_dict(read_json(conf))
     cfg.data = replace(cfg.data, size=size, crop_pct=crop_pct)
     if data is not None:
         cfg.data = replace(cfg.data, path=str(data), csv=None)
     elif not Path(cfg.data.csv or cfg.data.path).exists():
         raise UserError(f"{run}: its training data {cfg.data.csv or cfg.data.path} is not there "
-                        "(moved, or a relative path from another folder); pass the data")
+                        "(moved, or a relative path from another folder); give it with --data DIR")
     data = load_data(cfg, progress)
     if isinstance(data, ShardData):
-        raise UserError(f"{cfg.data.path}: tar shards are streamed, not held for interpretation or export; pass the "
-                        "image folder the shards were written from (DATA)")
+        source = data.manifest.get("source")
+        raise UserError(f"{cfg.data.path}: tar shards are streamed, not held for interpretation or export; give the "
+                        "image folder they were written from with --data" + (f" ({source})" if source else ""))
     return data
 
 
@@ -463,7 +464,8 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     if resolved["init"]["method"] == "lsuv":
         print(summarize_lsuv(resolved["init"]["layers"]))
     data = learn.data  # the auto recipe may have chosen another size
-    resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32"), "size": data.size,
+    resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32").removeprefix("torch."),
+                     "size": data.size,
                      "presize": data.presize, "classes": data.classes, "augment": data.augment.describe(),
                      "crop_pct": data.crop_pct, "task": data.task, "loss": type(learn.loss_func).__name__})
     if data.task == "regression":

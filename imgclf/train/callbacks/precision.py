@@ -42,7 +42,12 @@ class MixedPrecision(Callback):
         learn.grad_scaler = torch.amp.GradScaler("cuda") if fp16_cuda else None
 
     def before_batch(self, learn) -> None:
-        self.ctx = torch.autocast(learn.device.type, dtype=self.dtype)
+        # validation in the dtype the final figures and `predict` use (learner.inference_dtype: fp32 on a CPU), so
+        # the epoch table, the kept epoch and the final line agree (bf16 rows differed from them by an image)
+        dtype = self.dtype if learn.training else getattr(learn, "eval_dtype", self.dtype)
+        if dtype is None:
+            return
+        self.ctx = torch.autocast(learn.device.type, dtype=dtype)
         self.ctx.__enter__()
 
     def after_loss(self, learn) -> None:
