@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,18 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+
+def pytest_configure(config) -> None:
+    """The suite keeps its exported engines, recorded rates and weights in a cache of its own (subprocesses too),
+    removed at the end: it never evicts or rewrites what the user's ~/.cache/imgclf holds."""
+    if "IMGCLF_CACHE" not in os.environ:
+        os.environ["IMGCLF_CACHE"] = config._imgclf_cache = tempfile.mkdtemp(prefix="imgclf-test-cache-")
+
+
+def pytest_unconfigure(config) -> None:
+    if getattr(config, "_imgclf_cache", None):
+        shutil.rmtree(config._imgclf_cache, ignore_errors=True)
+
 
 # class colours by sorted class index: red-ish, blue-ish, green-ish, yellow-ish, purple-ish, teal-ish
 PALETTE = [(200, 50, 50), (50, 50, 200), (50, 180, 60), (210, 190, 40), (150, 60, 170), (40, 170, 180)]
