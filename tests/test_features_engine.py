@@ -171,3 +171,24 @@ def test_the_pass_crops_on_one_torch_thread_in_engine_sized_batches(tiny_split_f
     again = data.loader("train", (0.5,) * 3, (0.5,) * 3, view="center", channels_last=False)
     again.load_state_dict(state)
     assert torch.equal(next(iter(again))[0], gathered[1])
+
+
+def test_the_images_the_engine_was_checked_on_are_not_run_again(tiny_split_folder):
+    """Nothing done twice: the parity or sanity check ran the engine on the pass's first images; the pass takes
+    those features instead of running them again, and they are the features a fresh run gives."""
+    from imgclf.train.features import PARITY_IMAGES
+
+    data = ImageData.from_folder(tiny_split_folder, size=32, bs=4, progress=False)
+    learn = vision_learner(data, progress=False)
+    x, _ = learn.cached_features("train", "center")
+    engine = learn.features.engine
+    assert engine.name == "onnxruntime fp32" and engine.primed is None  # used up by the pass
+    assert engine.images == len(x) - PARITY_IMAGES  # the pass ran only the others
+    fresh = onnx_engine(learn.model, 32, cache=False)
+    dl = data.loader("train", learn.meta.mean, learn.meta.std, view="center", channels_last=False)
+    again, _ = extract_features(learn.model, dl, engine=fresh)
+    torch.testing.assert_close(x, again, atol=1e-5, rtol=0)
+    # a primed sample that is not the batch's first images is not used
+    fresh.primed = (torch.zeros(2, 3, 32, 32), torch.zeros(2, x.shape[1]))
+    other, _ = extract_features(learn.model, dl, engine=fresh)
+    torch.testing.assert_close(other, again, atol=1e-5, rtol=0)
