@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
 def pytest_configure(config) -> None:
     """The suite keeps its exported engines, recorded rates and weights in a cache of its own (subprocesses too),
     removed at the end: it never evicts or rewrites what the user's ~/.cache/imgclf holds."""
