@@ -38,8 +38,9 @@ def run(a: argparse.Namespace) -> None:
                     device=a.device, head=a.head, progress=not a.quiet)
     m = res.metrics
     key = next(k for k in ("accuracy", "accuracy_multi", "mae") if k in m)
+    tuned = (f"fine-tuned {m[key]:.4f} (after its last epoch, which is kept)" if a.epochs else "no fine-tune")
     print(f"sparsity {m['sparsity']:.3f}  {key}: before {m['before'][key]:.4f}, pruned {m['after_prune'][key]:.4f}, "
-          f"fine-tuned {m[key]:.4f}  -> {res.run_dir}")
+          f"{tuned}  -> {res.run_dir}")
     f, o = m["file"], m["original_file"]
     print(f"model.safetensors {f['bytes'] / 1e6:.1f} MB as before ({o['bytes'] / 1e6:.1f}); gzipped "
           f"{f['gzip_bytes'] / 1e6:.1f} MB vs {o['gzip_bytes'] / 1e6:.1f}. Dense kernels do not skip zeros: no faster.")
