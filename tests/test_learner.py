@@ -177,3 +177,21 @@ def test_valid_every_validates_every_nth_epoch_and_the_last(tmp_path, capsys):
     validated = [r for r in best.recorder.history if not math.isnan(r["valid_loss"])]
     assert [r["epoch"] for r in validated] == [1, 3, 4]
     assert keep.best == min(r["valid_loss"] for r in validated) and keep.best_epoch in (1, 3, 4)
+
+
+def test_fine_tuning_a_pretrained_body_keeps_batch_norm_statistics(tiny_split_folder):
+    """Keras's rule: a pretrained body's batch-norm layers stay in inference mode when it is unfrozen (their scale and
+    shift still learn), so the head fitted on eval-mode features still fits them; a random body's learn its own."""
+    from imgclf.data.core import ImageData
+    from imgclf.train.vision import vision_learner
+
+    data = ImageData.from_folder(tiny_split_folder, size=32, bs=4, progress=False)
+    for pretrained in (True, False):
+        learn = vision_learner(data, pretrained=pretrained, progress=False)
+        assert learn.bn_eval is pretrained
+        bn = next(m for m in learn.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        stats, weight = bn.running_mean.clone(), bn.weight.detach().clone()
+        learn.unfreeze()
+        learn.fit_one_cycle(1, 1e-3)
+        assert torch.equal(bn.running_mean, stats) is pretrained
+        assert not torch.equal(bn.weight.detach(), weight)  # the affine part trains either way

@@ -132,6 +132,9 @@ class Learner:
         self.grad_scaler: torch.amp.GradScaler | None = None
         self.dtype = resolve_precision(precision, self.device)
         self.eval_dtype = inference_dtype(precision, self.device)  # get_preds: the final figures, predictions
+        # batch-norm layers keep their running statistics in training (their scale and shift still learn): set for
+        # a pretrained body, whose head was fitted on eval-mode features (VisionLearner)
+        self.bn_eval = False
         self.recorder = recorder or Recorder()
         self.cbs: list[Callback] = [self.recorder, TerminateOnNaN()]
         if self.dtype is not None:
@@ -305,6 +308,10 @@ class Learner:
     def _train_epoch(self, cbs: Sequence[Callback]) -> None:
         self.training = True
         self.model.train()
+        if self.bn_eval:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase):
+                    m.eval()
         self._event("before_train", cbs)
         forward = self._forward_module()
         for i, (xb, yb) in enumerate(self.train_dl):

@@ -48,6 +48,11 @@ class VisionLearner(Learner):
                          channels_last=channels_last, **kwargs)
         self.features = FeatureCache()
         self.phase = "unfrozen"
+        # Keras's rule for fine-tuning a pretrained body: batch-norm in inference mode. The head was fitted on
+        # features computed with the running statistics; batch statistics of images unlike ImageNet shift every
+        # feature at the first unfrozen step, and a good head fell to chance (Fashion-MNIST at 64 px: probe 0.86,
+        # one unfrozen epoch 0.48 with batch statistics, 0.86 with running ones)
+        self.bn_eval = meta.pretrained != "none"
 
     # ------------------------------------------------------------------ cached features
     def cached_features(self, split: str, view: str = "center") -> tuple[torch.Tensor, torch.Tensor]:
