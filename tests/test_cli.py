@@ -80,7 +80,10 @@ def test_train_predict_evaluate_round_trip(tmp_path, image_folder, capsys):
             "--freeze-epochs", "10", "--lr", "1e-2", "--quiet"]
     with pytest.warns(UserWarning, match="broken.jpg"):
         assert main(args) == 0
-    assert "accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
+    final = next(line for line in printed if line.startswith("accuracy "))
+    log = (out / "train.log").read_text().splitlines()
+    assert final in log and log[-1] == printed[-1], (log[-3:], printed[-3:])  # the log ends as the console does
     m = json.loads((out / "metrics.json").read_text())
     assert m["skipped_files"][0]["path"].endswith("broken.jpg") and m["n_train"] == 16
     # a second run never overwrites the first

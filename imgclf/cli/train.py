@@ -176,6 +176,13 @@ def run(a: argparse.Namespace) -> None:
         res = train(config(a), progress=not a.quiet)
     if not dist.is_main():  # under torchrun: rank 0 prints the figures
         return
+    from ..rundir import log_to
+
+    with log_to(res.run_dir / "train.log"):  # the log ends as the console does: with the figures
+        _print_figures(res)
+
+
+def _print_figures(res) -> None:
     m = res.metrics
     kept = f"  (kept {m['kept']})" if m.get("kept") else ""
     print(f"{figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "
