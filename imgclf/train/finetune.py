@@ -122,9 +122,10 @@ def cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any
     sel_fig = {"method": f"inner holdout of {len(hold_rows)} training images", "loss": trial["valid_loss"],
                "accuracy": trial["accuracy"], "probe_loss": ref.valid_loss, "probe_accuracy": ref.accuracy}
     if not trial["valid_loss"] < ref.valid_loss:
-        saved = epochs * (trial_s / TRIAL_FRACTION)
+        # what the epochs would have cost, at most what the budget had left (they stop at its deadline)
+        saved = min(epochs * (trial_s / TRIAL_FRACTION), max(0.0, deadline - time.perf_counter()))
         why.append(f"trial: fine-tune loss {trial['valid_loss']:.2f} vs probe {ref.valid_loss:.2f} on the inner "
-                   f"holdout after 1/{frac} epoch: keeping the probe, {trial_s:.0f} s spent instead of "
+                   f"holdout after 1/{frac} epoch: keeping the probe, {trial_s:.0f} s spent instead of up to "
                    f"~{trial_s + saved:.0f} s")
         print(why[-1], flush=True)
         return Candidate(f"fine_tune@{data.size}", "fine_tune", data.size, None, None, trial_s,

@@ -288,8 +288,9 @@ def _probe_plan(facts: DataFacts, rates: Rates, budget: float, sizes: list[int],
                             Phase(f"up to {epochs} epoch{'s' if epochs > 1 else ''}", epochs * epoch,
                                   "only if the trial beats the probe")]
         else:
-            why.append(f"no fine-tune: its trial and one epoch (~{trial + epoch:.0f} s at {size} px) do not fit "
-                       f"the {max(budget - spent - EXPORT_SECONDS, 0):.0f} s the probe leaves")
+            why.append(f"no fine-tune planned: its trial and one epoch (~{trial + epoch:.0f} s at {size} px) do not "
+                       f"fit the {max(budget - spent - EXPORT_SECONDS, 0):.0f} s the probe leaves by this estimate; "
+                       "after the probe the run prices them again from its own timings")
     plan.phases.append(Phase("export", EXPORT_SECONDS))
     return plan
 
