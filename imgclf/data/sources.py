@@ -554,7 +554,7 @@ def items_from_csv(
     return Items(paths, labels, is_valid, split_origin=split_origin(split))
 
 
-_SPLIT_COLS = ("is_valid", "valid", "is_val", "validation", "split", "set", "subset")
+_SPLIT_COLS = ("is_valid", "valid", "is_val", "validation", "split")  # not "set" or "fold": too often other things
 _VALID_VALUES = ("1", "true", "t", "yes", "y", "valid", "val", "validation", "dev")
 _HELD_OUT_VALUES = ("test", "holdout", "hold-out")
 _TRAIN_VALUES = ("0", "false", "f", "no", "n", "train", "training", "")
