@@ -200,3 +200,7 @@ def test_the_final_figures_come_from_the_probes_cached_features(image_folder, tm
     # the breakdown bench/hymenoptera.py prints
     assert set(m["phases"]) >= {"setup", "plan", "decode", "features", "probe", "fit", "finish"}
     assert all(v >= 0 for v in m["phases"].values()) and m["phases"]["fit"] <= m["total_seconds"]
+    # every probed size counts, kept or not, and the parts stay inside the fit
+    probed = [c for c in recipe["candidates"] if "feature_seconds" in c.get("detail", {})]
+    assert m["phases"]["features"] == pytest.approx(sum(c["detail"]["feature_seconds"] for c in probed))
+    assert m["phases"]["features"] + m["phases"]["probe"] <= m["phases"]["fit"] + 1e-6

@@ -451,10 +451,11 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         if res.report["chosen"].startswith("probe"):  # they describe the probe, not a fine-tune that beat it
             selection = (getattr(res, "selection_logits", None), getattr(res, "selection_targets", None))
             valid_preds = res.valid_preds
-            kept = next((c for c in res.report["candidates"] if c.get("name") == res.report["chosen"]), None)
-            if kept and "feature_seconds" in kept.get("detail", {}):  # its features (engine included), its probe
-                phases["features"] = kept["detail"]["feature_seconds"]
-                phases["probe"] = kept["seconds"] - kept["detail"]["feature_seconds"]
+            # every size's features (engine included) and probe, kept or not: the phases add up to the fit
+            probed = [c for c in res.report["candidates"] if "feature_seconds" in c.get("detail", {})]
+            if probed:
+                phases["features"] = sum(c["detail"]["feature_seconds"] for c in probed)
+                phases["probe"] = sum(c["seconds"] - c["detail"]["feature_seconds"] for c in probed)
     if not dist.is_main():  # under torchrun the other ranks are done: rank 0 scores and writes the run
         return TrainResult(out, dict(learn.last_validation), learn)
     if finder is not None:

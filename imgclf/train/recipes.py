@@ -163,6 +163,8 @@ def probe_cv(learn: VisionLearner, folds: int = 5) -> tuple[Candidate, float, Pr
     x, y, xv, yv = probe_features(learn)
     feat_seconds = time.perf_counter() - t
     n = len(learn.data.train_y)  # images; with mirrors, 2n rows (an image and its mirror in one fold)
+    print(f"probe@{learn.data.size}: choosing its weight decay by {folds}-fold CV on {len(y):,} feature rows",
+          flush=True)  # seconds to a minute on large sets: said before, not only after
     sel = select_probe(x, y, len(learn.data.classes),
                        groups=torch.arange(n).repeat(len(y) // n), folds=folds, seed=learn.seed,
                        class_weights=learn.class_weights)  # --balance: see vision_learner
