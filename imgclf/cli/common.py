@@ -131,26 +131,25 @@ def check_outputs(force: bool, **outputs: str | None) -> None:
 PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
-def positive_int(value: str) -> int:
-    """A count that must be at least 1 (--bs): argparse's one-line error instead of a traceback deep inside."""
+def _int_in(value: str, lo: int, hi: int | None, what: str) -> int:
+    """`value` as a whole number in [lo, hi]: argparse's one-line error instead of a traceback deep inside."""
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    if n < lo or (hi is not None and n > hi):
+        raise argparse.ArgumentTypeError(f"{what}, got {n}")
     return n
+
+
+def positive_int(value: str) -> int:
+    """A count that must be at least 1 (--bs)."""
+    return _int_in(value, 1, None, "must be at least 1")
 
 
 def port(value: str) -> int:
     """--port: 0 (any free one) to 65535."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0: any free one), got {n}")
-    return n
+    return _int_in(value, 0, 65535, "a port is 0-65535 (0: any free one)")
 
 
 def learning_rate(value: str) -> float | str:

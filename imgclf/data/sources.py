@@ -501,10 +501,8 @@ def items_from_csv(
     else:
         lcol = next((header.index(c) for c in _LABEL_COLS if c in header), 1 if fcol == 0 else 0)
     vcol = _split_column(csv_path, rows[0], header, (fcol, lcol))
-    paths, labels, flags = [], [], []
+    kept: list[tuple[Path, str, bool | None]] = []  # (file, label, split flag: True valid, None test)
     first: dict[Path, tuple[int, str]] = {}  # a file's first row and label: a second row must agree
-    held_out = 0  # rows of a test split: neither trained nor validated on
-    other: list[tuple[Path, str]] = []  # the rows set aside (test rows; for evaluate, the others)
     repeats: list[str] = []  # files listed twice with the same label: the repeats are left out
     for lineno, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
@@ -527,23 +525,22 @@ def items_from_csv(
             repeats.append(f"{row[fcol].strip()} (lines {line0} and {lineno})")
             continue
         first[p] = (lineno, label)
-        if vcol is not None:
-            flag = _split_flag(row[vcol] if vcol < len(row) else "", f"{csv_path}:{lineno}", rows[0][vcol])
-            if (flag is None) != test_rows:  # a test row outside evaluate, or any other row inside it
-                held_out += flag is None
-                other.append((p, label))
-                continue
-            flags.append(bool(flag))
-        paths.append(p)
-        labels.append(label)
-    if test_rows and not paths:  # no test rows: evaluate scores every row
-        paths, labels, flags = [p for p, _ in other], [lab for _, lab in other], [True] * len(other)
+        flag = False if vcol is None else _split_flag(row[vcol] if vcol < len(row) else "", f"{csv_path}:{lineno}",
+                                                      rows[0][vcol])
+        kept.append((p, label, flag))
     if repeats:
         warnings.warn(f"{csv_path}: {len(repeats)} file(s) listed more than once with the same label, e.g. "
                       f"{repeats[0]}; each is used once", stacklevel=2)
-    if held_out and not test_rows:
-        warnings.warn(f"{csv_path}: {held_out} row(s) marked as test in column {rows[0][vcol]!r} are kept out of "
-                      "training and validation; score the run on them with `imgclf evaluate RUN CSV`", stacklevel=2)
+    test = [r for r in kept if r[2] is None]
+    if test_rows:  # evaluate: the test rows, or every row when none is marked test
+        kept = [(p, label, True) for p, label, _ in test or kept]
+    else:
+        kept = [r for r in kept if r[2] is not None]
+        if test:
+            warnings.warn(f"{csv_path}: {len(test)} row(s) marked as test in column {rows[0][vcol]!r} are kept out "
+                          "of training and validation; score the run on them with `imgclf evaluate RUN CSV`",
+                          stacklevel=2)
+    paths, labels, flags = [p for p, _, _ in kept], [label for _, label, _ in kept], [bool(f) for _, _, f in kept]
     missing = [p for p in paths if not p.exists()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

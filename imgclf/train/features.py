@@ -391,17 +391,18 @@ def _sane(engine: FeatureEngine, x: torch.Tensor) -> bool:
     return f.ndim == 2 and len(f) == len(x) and bool(torch.isfinite(f).all())
 
 
-def _primed(engine: FeatureEngine, xb: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(features already computed for the first images of `xb`, or None; the images still to compute). One use:
-    the sample the engine was checked on is the first images of the first pass, so they are not run twice."""
+def _first_batch(engine: FeatureEngine, xb: torch.Tensor) -> torch.Tensor:
+    """The features of a pass's first batch, reusing those the engine's checks computed for its first images
+    (`FeatureEngine.primed`, used once and only when the images are the same): nothing is run twice."""
     primed, engine.primed = engine.primed, None
     if primed is None:
-        return None, xb
+        return engine(xb)
     x, f = primed
     k = len(x)
     if len(xb) < k or x.shape[1:] != xb.shape[1:] or not torch.equal(xb[:k], x.to(xb.device)):
-        return None, xb
-    return f.to(xb.device), xb[k:]
+        return engine(xb)
+    f = f.to(xb.device)
+    return torch.cat([f, engine(xb[k:])]) if len(xb) > k else f
 
 
 def extract_features(model: nn.Module, loader: Iterable, dtype: torch.dtype | None = None,
@@ -416,8 +417,7 @@ def extract_features(model: nn.Module, loader: Iterable, dtype: torch.dtype | No
     engine = engine or eager_engine(model, dtype)
     feats, flipped, targets = [], [], []
     for i, (xb, yb) in enumerate(loader):
-        known, rest = _primed(engine, xb) if i == 0 else (None, xb)
-        feats.append(engine(xb) if known is None else torch.cat([known, engine(rest)]) if len(rest) else known)
+        feats.append(_first_batch(engine, xb) if i == 0 else engine(xb))
         if flip:  # a second call, not one on both views concatenated: the copy cost more than it saved
             flipped.append(engine(xb.flip(-1)))
         targets.append(yb)

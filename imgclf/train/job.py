@@ -445,8 +445,9 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
         if dist.is_main():
             write_json(out / "recipe.json", res.report)
         resolved = {"recipe": res.report["chosen"], "why": res.report["why"], "lr": res.report.get("lr")}
-        if "balance_check" in res.report:
-            resolved["balance_check"] = res.report["balance_check"]["why"]
+        check = res.report.get("balance_check")
+        if check and not check["kept"]:  # the probe's CV dropped auto's class weights: the record says so
+            balance = {**balance, "method": "none", "why": f"{balance['why']}; then {check['why']}"}
         print(f"recipe: {res.report['chosen']} — " + "; ".join(res.report["why"]))
         if res.report["chosen"].startswith("probe"):  # they describe the probe, not a fine-tune that beat it
             selection = (getattr(res, "selection_logits", None), getattr(res, "selection_targets", None))
@@ -473,9 +474,6 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
                      "crop_pct": data.crop_pct, "task": data.task, "loss": type(learn.loss_func).__name__})
     if data.task == "regression":
         resolved["target_mean"], resolved["target_std"] = data.target_stats
-    if balance.get("method") == "weights" and getattr(learn, "class_weights", None) is None:  # auto_fit dropped them
-        balance = {**balance, "method": "none",
-                   "why": f"{balance['why']}; then {resolved.get('balance_check', 'dropped by the recipe')}"}
     resolved["balance"] = balance
     if data.task == "classify":  # + balanced accuracy, macro F1, the temperature and ECE (train/calibrate.py)
         final = evaluate_classes(learn, tc.calibrate, *selection, seed=cfg.data.seed, preds=valid_preds)

@@ -150,7 +150,8 @@ def probe_learner(learn: VisionLearner, head_epochs: int = 8, head_lr: float = 2
     return cand, rate
 
 
-def probe_cv(learn: VisionLearner, folds: int = 5) -> tuple[Candidate, float, ProbeSelection]:
+def probe_cv(learn: VisionLearner, folds: int = 5, sel: ProbeSelection | None = None
+             ) -> tuple[Candidate, float, ProbeSelection]:
     """Probe `learn`'s data on cached features, the weight decay chosen by grouped k-fold CV on the training
     features alone (an image and its mirror in one fold), and load that head (refitted on all of them).
 
@@ -163,11 +164,12 @@ def probe_cv(learn: VisionLearner, folds: int = 5) -> tuple[Candidate, float, Pr
     x, y, xv, yv = probe_features(learn)
     feat_seconds = time.perf_counter() - t
     n = len(learn.data.train_y)  # images; with mirrors, 2n rows (an image and its mirror in one fold)
-    print(f"probe@{learn.data.size}: choosing its weight decay by {folds}-fold CV on {len(y):,} feature rows",
-          flush=True)  # seconds to a minute on large sets: said before, not only after
-    sel = select_probe(x, y, len(learn.data.classes),
-                       groups=torch.arange(n).repeat(len(y) // n), folds=folds, seed=learn.seed,
-                       class_weights=learn.class_weights)  # --balance: see vision_learner
+    if sel is None:  # `sel`: a selection already made on these features (`_check_class_weights`)
+        print(f"probe@{learn.data.size}: choosing its weight decay by {folds}-fold CV on {len(y):,} feature rows",
+              flush=True)  # seconds to a minute on large sets: said before, not only after
+        sel = select_probe(x, y, len(learn.data.classes),
+                           groups=torch.arange(n).repeat(len(y) // n), folds=folds, seed=learn.seed,
+                           class_weights=learn.class_weights)  # --balance: see vision_learner
     load_head(learn.model.get_classifier(), sel.fit)
     valid_loss, accuracy = _score(xv, yv, sel.fit.weight, sel.fit.bias)
     k = int(sel.folds.max()) + 1 if sel.folds is not None else folds
@@ -212,7 +214,8 @@ def keep_class_weights(weighted: ProbeSelection, plain: ProbeSelection, y: torch
 def _check_class_weights(learn: VisionLearner, cand: Candidate, sel: ProbeSelection, report: dict[str, Any]
                          ) -> tuple[Candidate, ProbeSelection]:
     """`keep_class_weights` on `learn`'s cached features; when dropped, the learner loses them (its loss too) and
-    the probe is cross-validated again, on the same features (the pass's time and rate stay the first's)."""
+    the probe takes the unweighted selection (its time counted with the first's; the feature pass's time stays)."""
+    t = time.perf_counter()
     x, y, _, _ = probe_features(learn)  # cached: no second pass
     n = len(learn.data.train_y)
     plain = select_probe(x, y, len(learn.data.classes), groups=torch.arange(n).repeat(len(y) // n),
@@ -220,14 +223,14 @@ def _check_class_weights(learn: VisionLearner, cand: Candidate, sel: ProbeSelect
     keep, note = keep_class_weights(sel, plain, y)
     report["balance_check"] = {"kept": keep, "why": note}
     print(f"balance: {note}", flush=True)
-    if keep:
-        return cand, sel
-    learn.balance, learn.class_weights = "none", None
-    learn.loss_func.weight = None
-    first = cand
-    cand, _, sel = probe_cv(learn)
-    cand.detail["feature_seconds"] = first.detail["feature_seconds"]
-    cand.seconds += first.seconds
+    if not keep:
+        learn.balance, learn.class_weights = "none", None
+        learn.loss_func.weight = None
+        first = cand
+        cand, _, sel = probe_cv(learn, sel=plain)  # the unweighted selection just made: no second CV
+        cand.detail["feature_seconds"] = first.detail["feature_seconds"]
+        cand.seconds = first.seconds
+    cand.seconds += time.perf_counter() - t  # the check is the probe's time
     return cand, sel
 
 

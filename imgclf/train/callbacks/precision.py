@@ -44,7 +44,7 @@ class MixedPrecision(Callback):
     def before_batch(self, learn) -> None:
         # validation in the dtype the final figures and `predict` use (learner.inference_dtype: fp32 on a CPU), so
         # the epoch table, the kept epoch and the final line agree (bf16 rows differed from them by an image)
-        dtype = self.dtype if learn.training else getattr(learn, "eval_dtype", self.dtype)
+        dtype = self.dtype if learn.training else learn.eval_dtype
         if dtype is None:
             return
         self.ctx = torch.autocast(learn.device.type, dtype=dtype)
