@@ -18,6 +18,7 @@ Usage: python bench/limits.py [DATA] [--bs 32] [--threads N] [--compile] [--skip
                               [--fastai-seconds S]
        python bench/limits.py --int8-probe [SET ...]   # the probe on fp32 vs int8 features (the engine decision)
        python bench/limits.py --ort-batches [SIZE ...]  # onnxruntime fp32 images/s by images per call (ORT_CALL_PIXELS)
+       python bench/limits.py --overlap [--repeat 3]    # decode then features vs decode overlapped with features
 """
 
 from __future__ import annotations
@@ -238,6 +239,55 @@ def ort_batches(sizes: list[int]) -> None:
               f" ({ORT_CALL_PIXELS} pixels)", flush=True)
 
 
+def overlap(data: Path, repeat: int) -> None:
+    """What overlapping the decode with the feature pass can save on this machine: every photo decoded and presized
+    (`decode_all`'s threads) and then its center view through onnxruntime fp32, against the same work pipelined
+    (the decode threads work ahead while the engine runs on each chunk as soon as its images are presized, in
+    order). Alternated `repeat` times; the median of each."""
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imgclf.data.augment import center_batch
+    from imgclf.data.core import presize_for
+    from imgclf.data.decode import decode_all, default_workers, load_presized
+    from imgclf.models import create_model
+    from imgclf.models.registry import IMAGENET_MEAN, IMAGENET_STD
+    from imgclf.train.features import PASS_PIXELS, glue, onnx_engine
+
+    paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    model, _ = create_model("efficientnet_lite0", 2, pretrained=True)
+    engine = onnx_engine(model.eval(), SIZE)
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    presize, chunk = presize_for(SIZE), max(1, PASS_PIXELS // SIZE**2)
+
+    def sequential() -> float:
+        t = time.perf_counter()
+        images, _, _ = decode_all(paths, presize, progress=False)
+        with glue(engine):
+            for i in range(0, len(images), chunk):
+                engine(center_batch(images[i:i + chunk], SIZE, mean, std))
+        return time.perf_counter() - t
+
+    def pipelined() -> float:
+        t = time.perf_counter()
+        with ThreadPoolExecutor(default_workers()) as pool:
+            futures = [pool.submit(load_presized, p, presize) for p in paths]
+            with glue(engine):
+                for i in range(0, len(paths), chunk):
+                    x = torch.stack([f.result() for f in futures[i:i + chunk]])
+                    engine(center_batch(x, SIZE, mean, std))
+        return time.perf_counter() - t
+
+    sequential(), pipelined()  # warm: file cache, engine
+    seq, pipe = [], []
+    for _ in range(repeat):
+        seq.append(sequential())
+        pipe.append(pipelined())
+    s, p = statistics.median(seq), statistics.median(pipe)
+    print(f"{len(paths)} photos at {SIZE} px, {default_workers()} decode threads, median of {repeat}: decode then "
+          f"features {s:.2f} s, overlapped {p:.2f} s ({s - p:+.2f} s, {p / s:.2f}x)", flush=True)
+
+
 def job(data: Path) -> dict:
     """The default job in its own process, split into phases from its progress lines and run files."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -281,7 +331,12 @@ def main() -> None:
                          "bench/recipes.py's photo sets: ~10 min quiet)")
     ap.add_argument("--ort-batches", nargs="*", type=int, metavar="SIZE",
                     help="only onnxruntime fp32's images/s by images per call at these sizes (none: 32 128 256)")
+    ap.add_argument("--overlap", action="store_true", help="only decode-then-features vs the two overlapped")
+    ap.add_argument("--repeat", type=int, default=3, help="--overlap: alternations timed")
     a = ap.parse_args()
+    if a.overlap:
+        overlap(a.data, a.repeat)
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.ort_batches is not None:
