@@ -137,3 +137,25 @@ def test_class_weights_stay_only_where_they_raise_the_balanced_accuracy():
     keep, why = keep_class_weights(all_big, finds_small, y)
     assert not keep and "dropped" in why
     assert not keep_class_weights(all_big, all_big, y)[0]  # no gain: the plain loss
+
+
+def test_set_balance_changes_loss_weights_and_sampler_together(tmp_path):
+    """One call switches every part of the balance: the training loss's class weights (validation's stays plain),
+    the learner's record and the training loader's sampler; back to "none" removes them all."""
+    from conftest import make_folder
+
+    from imgclf.data.core import ImageData
+    from imgclf.train.vision import vision_learner
+
+    root = make_folder(tmp_path / "d", {"many": 12, "few": 3}, size=(24, 24), split=True, n_valid=2)
+    data = ImageData.from_folder(root, size=32, bs=4, progress=False)
+    learn = vision_learner(data, "simple_cnn", pretrained="none", progress=False, balance="weights")
+    w = learn.loss_func.weight
+    assert w is not None and w[data.classes.index("few")] > w[data.classes.index("many")]
+    assert learn.valid_loss_func.weight is None and learn.train_dl.sampler is None
+    learn.set_balance("sampler")
+    assert learn.balance == "sampler" and learn.loss_func.weight is None
+    assert isinstance(learn.train_dl.sampler, BalancedSampler) and learn.class_weights is not None
+    learn.set_balance("none")
+    assert (learn.balance, learn.class_weights, learn.loss_func.weight, learn.train_dl.sampler) == ("none", None,
+                                                                                                     None, None)

@@ -49,8 +49,14 @@ def test_predict_topk_adds_label_and_prob_columns(trained_run, tmp_path, capsys)
         assert r["label_2"] != r["label_1"]
 
     capsys.readouterr()
-    assert main(["predict", str(trained_run), str(val), "--topk", "4", "--quiet"]) == 2
-    assert capsys.readouterr().err.strip() == "imgclf: error: --topk 4: the model has only 3 classes"
+    wide = tmp_path / "wide.csv"  # more than the 3 classes: all of them ranked, and said
+    assert main(["predict", str(trained_run), str(val), "--topk", "4", "--csv", str(wide), "--quiet"]) == 0
+    assert "--topk 4: the model has 3 classes; ranking all 3" in capsys.readouterr().err
+    with open(wide, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames[-2:] == ["label_3", "prob_3"] and len(rows) == 18
+    assert all(sorted(r[f"label_{i}"] for i in (1, 2, 3)) == ["cats", "dogs", "frogs"] for r in rows)
     assert main(["predict", str(trained_run), str(val), "--topk", "0", "--quiet"]) == 2
     assert "--topk 0: must be at least 1" in capsys.readouterr().err
 

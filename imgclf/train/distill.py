@@ -284,10 +284,7 @@ def distill(cfg: RunConfig, teacher_run: str | Path, temperature: float = TEMPER
                     "seconds": teach_seconds}
     distill_info = {"teacher": teacher_info, "temperature": temperature, "alpha": alpha,
                     "targets": "cached: the teacher's mean softmax over each training image and its mirror"}
-    resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32").removeprefix("torch."),
-                     "size": data.size,
-                     "presize": data.presize, "crop_pct": data.crop_pct, "classes": data.classes,
-                     "augment": data.augment.describe(), "task": data.task, "loss": "DistillLoss"})
+    resolved.update({**learn.resolved(), "loss": "DistillLoss"})
     saved = cfg.to_dict()
     saved["data"]["path"] = str(Path(cfg.data.path).resolve())
     if cfg.data.csv:

@@ -468,10 +468,7 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     if resolved["init"]["method"] == "lsuv":
         print(summarize_lsuv(resolved["init"]["layers"]))
     data = learn.data  # the auto recipe may have chosen another size
-    resolved.update({"device": str(learn.device), "precision": str(learn.dtype or "fp32").removeprefix("torch."),
-                     "size": data.size,
-                     "presize": data.presize, "classes": data.classes, "augment": data.augment.describe(),
-                     "crop_pct": data.crop_pct, "task": data.task, "loss": type(learn.loss_func).__name__})
+    resolved.update({**learn.resolved(), "loss": type(learn.loss_func).__name__})
     if data.task == "regression":
         resolved["target_mean"], resolved["target_std"] = data.target_stats
     resolved["balance"] = balance

@@ -224,8 +224,7 @@ def _check_class_weights(learn: VisionLearner, cand: Candidate, sel: ProbeSelect
     report["balance_check"] = {"kept": keep, "why": note}
     print(f"balance: {note}", flush=True)
     if not keep:
-        learn.balance, learn.class_weights = "none", None
-        learn.loss_func.weight = None
+        learn.set_balance("none")
         first = cand
         cand, _, sel = probe_cv(learn, sel=plain)  # the unweighted selection just made: no second CV
         cand.detail["feature_seconds"] = first.detail["feature_seconds"]

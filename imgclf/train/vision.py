@@ -54,6 +54,24 @@ class VisionLearner(Learner):
         # one unfrozen epoch 0.48 with batch statistics, 0.86 with running ones)
         self.bn_eval = meta.pretrained != "none"
 
+    def set_balance(self, balance: str) -> None:
+        """How training treats uneven classes (data/samplers.py): "none"; "weights" (the training loss weighs
+        each class by its inverse frequency; the probe uses the weights too); "sampler" (batches draw each class
+        equally often). Changed as one: the auto recipe drops weights that do not pay (recipes.keep_class_weights)."""
+        cw = class_weights(class_counts(self.data.train_y, len(self.data.classes))) if balance != "none" else None
+        self.balance, self.class_weights = balance, cw
+        if isinstance(self.loss_func, nn.CrossEntropyLoss):  # validation keeps the plain loss: figures compare
+            self.loss_func.weight = cw.to(self.device) if balance == "weights" else None
+        self.train_dl.sampler = BalancedSampler(self.data.train_y) if balance == "sampler" else None
+
+    def resolved(self) -> dict[str, Any]:
+        """What this learner trained with, as config.json's "resolved" records it (the auto recipe may have chosen
+        another size than was asked)."""
+        d = self.data
+        return {"device": str(self.device), "precision": str(self.dtype or "fp32").removeprefix("torch."),
+                "size": d.size, "presize": d.presize, "crop_pct": d.crop_pct, "classes": d.classes,
+                "augment": d.augment.describe(), "task": d.task}
+
     # ------------------------------------------------------------------ cached features
     def cached_features(self, split: str, view: str = "center") -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled body features of `split` seen through `view` ("center" or "flip"), computed once. Under
@@ -211,13 +229,12 @@ def _progress(dl, desc: str, enabled: bool, views: int = 1) -> Iterator[tuple[to
             b.update(len(xb) * views)
 
 
-def task_losses(data: ImageData, label_smoothing: float = 0.1, loss: str = "auto",
-                class_weights: torch.Tensor | None = None) -> tuple[nn.Module, nn.Module]:
-    """(training loss, validation loss) for the data's task. Classes: cross-entropy, smoothed and weighted by
-    `class_weights` (--balance weights) in training only (validation reports the plain figure); tags: binary
+def task_losses(data: ImageData, label_smoothing: float = 0.1, loss: str = "auto") -> tuple[nn.Module, nn.Module]:
+    """(training loss, validation loss) for the data's task. Classes: cross-entropy, smoothed in training only
+    (`VisionLearner.set_balance` weighs it by class; validation reports the plain figure); tags: binary
     cross-entropy on each tag; numbers: MSE, or L1 (`loss="l1"`, robust to outliers in the targets)."""
     if data.task == "classify":
-        return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing), nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing), nn.CrossEntropyLoss()
     if data.task == "multi_label":
         return nn.BCEWithLogitsLoss(), nn.BCEWithLogitsLoss()
     if loss not in ("auto", "mse", "l1"):
@@ -257,14 +274,10 @@ def vision_learner(
     model, meta = create_model(arch, len(data.classes), pretrained=pretrained, weights=weights, **model_kwargs)
     if balance not in ("none", "weights", "sampler") or (balance != "none" and data.task != "classify"):
         raise UserError(f"--balance {balance}: choose none, weights or sampler (single-label classes only)")
-    cw = class_weights(class_counts(data.train_y, len(data.classes))) if balance != "none" else None
-    train_loss, valid_loss = task_losses(data, label_smoothing, loss, cw if balance == "weights" else None)
+    train_loss, valid_loss = task_losses(data, label_smoothing, loss)
     learn = VisionLearner(data, model, meta, seed=seed, metrics=metrics or task_metrics(data), loss_func=train_loss,
                           valid_loss_func=valid_loss, **kwargs)
-    learn.loss_func.to(learn.device)  # its class weights, if any, where the logits are
-    learn.balance, learn.class_weights = balance, cw
-    if balance == "sampler":
-        learn.train_dl.sampler = BalancedSampler(data.train_y)
+    learn.set_balance(balance)
     learn.init_report = {"method": "default"}
     if init == "lsuv":
         learn.init_report = _lsuv(learn, seed)
