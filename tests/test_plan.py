@@ -8,10 +8,14 @@ import time
 import pytest
 import torch
 
+from imgclf.train.finetune import epochs_that_fit
 from imgclf.train.plan import (
+    HOLDOUT,
     MAX_DEFAULT_BUDGET,
     MIN_SCRATCH_EPOCHS,
     ONNX_SPEEDUP,
+    TRAIN_COST,
+    TRIAL_FRACTION,
     DataFacts,
     Rates,
     choose_plan,
@@ -141,6 +145,25 @@ def test_feature_rates_are_recorded_for_the_next_plan(tmp_path, monkeypatch):
     onnx, eager = Rates(rate, size, 500.0, engine=engine), Rates(rate / ONNX_SPEEDUP, size, 500.0)
     assert fine_tune_prices(facts, onnx, 256) == pytest.approx(fine_tune_prices(facts, eager, 256))
     assert onnx.forward_at(256) == pytest.approx(ONNX_SPEEDUP * eager.forward_at(256))
+    # a fine-tune trial's pace is kept apart ("train") and, once there, prices the fine-tune instead
+    record_rate("efficientnet_lite0", 128, cpu, "eager", rows=40, seconds=4.0, kind="train")  # 10 images/s
+    assert recorded_rate("efficientnet_lite0", 192, cpu)[0] == 256  # the feature records are untouched
+    t_size, t_rate, _ = recorded_rate("efficientnet_lite0", 256, cpu, kind="train")
+    assert (t_size, t_rate) == (128, pytest.approx(10.0))
+    trained = Rates(rate, size, 500.0, engine=engine, train=(t_size, t_rate))
+    trial, epoch = fine_tune_prices(facts, trained, 128)
+    n_hold = round(245 * HOLDOUT)
+    assert epoch == pytest.approx(((245 - n_hold) + n_hold / TRAIN_COST) / 10.0)  # 196 steps' images at 10/s
+    assert trial == pytest.approx(((245 - n_hold) * TRIAL_FRACTION + n_hold / TRAIN_COST) / 10.0)
+    assert fine_tune_prices(facts, trained, 256)[1] == pytest.approx(4 * epoch)  # 4x the pixels
+
+
+def test_the_trial_pace_decides_how_many_epochs_fit():
+    """After the trial the planned epochs are counted again from its measured pace: whole epochs only."""
+    epoch_s, fits = epochs_that_fit(pace=10.0, n_fit=196, n_hold=49, left=100.0)
+    assert epoch_s == pytest.approx((196 + 49 / TRAIN_COST) / 10.0) and fits == 4  # 20.6 s an epoch
+    assert epochs_that_fit(10.0, 196, 49, 20.0)[1] == 0  # not one whole epoch: the probe is kept
+    assert epochs_that_fit(10.0, 196, 49, -5.0)[1] == 0  # past the deadline already
 
 
 def test_a_moment_of_load_does_not_price_the_plan():

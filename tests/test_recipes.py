@@ -12,6 +12,7 @@ from imgclf import ImageData
 from imgclf.config import DataConfig, RunConfig, TrainConfig
 from imgclf.train.candidate import Candidate
 from imgclf.train.job import train
+from imgclf.train.plan import recorded_rate
 from imgclf.train.probe import PROBE_MIRRORS, best_fit, fit_linear_probe
 from imgclf.train.recipes import (
     auto_fit,
@@ -167,6 +168,12 @@ def test_fine_tune_is_tried_on_an_inner_holdout_and_judged_there(image_folder, t
     assert ft["selection"]["probe_loss"] == d["probe_holdout"]["loss"]
     trial_won = d["trial"]["loss"] < d["probe_holdout"]["loss"]
     assert (d["epochs_run"] > 0) == trial_won
+    if trial_won:  # the epochs were counted again from the trial's own pace
+        assert d["epoch_seconds_measured"] > 0 and d["epochs_run"] <= d["epochs_planned"] <= 1
+    # the trial's pace is kept for the next plans on this machine (the suite's own cache: conftest)
+    size, pace, engine = recorded_rate("efficientnet_lite0", 32, torch.device("cpu"), kind="train")
+    assert size == 32 and engine == "eager" and 0 < pace < 1e5
+    assert recorded_rate("efficientnet_lite0", 32, torch.device("cpu")) != (size, pace, engine)
     assert any(w.startswith("trial: fine-tune loss") for w in res.report["why"]) != trial_won
     if res.report["chosen"].startswith("probe"):  # the probe's weights are the model's (the whole model runs in
         probe = res.report["candidates"][0]  # bf16 autocast on CPUs that have it; the probe's figure is an fp32 head)

@@ -19,9 +19,10 @@ import torch
 
 from ..data.core import ImageData
 from ..data.store import LazyImages
+from . import distributed as dist
 from .callbacks import Callback, CancelFitException, EarlyStopping, SaveBestModel
 from .candidate import Candidate
-from .plan import EXPORT_SECONDS, HOLDOUT, TRIAL_FRACTION
+from .plan import EXPORT_SECONDS, HOLDOUT, TRAIN_COST, TRIAL_FRACTION, record_rate
 from .probe import PROBE_MIRRORS, fit_linear_probe, load_head
 from .vision import VisionLearner
 
@@ -78,6 +79,13 @@ class _StopAtDeadline(Callback):
             raise CancelFitException()
 
 
+def epochs_that_fit(pace: float, n_fit: int, n_hold: int, left: float) -> tuple[float, int]:
+    """(seconds an epoch takes, whole epochs that fit in `left` seconds) at `pace` training images/s: an epoch
+    trains on `n_fit` images and scores `n_hold` (a forward pass each, TRAIN_COST to a training step)."""
+    epoch_s = (n_fit + n_hold / TRAIN_COST) / max(pace, 1e-9)
+    return epoch_s, int(max(0.0, left) // epoch_s)
+
+
 def cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any], epochs: int, base_lr: float,
                   make_learner: Callable[..., VisionLearner], deadline: float, why: list[str],
                   ) -> tuple[Candidate, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -110,9 +118,17 @@ def cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any
     frac = round(1 / TRIAL_FRACTION)
     print(f"fine-tune trial: 1/{frac} epoch ({n_trial} images) from the probe, judged on an inner holdout of "
           f"{len(hold_rows)} training images", flush=True)
+    t_fit = time.perf_counter()
     tuner.fit_one_cycle(1, slice(lr / 100, lr))
+    t_fit = time.perf_counter() - t_fit
     trial = dict(tuner.last_validation)
     trial_s = time.perf_counter() - t
+    # the trial's pace in training images/s (its holdout pass counted as forward passes, TRAIN_COST to a step):
+    # the epochs are priced from it below, and the next jobs' plans here too (plan.recorded_rate kind "train")
+    units = n_trial + len(hold_rows) / TRAIN_COST
+    pace = units / max(t_fit, 1e-3)
+    if dist.is_main():
+        record_rate(tuner.meta.arch, data.size, tuner.device, "eager", round(units), t_fit, kind="train")
     tuner.train_dl = full_dl
     detail: dict[str, Any] = {"holdout": len(hold_rows), "fit_images": len(fit_rows),
                               "probe_holdout": {"loss": ref.valid_loss, "accuracy": ref.accuracy},
@@ -130,8 +146,23 @@ def cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any
         print(why[-1], flush=True)
         return Candidate(f"fine_tune@{data.size}", "fine_tune", data.size, None, None, trial_s,
                          {**detail, "kept": False}, sel_fig), None
+    # the epochs were priced before any training step ran: the trial's measured pace decides how many fit
+    left = max(0.0, deadline - EXPORT_SECONDS - time.perf_counter())
+    epoch_s, fits = epochs_that_fit(pace, len(fit_rows), len(hold_rows), left)
+    fits = dist.agree(fits)
+    detail["epoch_seconds_measured"] = epoch_s
+    if fits == 0:
+        why.append(f"trial: fine-tune loss {trial['valid_loss']:.2f} vs probe {ref.valid_loss:.2f} on the inner "
+                   f"holdout after 1/{frac} epoch, but at the trial's pace an epoch takes ~{epoch_s:.0f} s and "
+                   f"{left:.0f} s of the budget are left: keeping the probe")
+        print(why[-1], flush=True)
+        return Candidate(f"fine_tune@{data.size}", "fine_tune", data.size, None, None, trial_s,
+                         {**detail, "kept": False}, sel_fig), None
+    if fits < epochs:
+        detail["epochs_planned"] = epochs = fits
     print(f"trial: fine-tune loss {trial['valid_loss']:.2f} vs probe {ref.valid_loss:.2f} on the inner holdout "
-          f"after 1/{frac} epoch: fine-tuning up to {epochs} epoch(s)", flush=True)
+          f"after 1/{frac} epoch: fine-tuning up to {epochs} epoch(s) of ~{epoch_s:.0f} s (the trial's pace; "
+          f"{left:.0f} s of the budget left)", flush=True)
     keep_best = SaveBestModel("valid_loss", model=tuner.model, across_fits=True)
     keep_best.best, keep_best.best_state = trial["valid_loss"], copy.deepcopy(tuner.model.state_dict())
     stop = _StopAtDeadline(deadline - EXPORT_SECONDS)

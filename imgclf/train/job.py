@@ -205,7 +205,8 @@ def plan_job(cfg: RunConfig) -> Plan | None:
         net, _ = create_model(scratch["arch"], 10, pretrained=False)
         scratch_rate = measure_training(net, scratch["size"], 10, device, dtype, bs=scratch["bs"])
     budget = tc.budget if tc.budget is not None else default_budget(facts.n_train)
-    rates = Rates(forward, rate_size, decode, scratch_rate, engine)
+    trained = recorded_rate(cfg.model.arch, sizes[-1], device, kind="train")  # earlier fine-tune trials here
+    rates = Rates(forward, rate_size, decode, scratch_rate, engine, trained[:2] if trained else None)
     plan = choose_plan(facts, rates, budget, sizes, tc.recipe, scratch, tc.max_epochs)
     print(plan.text(), flush=True)
     for line in plan.why:

@@ -82,6 +82,9 @@ class Rates:
     decode: float  # files decoded and presized (arrays: presized), all workers
     scratch: float | None = None  # the from-scratch net's training steps at its size (None: not measured)
     engine: str = "eager"  # what ran the forward pass measured: onnxruntime's rate overstates eager training's
+    # (size, images/s) of the backbone's fine-tune steps as earlier trials on this machine ran them
+    # (`record_rate(kind="train")`); None: priced from the forward rate (`eager_forward_at`)
+    train: tuple[int, float] | None = None
 
     def forward_at(self, size: int) -> float:
         """Forward rate at another size: the cost of a conv net grows with the pixels."""
@@ -90,6 +93,22 @@ class Rates:
     def eager_forward_at(self, size: int) -> float:
         """The eager forward rate at `size`, what a fine-tune's steps run at (`eager_rate`)."""
         return eager_rate(self.forward_at(size), self.engine)
+
+    def train_forward_at(self, size: int) -> float:
+        """Forward passes/s at `size` as a fine-tune's steps (TRAIN_COST forward passes each) run them: from the
+        training rate earlier trials measured when there is one, else the eager forward rate. A fine-tune's steps
+        do not scale with the pixels as the feature engine does (per-layer costs dominate small images): priced
+        from the forward rate, trials at 64-128 px took 2-3x their estimate."""
+        return train_forward(self.forward_at(size), size, self.engine, self.train)
+
+
+def train_forward(rate: float, size: int, engine: str, train: tuple[int, float] | None) -> float:
+    """Forward passes/s at `size` of a fine-tune's steps: from `train` ((size, training images/s) that earlier
+    trials measured), else from the feature pass's `rate` at `size` on `engine` (`eager_rate`)."""
+    if train is None:
+        return eager_rate(rate, engine)
+    at, images_s = train
+    return images_s * TRAIN_COST * (at / size) ** 2
 
 
 def eager_rate(rate: float, engine: str) -> float:
@@ -177,7 +196,7 @@ def fine_tune_prices(facts: DataFacts, rates: Rates, size: int) -> tuple[float, 
     and scores the inner holdout after the trial and each epoch."""
     n_hold = round(facts.n_train * HOLDOUT)
     n_fit = facts.n_train - n_hold
-    fwd = rates.eager_forward_at(size)
+    fwd = rates.train_forward_at(size)
     return (n_fit * TRIAL_FRACTION * TRAIN_COST + n_hold) / fwd, (n_fit * TRAIN_COST + n_hold) / fwd
 
 
@@ -305,21 +324,24 @@ def rates_file() -> Path:
     return engine_cache().parent / "feature_rates.json"
 
 
-def _rate_key(arch: str, device: torch.device) -> str:
-    return f"{arch}|{device.type}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+def _rate_key(arch: str, device: torch.device, kind: str = "features") -> str:
+    return (f"{arch}|{device.type}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+            + ("" if kind == "features" else f"|{kind}"))
 
 
-def record_rate(arch: str, size: int, device: torch.device, engine: str, rows: int, seconds: float) -> None:
+def record_rate(arch: str, size: int, device: torch.device, engine: str, rows: int, seconds: float,
+                kind: str = "features") -> None:
     """Keep a feature pass's rate (`rows` feature rows in `seconds`, its engine's set-up included) for the plans of
-    later jobs on this machine. Small passes, mostly set-up, are not kept; a read-only home keeps nothing."""
-    if rows < MIN_RECORDED_ROWS or seconds <= 0:
+    later jobs on this machine; `kind="train"`: a fine-tune trial's training images/s. Small feature passes,
+    mostly set-up, are not kept (a trial's steps are each a full batch: kept); a read-only home keeps nothing."""
+    if (kind == "features" and rows < MIN_RECORDED_ROWS) or seconds <= 0:
         return
     path = rates_file()
     try:
         table = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         table = {}
-    rows_kept = table.setdefault(_rate_key(arch, device), {}).setdefault(str(size), [])
+    rows_kept = table.setdefault(_rate_key(arch, device, kind), {}).setdefault(str(size), [])
     rows_kept.append({"rate": rows / seconds, "engine": engine})
     del rows_kept[:-RECORDS_KEPT]
     try:  # written whole then renamed: a concurrent job never reads half a file
@@ -329,13 +351,15 @@ def record_rate(arch: str, size: int, device: torch.device, engine: str, rows: i
         pass
 
 
-def recorded_rate(arch: str, size: int, device: torch.device) -> tuple[int, float, str] | None:
-    """(size, images/s, engine) of the feature passes earlier jobs ran with `arch` on this machine (same device
-    kind, thread count and torch), at `size` or the nearest size recorded (rates scale by pixels): the median of
-    the last few. None when none was recorded: the plan measures then (`measure_forward`)."""
+def recorded_rate(arch: str, size: int, device: torch.device, kind: str = "features"
+                  ) -> tuple[int, float, str] | None:
+    """(size, images/s, engine) of the feature passes (`kind="train"`: fine-tune trials) earlier jobs ran with
+    `arch` on this machine (same device kind, thread count and torch), at `size` or the nearest size recorded
+    (rates scale by pixels): the median of the last few. None when none was recorded: the plan measures then
+    (`measure_forward`)."""
     path = rates_file()
     try:
-        table = json.loads(path.read_text()).get(_rate_key(arch, device), {}) if path.is_file() else {}
+        table = json.loads(path.read_text()).get(_rate_key(arch, device, kind), {}) if path.is_file() else {}
     except (OSError, ValueError, AttributeError):
         return None
     if not table:

@@ -46,7 +46,16 @@ from .checkpoint import Checkpointer
 from .finetune import cv_fine_tune, fine_tune
 from .lr_finder import LRFind
 from .metrics import accuracy, balanced_accuracy
-from .plan import EXPORT_SECONDS, HOLDOUT, TRAIN_COST, TRIAL_FRACTION, default_budget, eager_rate, record_rate
+from .plan import (
+    EXPORT_SECONDS,
+    HOLDOUT,
+    TRAIN_COST,
+    TRIAL_FRACTION,
+    default_budget,
+    record_rate,
+    recorded_rate,
+    train_forward,
+)
 from .probe import (
     PROBE_MIRRORS,
     ProbeSelection,
@@ -427,8 +436,10 @@ def auto_fit(
     if recipe == "auto":
         n_train, n_valid = learn.data.n_train, learn.data.n_valid
         remaining = budget - (time.perf_counter() - t0) - EXPORT_SECONDS
+        # the fine-tune's steps run eager, not on the feature engine: priced from earlier trials' training rate
+        trained = recorded_rate(arch, probe.size, learn.device, kind="train")
+        rate = train_forward(rate, probe.size, learn.features.ran, trained[:2] if trained else None)
         remaining, rate = dist.agree((remaining, rate))  # under torchrun: rank 0's clock decides for all ranks
-        rate = eager_rate(rate, learn.features.ran)  # the fine-tune's steps run eager, not on the feature engine
         if selection == "cv":
             n_hold = round(n_train * HOLDOUT)
             fwd = rate  # measured at this size
