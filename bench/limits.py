@@ -18,7 +18,7 @@ Usage: python bench/limits.py [DATA] [--bs 32] [--threads N] [--compile] [--skip
                               [--fastai-seconds S]
        python bench/limits.py --int8-probe [SET ...]   # the probe on fp32 vs int8 features (the engine decision)
        python bench/limits.py --ort-batches [SIZE ...]  # onnxruntime fp32 images/s by images per call (ORT_CALL_PIXELS)
-       python bench/limits.py --overlap [--repeat 3]    # decode then features vs decode overlapped with features
+       python bench/limits.py --overlap [--repeat 3] [--device cuda]  # decode then features vs the two overlapped
 """
 
 from __future__ import annotations
@@ -239,11 +239,12 @@ def ort_batches(sizes: list[int]) -> None:
               f" ({ORT_CALL_PIXELS} pixels)", flush=True)
 
 
-def overlap(data: Path, repeat: int) -> None:
+def overlap(data: Path, repeat: int, device: str) -> None:
     """What overlapping the decode with the feature pass can save on this machine: every photo decoded and presized
-    (`decode_all`'s threads) and then its center view through onnxruntime fp32, against the same work pipelined
-    (the decode threads work ahead while the engine runs on each chunk as soon as its images are presized, in
-    order). Alternated `repeat` times; the median of each."""
+    (`decode_all`'s threads) and then its center view through the job's feature engine on `device`
+    (`features.pick_engine`: onnxruntime fp32 on a CPU, eager bf16 on a GPU), against the same work pipelined (the
+    decode threads work ahead while the engine runs on each chunk as soon as its images are presized, in order).
+    Alternated `repeat` times; the median of each."""
     import statistics
     from concurrent.futures import ThreadPoolExecutor
 
@@ -252,20 +253,34 @@ def overlap(data: Path, repeat: int) -> None:
     from imgclf.data.decode import decode_all, default_workers, load_presized
     from imgclf.models import create_model
     from imgclf.models.registry import IMAGENET_MEAN, IMAGENET_STD
-    from imgclf.train.features import PASS_PIXELS, glue, onnx_engine
+    from imgclf.train.callbacks.precision import best_dtype
+    from imgclf.train.features import PASS_PIXELS, glue, pick_engine
 
+    dev = torch.device(device)
     paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     model, _ = create_model("efficientnet_lite0", 2, pretrained=True)
-    engine = onnx_engine(model.eval(), SIZE)
+    model = model.to(dev).eval()
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-    presize, chunk = presize_for(SIZE), max(1, PASS_PIXELS // SIZE**2)
+    presize = presize_for(SIZE)
+    chunk = max(1, PASS_PIXELS // SIZE**2) if dev.type == "cpu" else 256
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        return center_batch(x.to(dev, non_blocking=True), SIZE, mean.to(dev), std.to(dev))
+
+    first, _, _ = decode_all(paths[:8], presize, progress=False)
+    engine = pick_engine(model, view(first), best_dtype(dev) if dev.type != "cpu" else None)
+
+    def done() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     def sequential() -> float:
         t = time.perf_counter()
         images, _, _ = decode_all(paths, presize, progress=False)
         with glue(engine):
             for i in range(0, len(images), chunk):
-                engine(center_batch(images[i:i + chunk], SIZE, mean, std))
+                engine(view(images[i:i + chunk]))
+        done()
         return time.perf_counter() - t
 
     def pipelined() -> float:
@@ -274,8 +289,8 @@ def overlap(data: Path, repeat: int) -> None:
             futures = [pool.submit(load_presized, p, presize) for p in paths]
             with glue(engine):
                 for i in range(0, len(paths), chunk):
-                    x = torch.stack([f.result() for f in futures[i:i + chunk]])
-                    engine(center_batch(x, SIZE, mean, std))
+                    engine(view(torch.stack([f.result() for f in futures[i:i + chunk]])))
+        done()
         return time.perf_counter() - t
 
     sequential(), pipelined()  # warm: file cache, engine
@@ -284,8 +299,8 @@ def overlap(data: Path, repeat: int) -> None:
         seq.append(sequential())
         pipe.append(pipelined())
     s, p = statistics.median(seq), statistics.median(pipe)
-    print(f"{len(paths)} photos at {SIZE} px, {default_workers()} decode threads, median of {repeat}: decode then "
-          f"features {s:.2f} s, overlapped {p:.2f} s ({s - p:+.2f} s, {p / s:.2f}x)", flush=True)
+    print(f"{len(paths)} photos at {SIZE} px on {dev} [{engine.name}], {default_workers()} decode threads, median of "
+          f"{repeat}: decode then features {s:.2f} s, overlapped {p:.2f} s ({s - p:+.2f} s, {p / s:.2f}x)", flush=True)
 
 
 def job(data: Path) -> dict:
@@ -333,9 +348,10 @@ def main() -> None:
                     help="only onnxruntime fp32's images/s by images per call at these sizes (none: 32 128 256)")
     ap.add_argument("--overlap", action="store_true", help="only decode-then-features vs the two overlapped")
     ap.add_argument("--repeat", type=int, default=3, help="--overlap: alternations timed")
+    ap.add_argument("--device", default="cpu", help="--overlap: where the feature engine runs (cpu, cuda)")
     a = ap.parse_args()
     if a.overlap:
-        overlap(a.data, a.repeat)
+        overlap(a.data, a.repeat, a.device)
         return
     if a.threads:
         torch.set_num_threads(a.threads)
