@@ -192,11 +192,12 @@ def test_two_nodes_c10d_disjoint_shards_same_weights_resume_and_probe(data_dir, 
                        device="cpu", precision="fp32", seed=5)
     finally:
         torch.set_num_threads(threads)
-    # the same CV table (loss per weight decay) and validation figures; features in shards differ from one pass
+    # the same CV table (loss per head and weight decay) and validation figures; features in shards differ from one pass
     # in the last float bits, and on these separable colours the decays tie, so the choice among ties may differ
     one, two = res.report["candidates"][0], json.loads((tmp_path / "probe_report.json").read_text())
     assert one["accuracy"] == two["accuracy"]
-    assert [r["wd"] for r in one["detail"]["tried"]] == [r["wd"] for r in two["detail"]["tried"]]
+    heads = [[(r.get("head", "lbfgs"), r.get("wd")) for r in c["detail"]["tried"]] for c in (one, two)]
+    assert heads[0] == heads[1] and ("one_cycle", None) in heads[0]  # both heads competed on both
     for a, b in zip(one["detail"]["tried"], two["detail"]["tried"], strict=True):
         assert abs(a["cv_loss"] - b["cv_loss"]) < 2e-3 and a["cv_accuracy"] == b["cv_accuracy"], (a, b)
 

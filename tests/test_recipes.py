@@ -13,7 +13,7 @@ from imgclf.config import DataConfig, RunConfig, TrainConfig
 from imgclf.train.candidate import Candidate
 from imgclf.train.job import train
 from imgclf.train.plan import recorded_rate
-from imgclf.train.probe import PROBE_MIRRORS, best_fit, fit_linear_probe
+from imgclf.train.probe import PROBE_MIRRORS, WEIGHT_DECAYS, best_fit, fit_linear_probe
 from imgclf.train.recipes import (
     auto_fit,
     cached_valid_preds,
@@ -148,7 +148,7 @@ def test_choices_do_not_change_when_the_validation_labels_are_permuted(image_fol
 
 
 def test_fine_tune_is_tried_on_an_inner_holdout_and_judged_there(image_folder, tmp_path):
-    """Hard data (labels at random): the probe leaves enough errors in the inner holdout, so a trial runs; its
+    """Hard data (three labels at random): the probe leaves enough errors in the inner holdout, so a trial runs; its
     verdict, the probe's refit on the fit part and the epochs are recorded, and a fine-tune is kept only if
     it beat the probe there."""
     root = image_folder({"a": 50, "b": 50}, split=True, size=(36, 36), n_valid=10)
@@ -158,7 +158,7 @@ def test_fine_tune_is_tried_on_an_inner_holdout_and_judged_there(image_folder, t
         w = csv.writer(f)
         w.writerow(["file", "label", "is_valid"])
         for p in sorted(root.rglob("*.jpg")):
-            w.writerow([str(p), "ab"[int(torch.randint(0, 2, (1,), generator=g))], int(p.parts[-3] != "train")])
+            w.writerow([str(p), "abc"[int(torch.randint(0, 3, (1,), generator=g))], int(p.parts[-3] != "train")])
     data = ImageData.from_csv(path, size=32, bs=8, progress=False)
     res = auto_fit(data, sizes=[32], budget=5000, max_epochs=1, progress=False, seed=0)
     ft = next(c for c in res.report["candidates"] if c["kind"] == "fine_tune")
@@ -211,3 +211,30 @@ def test_the_final_figures_come_from_the_probes_cached_features(image_folder, tm
     probed = [c for c in recipe["candidates"] if "feature_seconds" in c.get("detail", {})]
     assert m["phases"]["features"] == pytest.approx(sum(c["detail"]["feature_seconds"] for c in probed))
     assert m["phases"]["features"] + m["phases"]["probe"] <= m["phases"]["fit"] + 1e-6
+
+
+def test_the_probe_head_is_the_lower_cv_loss_of_lbfgs_and_one_cycle(image_folder):
+    """Two heads compete on the same folds of the training features: the L-BFGS logistic regression (a CV'd
+    decay) and the head phase's one-cycle fit. The one kept has the lowest CV loss of every row tried, its
+    weights are the model's classifier, and its figures are what the candidate reports."""
+    from imgclf.train.recipes import HEAD_EPOCHS, head_text
+
+    root = image_folder({"a": 14, "b": 14, "c": 14}, split=True, size=(40, 30), n_valid=4)
+    data = ImageData.from_folder(root, size=32, bs=8, progress=False)
+    res = auto_fit(data, recipe="probe", sizes=[32], budget=600, progress=False, seed=0)
+    cand = res.report["candidates"][0]
+    tried = cand["detail"]["tried"]
+    heads = {t.get("head", "lbfgs") for t in tried}
+    assert heads == {"lbfgs", "one_cycle"} and len(tried) == len(WEIGHT_DECAYS) + 1
+    best = min(tried, key=lambda t: t["cv_loss"])
+    assert cand["selection"]["loss"] == pytest.approx(best["cv_loss"])
+    assert cand["detail"]["head"] == best.get("head", "lbfgs")
+    one = next(t for t in tried if t.get("head") == "one_cycle")
+    assert one["epochs"] == HEAD_EPOCHS and 0 <= one["cv_accuracy"] <= 1
+    assert head_text(cand["detail"]) in res.report["why"][0]
+    # the kept head is the model's: its validation figure is the candidate's (fp32 features, either head)
+    xv, yv = res.learner.cached_features("valid", "center")
+    head = res.learner.model.get_classifier()
+    with torch.no_grad():
+        loss = float(torch.nn.functional.cross_entropy(head(xv.float()), yv))
+    assert loss == pytest.approx(cand["valid_loss"], abs=1e-4)

@@ -134,7 +134,7 @@ class ProbeSelection:
     `fit` is the head refitted on all training rows at `wd`; its `valid_loss` / `accuracy` are the
     out-of-fold (cross-validated) figures, not validation ones: selection never sees a validation set."""
 
-    wd: float                 # chosen by k-fold CV on the TRAINING features only
+    wd: float                 # the L-BFGS head's decay, chosen by k-fold CV on the TRAINING features only
     cv_loss: float            # mean out-of-fold cross-entropy at the chosen wd
     cv_loss_se: float         # its standard error over folds
     cv_accuracy: float
@@ -143,6 +143,7 @@ class ProbeSelection:
     oof_logits: torch.Tensor  # out-of-fold logits of every training row at the chosen wd (for calibration)
     folds: torch.Tensor | None = None  # (N,) the fold of each row
     seconds: float = 0.0
+    head: str = "lbfgs"       # or "one_cycle" (recipes.one_cycle_head), when its CV loss was lower
 
 
 def grouped_stratified_folds(y: torch.Tensor, groups: torch.Tensor | None = None, folds: int = 5,

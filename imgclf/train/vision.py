@@ -125,20 +125,29 @@ class VisionLearner(Learner):
         x2, y2 = self.cached_features("train", "flip")  # first: the center views come from the same pass
         x1, y1 = self.cached_features("train", "center")
         xv, yv = self.cached_features("valid", "center")
-        head = nn.Sequential(nn.Dropout(getattr(self.model, "drop_rate", 0.0)), self.model.get_classifier())
+        return self.feature_learner(torch.cat([x1, x2]), torch.cat([y1, y2]), xv, yv, self.model.get_classifier(),
+                                    log)
+
+    def feature_learner(self, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
+                        head: nn.Module, log: bool = False, distributed: bool | None = None) -> Learner:
+        """A `Learner` training `head` (behind this model's dropout) on feature rows `x` and scoring `xv`: the head
+        phase's loop, loss, optimizer and balance, on any rows (`head_learner`'s, or a CV fold's).
+        `distributed=False`: this process alone fits it, on every row (under torchrun each rank then fits the
+        same; the probe's CV folds, which every rank holds whole)."""
+        wrapped = nn.Sequential(nn.Dropout(getattr(self.model, "drop_rate", 0.0)), head)
         logs = [cb for cb in self.cbs if isinstance(cb, CSVLogger)] if log else []
         # small sets get smaller batches, so each head epoch still takes ~16 steps
-        bs = max(8, min(self.data.bs, len(x1) * 2 // 16))
-        feats = TensorLoader(torch.cat([x1, x2]), torch.cat([y1, y2]), bs, shuffle=True, seed=self.seed)
+        bs = max(8, min(self.data.bs, len(x) // 16))
+        feats = TensorLoader(x, y, bs, shuffle=True, seed=self.seed)
         if self.balance == "sampler":
             feats.sampler = BalancedSampler(feats.y)
         learn = Learner(
-            head, feats,
+            wrapped, feats,
             TensorLoader(xv, yv, 1024), loss_func=self.loss_func, valid_loss_func=self.valid_loss_func,
             metrics=[fn for _, fn in self.metrics],
             opt=self.opt_name, lr=self.lr, wd=self.wd, wd_mode=self.wd_mode, device=self.device, precision="fp32",
             channels_last=False, clip=self.clip, progress=self.progress and log,
-            recorder=self.recorder if log else None, cbs=logs,
+            recorder=self.recorder if log else None, cbs=logs, distributed=distributed,
         )
         learn.phase = "frozen"
         learn.checkpointer = self.checkpointer if log else None  # its fits are the job's: checkpointed alike
