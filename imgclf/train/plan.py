@@ -48,9 +48,12 @@ EXPORT_SECONDS = 3.0
 # 2-core Xeon (2.9 s under load before its CV fits stopped at probe.CV_TOLERANCE); 0.5-1.5 ms a row on 490-3,920
 # rows of them with noise added; priced at about twice that, as a shared machine runs it
 PROBE_SECONDS_PER_ROW = 0.0025
-# the feature pass runs on onnxruntime fp32, training steps run eager: onnxruntime fp32 136 img/s vs eager bf16
-# autocast 72 at 256 px (bench/limits.py, 2-core Xeon), so a fine-tune is priced from the feature rate / 1.9
-ONNX_SPEEDUP = 1.9
+# the feature pass runs on onnxruntime fp32, training steps run eager. Before any trial has run here (then its pace
+# prices the fine-tune: Rates.train), a fine-tune is priced from the feature rate / ONNX_SPEEDUP. Measured on the
+# quiet 2-core Xeon (2026-12-01): hymenoptera's trial trained 11.3 images/s at 256 px (~40 forward passes/s at
+# TRAIN_COST) against onnxruntime's 215-235 feature rows/s; the old 1.9 (onnxruntime at 136 vs eager bf16 at 72)
+# priced that trial at ~1 s, and it took 12.6 s
+ONNX_SPEEDUP = 6.0
 MIN_RECORDED_ROWS = 200  # feature passes smaller than this (tests, tiny sets) are mostly set-up: not recorded
 RECORDS_KEPT = 3  # per key: the planner prices from the median of the last few passes
 
