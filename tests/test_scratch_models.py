@@ -13,6 +13,7 @@ from imgclf.cli import config as _config
 from imgclf.cli import parser
 from imgclf.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from imgclf.data.core import ImageData
+from imgclf.errors import UserError
 from imgclf.infer import load_model
 from imgclf.models import create_model, layer_groups, list_models, lsuv_init, recommended_size
 from imgclf.models.init import lsuv_layers
@@ -177,6 +178,19 @@ def test_xresnet18_export_load_predict(image_folder, tmp_path):
     learn.fit_one_cycle(1, 1e-2)
     learn.export(tmp_path / "run")
     assert json.loads((tmp_path / "run" / "model.json").read_text())["arch"] == "xresnet18"
+    # the training images' content is recorded beside the model: evaluate can warn when it scores them
+    assert json.loads((tmp_path / "run" / "train_content.json").read_text())["n"] == len(data.train_paths)
+    # a folder that already holds a model is refused, untouched, unless force=True
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="already holds a model .*force=True"):
+        learn.export(tmp_path / "run")
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    assert learn.export(tmp_path / "run", force=True) == tmp_path / "run"
+    # no config.json (a model saved from Python): the CLI's --data labels the images as train would
+    from imgclf.cli import main
+
+    assert main(["interpret", str(tmp_path / "run"), "--data", str(root), "--quiet"]) == 0
+    assert (tmp_path / "run" / "interpret" / "per_class.csv").is_file()
     logits, _ = learn.get_preds()
     model = load_model(tmp_path / "run", device="cpu", precision="fp32")
     preds, skipped = model.predict_files(data.valid_paths, progress=False)

@@ -46,7 +46,6 @@ from torch import nn
 
 from ..config import DISTILL_ALPHA, DISTILL_TEMPERATURE, RunConfig
 from ..data.core import ImageData
-from ..data.dedup import write_training_content
 from ..data.loaders import BatchLoader
 from ..errors import UserError
 from ..models import model_from_run
@@ -277,7 +276,7 @@ def distill(cfg: RunConfig, teacher_run: str | Path, temperature: float = TEMPER
     resolved = fit_student(cfg, learn)
     fit_seconds = time.perf_counter() - t_fit
     final = learn.validate()
-    learn.export(out)
+    learn.export(out, force=True)  # with train_content.json: evaluate warns when it scores the student's images
 
     teacher_info = {"run": str(teacher.run.resolve()), "arch": teacher.meta["arch"], "size": teacher.meta["size"],
                     "accuracy": teacher.metrics.get("accuracy"), "valid_accuracy": teacher_acc,
@@ -299,7 +298,6 @@ def distill(cfg: RunConfig, teacher_run: str | Path, temperature: float = TEMPER
     if without is not None:
         metrics["without_teacher"] = {k: v for k, v in without.items() if k != "history"}
         metrics["gain"] = final["accuracy"] - without["accuracy"]
-    write_training_content(out, data)  # evaluate warns when it scores the images the student trained on
     write_json(out / "metrics.json", metrics)
     if learn.recorder.history:
         learn.recorder.plot_loss().savefig(out / "loss.png", dpi=110)

@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig, RunConfig
+from ..config import DataConfig, ModelConfig, RunConfig
 from ..data.augment import Augment
 from ..data.core import CROP_PCT, ImageData, presize_for
 from ..data.decode import default_workers, median_short_side
-from ..data.dedup import write_training_content
 from ..data.idx import idx_files, idx_shape, is_idx_folder
 from ..data.samplers import balance_plan
 from ..data.shards import ShardData, is_shard_dir, read_manifest
@@ -41,6 +40,7 @@ from ..models.registry import check_pretrained, own_models
 from ..rundir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    META_FILE,
     check_version,
     early_lines,
     log_to,
@@ -259,13 +259,17 @@ def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | Non
     """A finished run's data rebuilt by `load_data` from its config.json, at the model's own size and crop (the
     config may leave them to the recipe), or `data` instead (labelled as the run was). The split is seeded and
     recorded, so its validation images are the ones the run was scored on: `interpret` and `export` use this."""
-    conf = Path(run) / CONFIG_FILE
-    if not conf.is_file():
+    conf, meta = Path(run) / CONFIG_FILE, Path(run) / META_FILE
+    if conf.is_file():
+        cfg = RunConfig.from_dict(read_json(conf))
+    elif data is not None and meta.is_file():  # a model saved from Python (`learn.export`): labelled as train would
+        cfg = RunConfig(data=DataConfig(path=str(data), task=read_json(meta).get("task", "classify")))
+    else:
         raise UserError(f"{run}: no config.json to rebuild the validation data from; give the data with --data DIR")
-    cfg = RunConfig.from_dict(read_json(conf))
     cfg.data = replace(cfg.data, size=size, crop_pct=crop_pct)
-    if data is not None:
-        cfg.data = replace(cfg.data, path=str(data), csv=None)
+    if data is not None:  # a folder for a CSV-labelled run keeps reading the run's CSV, when it is still there
+        keep_csv = Path(data).is_dir() and cfg.data.csv and Path(cfg.data.csv).is_file()
+        cfg.data = replace(cfg.data, path=str(data), csv=cfg.data.csv if keep_csv else None)
     elif not Path(cfg.data.csv or cfg.data.path).exists():
         raise UserError(f"{run}: its training data {cfg.data.csv or cfg.data.path} is not there "
                         "(moved, or a relative path from another folder); give it with --data DIR")
@@ -481,8 +485,8 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     else:
         final = learn.choose_threshold() if data.task == "multi_label" else learn.validate()
     add_intervals(final, data.n_valid)  # 95% Wilson bounds of accuracy (multi-label: choose_threshold's bootstrap)
-    learn.export(out)
-    content = write_training_content(out, data)  # train_content.json: evaluate warns when it scores these
+    learn.export(out, force=True)  # the run's own folder; with train_content.json, which evaluate warns on
+    content = learn.exported_content
     write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "done", "resolved": resolved})
     if learn.recorder.losses:  # batches were trained; a probe alone (L-BFGS on features) has no curve to draw
         _save_fig(learn.recorder.plot_loss(), out / "loss.png")
@@ -548,7 +552,7 @@ def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool) -> None:
     learn = ck.learner
     lines = []
     if keep_best and learn is not None and learn.recorder.history and hasattr(learn, "export"):
-        learn.export(out)  # the fit's end gave the model its best epoch's weights back (SaveBestModel)
+        learn.export(out, force=True)  # the fit's end gave the model its best epoch's weights back (SaveBestModel)
         lines.append(f"kept the best epoch so far in {out / 'model.safetensors'}")
     update_config(out, status=status, last_checkpoint=ck.last)
     if status == "interrupted":

@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from ..data.core import ImageData
+from ..data.dedup import write_training_content
 from ..data.loaders import TensorLoader
 from ..data.samplers import BalancedSampler, class_counts, class_weights
 from ..errors import UserError
 from ..models import ModelMeta, create_model, layer_groups, lsuv_init
-from ..rundir import save_model
+from ..rundir import META_FILE, MODEL_FILE, save_model
 from . import distributed as dist
 from .callbacks import Callback, CSVLogger, CutMix, MixUp
 from .features import PARITY_IMAGES, FeatureCache, extract_features, glue, pick_engine
@@ -35,6 +36,7 @@ class VisionLearner(Learner):
     threshold: float = 0.5  # multi-label: a tag is predicted above this sigmoid (`choose_threshold` sets it)
     temperature: float = 1.0  # classes: probabilities are softmax(logits / T) (train/calibrate.py), in model.json
     balance: str = "none"  # none | weights | sampler (data/samplers.py)
+    exported_content: dict[str, Any] | None = None  # export()'s train_content.json record (images, seconds)
     class_weights: torch.Tensor | None = None  # inverse-frequency weights when balancing (the probe uses them too)
 
     def __init__(self, data: ImageData, model: nn.Module, meta: ModelMeta, seed: int = 42,
@@ -221,10 +223,19 @@ class VisionLearner(Learner):
             meta["target_mean"], meta["target_std"] = self.data.target_stats
         return meta
 
-    def export(self, path: str | Path) -> Path:
-        """Write `model.safetensors` + `model.json` into `path` (created if needed)."""
+    def export(self, path: str | Path, force: bool = False) -> Path:
+        """Write `model.safetensors` + `model.json` into `path` (created if needed), and `train_content.json` (the
+        training images' content keys: `evaluate` warns when it scores them). A folder that already holds a model
+        is refused unless `force` (as the CLI never overwrites a run): its metrics, report and config would go on
+        describing the old one. What the content record cost is kept in `exported_content`."""
+        path = Path(path)
+        held = [n for n in (MODEL_FILE, META_FILE) if (path / n).is_file()]
+        if held and not force:
+            raise UserError(f"{path}: already holds a model ({', '.join(held)}); export to a new folder, or pass "
+                            "force=True to replace it")
         save_model(path, self.model, self.model_meta())
-        return Path(path)
+        self.exported_content = write_training_content(path, self.data)
+        return path
 
 
 def _progress(dl, desc: str, enabled: bool, views: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
