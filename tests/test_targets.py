@@ -188,3 +188,27 @@ def test_regression_run_beats_the_mean(tmp_path, capsys):
         interpret_run(res.run_dir, progress=False)
     html = write_report(res.run_dir, progress=False).read_text()  # no confusion matrix: the run's own figures
     assert "MAE (age)" in html and "RMSE" in html and "regression" in html
+
+
+def test_evaluate_reads_a_multi_label_folder_as_train_does(tmp_path):
+    """Tags as folders (an image copied into each of its tags' folders): evaluate merges the copies by content as
+    training does, so each image is scored once with all its tags, not once per copy with one tag."""
+    import shutil
+
+    from imgclf.config import DataConfig, RunConfig, TrainConfig
+    from imgclf.infer.evaluate import evaluate
+    from imgclf.train.job import train
+
+    rows = tag_images(tmp_path / "src", 24)
+    tagged = [(f, tags) for f, tags in rows if tags]  # folders hold tagged images only
+    for f, tags in tagged:
+        for t in tags.split():
+            (tmp_path / "tags" / t).mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "src" / f, tmp_path / "tags" / t / f)
+    copies = sum(len(tags.split()) for _, tags in tagged)
+    assert copies > len(tagged)  # some images sit in two folders
+    cfg = RunConfig(data=DataConfig(path=str(tmp_path / "tags"), size=32, bs=8, task="multi_label"),
+                    train=TrainConfig(recipe="probe"), out=str(tmp_path / "run"))
+    run = train(cfg, progress=False).run_dir
+    res = evaluate(run, tmp_path / "tags", progress=False)
+    assert res["n"] == len(tagged) == 18  # one per image with all its tags, not one per copy (24) with one tag

@@ -18,6 +18,7 @@ from ..data.sources import (
     folder_labels,
     items_from_csv,
     items_from_folder,
+    merge_by_content,
     require_folder,
     scan_images,
 )
@@ -38,22 +39,30 @@ from .predictor import Predictor, load_model
 from .tta import TTA_VIEWS, combine
 
 
-def labelled_items(path: str | Path, label_re: str | None = None, label_col: str | None = None) -> Items:
+def labelled_items(path: str | Path, label_re: str | None = None, label_col: str | None = None,
+                   multi_label: bool = False) -> Items:
     """Images with labels from `path`: a CSV's test rows (all its rows when none is marked test), a folder's
-    validation split when it has train/ + valid/, else all of it."""
+    validation split when it has train/ + valid/, else all of it. `multi_label`: an image copied into several
+    tag folders is one image with each tag, as training reads it (`merge_by_content`)."""
     root = Path(path)
     if root.suffix.lower() == ".csv":
         items = items_from_csv(root, label_col=label_col, split="random", test_rows=True)  # test rows, or all
-        return Items(items.paths, items.labels, [True] * len(items.paths))
+        return Items(items.paths, items.labels, [True] * len(items.paths), items.tags)
     require_folder(root)
     if any((root / n).is_dir() for n in ("valid", "val", "validation")) and (root / "train").is_dir():
-        items = items_from_folder(root, label_re=label_re)
-        paths, labels = items.split(valid=True)
-        return Items(paths, labels, [True] * len(paths), unused=items.unused)
+        items = items_from_folder(root, label_re=label_re, multi_label=multi_label)
+        keep = [i for i, v in enumerate(items.is_valid) if v]
+        tags = [items.tags[i] for i in keep] if items.tags is not None else None
+        return Items([items.paths[i] for i in keep], [items.labels[i] for i in keep], [True] * len(keep), tags,
+                     unused=items.unused)
     paths, unused = scan_images(root)
     if not paths:
         raise UserError(f"{root}: no images found")
-    return Items(paths, folder_labels(paths, root, label_re), [True] * len(paths), unused=unused)
+    items = Items(paths, folder_labels(paths, root, label_re), [True] * len(paths), unused=unused)
+    if multi_label:
+        items = merge_by_content(items)
+        items.unused = unused
+    return items
 
 
 def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None = None, bs: int = 64,
@@ -81,7 +90,7 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     if is_idx_folder(Path(data)):  # IDX files (Fashion-MNIST): the t10k test set, as arrays
         view_probs, targets, skipped, keys = _idx_outputs(predictor, data, bs, names, progress)
     else:
-        items = labelled_items(data, label_re, label_col)
+        items = labelled_items(data, label_re, label_col, multi_label=predictor.task == "multi_label")
         unused = items.unused
         unused.warn(data)
         targets_all = encode_targets(items, predictor.task, str(data), names=predictor.classes, stats=(0.0, 1.0),
