@@ -151,6 +151,15 @@ def save_model(run: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     write_json(run / META_FILE, {**meta, "imgclf_version": __version__})
 
 
+def weights_digest(run: str | Path) -> str | None:
+    """sha1 of RUN/model.safetensors (None when absent): what an exported file records it was made from, so a run
+    trained on since (`train --resume`) cannot be served from a stale export."""
+    import hashlib
+
+    path = Path(run) / MODEL_FILE
+    return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
 def read_run(run: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(weights, meta) of a run directory, with a clear error when it is not one."""
     run = Path(run)

@@ -205,3 +205,24 @@ def test_errors(exported, trained_run, tmp_path, capsys):
     assert main(["predict", str(trained_run), image, "--backend", "torchscript"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"imgclf export {trained_run} --format torchscript" in err
+
+
+def test_an_export_older_than_the_weights_is_refused(exported, tmp_path, capsys):
+    """export.json records which weights each file came from; once the run's model.safetensors changes (trained on
+    since, as `train --resume` does) its exports are refused with the command that refreshes them, not served."""
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    assert read_json(run / "export.json")["model.onnx"]["weights_sha1"]
+    assert load_model(run, backend="onnx").classes == ["cats", "dogs", "frogs"]  # fresh: used
+    state = load_file(str(run / "model.safetensors"))
+    head = [k for k in state if k.endswith("classifier.weight")][0]
+    state[head] = state[head] * 1.5  # the run's weights move on
+    save_file(state, str(run / "model.safetensors"), metadata={"format": "pt"})
+    for backend, flags in (("onnx", ""), ("torchscript", " --format torchscript")):
+        with pytest.raises(UserError, match=rf"exported from other weights .*imgclf export {run}{flags} --force"):
+            load_model(run, backend=backend)
+    assert main(["export", str(run), "--force"]) == 0
+    assert "weights_sha1" in read_json(run / "export.json")["model.onnx"]
+    assert load_model(run, backend="onnx").classes == ["cats", "dogs", "frogs"]  # exported again: used

@@ -28,10 +28,9 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import model_from_run
-from ..rundir import read_json, write_json
-from .runtime import FILES, ExportedPredictor
+from ..rundir import CONFIG_FILE, read_json, weights_digest, write_json
+from .runtime import EXPORT_LOG, FILES, ExportedPredictor
 
-EXPORT_LOG = "export.json"
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
 MAX_OPSET = 23  # the highest torch 2.14's exporter writes (torch.onnx._constants); above it, it falls back to 18
@@ -260,6 +259,10 @@ def export_model(run: str | Path, format: str = "onnx", out: str | Path | None =
         raise UserError(f"{path}: already exists (pass --force to overwrite)")
     module, meta = load_deployable(run)
     say = print if progress else (lambda *a, **k: None)
+    status = (read_json(Path(run) / CONFIG_FILE) or {}).get("status") if (Path(run) / CONFIG_FILE).is_file() else None
+    if status in ("interrupted", "running"):  # a stopped run's best weights so far
+        say(f"note: {run} is unfinished (status {status}): exporting its best weights so far; after `imgclf train "
+            f"--resume {run}`, export again")
     d, why = run_images(run, meta, data, progress)
     if int8 and d is None:
         raise UserError(f"{run}: --int8 calibrates on the run's training images, but {why}")
@@ -282,7 +285,8 @@ def export_model(run: str | Path, format: str = "onnx", out: str | Path | None =
             say(f"calibrating int8 on {len(calib)} training images")
             quantize_int8(fp32, target, calib.permute(0, 2, 3, 1).contiguous().numpy(), props)
         entry: dict[str, Any] = {"file": path.name, "format": backend, "opset": None if format != "onnx" else opset,
-                                 "bytes": target.stat().st_size, "seconds": None}
+                                 "bytes": target.stat().st_size, "seconds": None,
+                                 "weights_sha1": weights_digest(run)}  # runtime.load_exported checks it
         exported = ExportedPredictor(target, backend)
         if d is None:
             entry["parity"] = {"skipped": why}

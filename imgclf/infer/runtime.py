@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..train.features import ort_chunk, ort_run
 from .predictor import Predictor
 
+EXPORT_LOG = "export.json"  # beside the exported files: what each was made from and how it compared
 # backend -> the file `imgclf export` writes into the run directory
 FILES = {"onnx": "model.onnx", "int8": "model.int8.onnx", "torchscript": "model.ts"}
 BACKENDS = ("eager", *FILES)
@@ -150,9 +151,26 @@ def load_exported(run: str | Path, backend: str, device: str = "auto") -> Export
         raise UserError(f"--backend {backend}: choose {', '.join(BACKENDS)}")
     run = Path(run)
     path = run if run.is_file() else run / FILES[backend]
+    how = {"onnx": "", "int8": " --int8", "torchscript": " --format torchscript"}[backend]
     if not path.is_file():
-        how = {"onnx": "", "int8": " --int8", "torchscript": " --format torchscript"}[backend]
         if not run.exists():
             raise UserError(f"{run}: no such run directory")
         raise UserError(f"{run}: no {FILES[backend]} for --backend {backend}; write it with `imgclf export {run}{how}`")
+    if run.is_dir():
+        _check_fresh(run, path, how)
     return ExportedPredictor(path, backend, device=device)
+
+
+def _check_fresh(run: Path, path: Path, how: str) -> None:
+    """A one-line error when `path` was exported from other weights than the run's model.safetensors now holds
+    (trained on since: `train --resume`), instead of predictions from the old model with the new one's name."""
+    from ..rundir import weights_digest
+
+    log = run / EXPORT_LOG
+    try:
+        made_from = json.loads(log.read_text()).get(path.name, {}).get("weights_sha1") if log.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return
+    if made_from and made_from != weights_digest(run):
+        raise UserError(f"{path}: exported from other weights than {run / 'model.safetensors'} holds now (the run "
+                        f"was trained on since); export it again: `imgclf export {run}{how} --force`")
