@@ -223,6 +223,17 @@ def test_resume_refusals(run_dir, data_dir, tmp_path, capsys):
     (newer / "config.json").write_text(json.dumps({**cfg, "status": "running", "imgclf_version": "99.1.0"}))
     assert main(["train", "--resume", str(newer)]) == 2
     assert "newer than this one" in capsys.readouterr().err
+    # data that changed since the run began would split differently: refused before any training
+    data = Path(shutil.copytree(data_dir, tmp_path / "data"))
+    changed = Path(shutil.copytree(run_dir, tmp_path / "changed"))
+    assert "split" in cfg and cfg["split"]["train"]["n"] > 0
+    (changed / "config.json").write_text(json.dumps({**cfg, "status": "interrupted",
+                                                     "data": {**cfg["data"], "path": str(data)}}))
+    next((data / "train" / "a").iterdir()).unlink()
+    n = cfg["split"]["train"]["n"]
+    assert main(["train", "--resume", str(changed), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "its data changed since the run began" in err and f"train {n} -> {n - 1}" in err
 
 
 def test_checkpoint_of_another_arch_is_one_line(data_dir, tmp_path, capsys):

@@ -340,9 +340,12 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
     out = out or dist.agree(new_run_dir(cfg.out or default_out(cfg)) if dist.is_main() else None)
     ckpt_every = cfg.train.ckpt_every
     ck = Checkpointer(out, ckpt_every)
+    split = split_fingerprint(data)
+    if not fresh:
+        check_same_split(out, split)
     if dist.is_main():
         if fresh:
-            write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "running",
+            write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "running", "split": split,
                                            **({"plan": plan} if plan else {})})
         else:
             update_config(out, status="running")
@@ -487,7 +490,9 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     add_intervals(final, data.n_valid)  # 95% Wilson bounds of accuracy (multi-label: choose_threshold's bootstrap)
     learn.export(out, force=True)  # the run's own folder; with train_content.json, which evaluate warns on
     content = learn.exported_content
-    write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "done", "resolved": resolved})
+    begun = read_json(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else {}  # its plan and split stay
+    begun.pop("last_checkpoint", None)  # checkpoints are removed once the run is done
+    write_json(out / CONFIG_FILE, {**begun, **saved_config(cfg, out), "status": "done", "resolved": resolved})
     if learn.recorder.losses:  # batches were trained; a probe alone (L-BFGS on features) has no curve to draw
         _save_fig(learn.recorder.plot_loss(), out / "loss.png")
     phases.update(fit=fit_seconds, finish=time.perf_counter() - t_finish)  # finish: final figures, export, files
@@ -518,6 +523,29 @@ def saved_config(cfg: RunConfig, out: Path) -> dict[str, Any]:
     if cfg.data.csv:
         saved["data"]["csv"] = str(Path(cfg.data.csv).resolve())
     return {**saved, "out": str(out), "imgclf_version": __version__}
+
+
+def split_fingerprint(data: Any) -> dict[str, Any] | None:
+    """The files of each split, as counts and one digest of their sorted paths (no file is read): a resume checks
+    that its data still splits the same way (None for streamed shards, split as written)."""
+    import hashlib
+
+    if not hasattr(data, "train_paths"):
+        return None
+    return {name: {"n": len(paths), "sha1": hashlib.sha1("\n".join(sorted(map(str, paths))).encode()).hexdigest()}
+            for name, paths in (("train", data.train_paths), ("valid", data.valid_paths))}
+
+
+def check_same_split(run: Path, split: dict[str, Any] | None) -> None:
+    """A resume on data that changed since the run began (files added, removed or renamed) would draw another split:
+    validation could hold images the first session trained on. Refused, with the counts; runs from before the
+    record are not checked."""
+    saved = read_json(run / CONFIG_FILE).get("split")
+    if not saved or not split or saved == split:
+        return
+    counts = ", ".join(f"{k} {saved[k]['n']} -> {split[k]['n']}" for k in ("train", "valid"))
+    raise UserError(f"{run}: its data changed since the run began ({counts} images, or other files): a resume "
+                    "would split it differently and could score images the run trained on; start a new run")
 
 
 def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunConfig, Path]:
