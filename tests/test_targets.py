@@ -212,3 +212,17 @@ def test_evaluate_reads_a_multi_label_folder_as_train_does(tmp_path):
     run = train(cfg, progress=False).run_dir
     res = evaluate(run, tmp_path / "tags", progress=False)
     assert res["n"] == len(tagged) == 18  # one per image with all its tags, not one per copy (24) with one tag
+
+
+def test_a_metric_of_another_task_is_refused_when_the_learner_is_built(image_folder):
+    """f1_multi on single-label classes used to pass here and fail after the first epoch with a shape error."""
+    from imgclf.errors import UserError
+    from imgclf.train.vision import vision_learner
+
+    data = ImageData.from_folder(image_folder({"a": 4, "b": 4}, split=True, n_valid=2), size=16, bs=4,
+                                 progress=False)
+    with pytest.raises(UserError, match="metric f1_multi scores multi-label data; this data's task is classify: "
+                                        "choose accuracy, error_rate, top5_accuracy"):
+        vision_learner(data, "simple_cnn", pretrained=False, metrics=["accuracy", "f1_multi"], progress=False)
+    learn = vision_learner(data, "simple_cnn", pretrained=False, metrics=["error_rate"], progress=False)
+    assert [n for n, _ in learn.metrics] == ["error_rate"]

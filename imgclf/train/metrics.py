@@ -89,6 +89,11 @@ METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
 }
 
 
+# the task each named metric scores: a metric of another task fails at the first validation (shapes differ)
+METRIC_TASK = {name: task for task, names in (("classify", ("accuracy", "error_rate", "top5_accuracy")),
+                                              ("multi_label", ("accuracy_multi", "f1_multi")),
+                                              ("regression", ("mae", "rmse"))) for name in names}
+
 PROPORTIONS = ("accuracy", "error_rate", "top5_accuracy")  # one right/wrong per image: Wilson fits
 
 

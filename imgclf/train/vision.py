@@ -26,7 +26,16 @@ from . import distributed as dist
 from .callbacks import Callback, CSVLogger, CutMix, MixUp
 from .features import PARITY_IMAGES, FeatureCache, extract_features, glue, pick_engine
 from .learner import Learner, pick_device
-from .metrics import METRICS, TASK_METRICS, accuracy_multi, best_threshold, fbeta_multi, multi_label_intervals, scaled
+from .metrics import (
+    METRIC_TASK,
+    METRICS,
+    TASK_METRICS,
+    accuracy_multi,
+    best_threshold,
+    fbeta_multi,
+    multi_label_intervals,
+    scaled,
+)
 
 
 class VisionLearner(Learner):
@@ -263,11 +272,17 @@ def task_losses(data: ImageData, label_smoothing: float = 0.1, loss: str = "auto
     return fn, fn
 
 
-def task_metrics(data: ImageData) -> list[str | Callable]:
-    """The default metrics of the data's task; regression errors are reported in the targets' own units."""
-    names = TASK_METRICS[data.task]
+def task_metrics(data: ImageData, names: Sequence[str | Callable] | None = None) -> list[str | Callable]:
+    """`names` (default: the data's task's own) checked against the task: a named metric of another task is a
+    UserError now, not a shape error after the first epoch. Regression errors are reported in the targets' units."""
+    names = TASK_METRICS[data.task] if names is None else names
+    for n in names:
+        if isinstance(n, str) and METRIC_TASK.get(n, data.task) != data.task:
+            fits = ", ".join(m for m, t in METRIC_TASK.items() if t == data.task)
+            raise UserError(f"metric {n} scores {METRIC_TASK[n].replace('_', '-')} data; this data's task is "
+                            f"{data.task.replace('_', '-')}: choose {fits}")
     if data.task == "regression":
-        return [scaled(METRICS[n], data.targets.std) for n in names]
+        return [scaled(METRICS[n], data.targets.std) if isinstance(n, str) and n in METRICS else n for n in names]
     return list(names)
 
 
@@ -289,13 +304,14 @@ def vision_learner(
     """
     if init not in ("default", "lsuv"):
         raise UserError(f"--init {init}: choose default or lsuv")
+    metric_fns = task_metrics(data, metrics or None)  # a metric of another task: refused before the model is built
     torch.manual_seed(seed)
     model_kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
     model, meta = create_model(arch, len(data.classes), pretrained=pretrained, weights=weights, **model_kwargs)
     if balance not in ("none", "weights", "sampler") or (balance != "none" and data.task != "classify"):
         raise UserError(f"--balance {balance}: choose none, weights or sampler (single-label classes only)")
     train_loss, valid_loss = task_losses(data, label_smoothing, loss)
-    learn = VisionLearner(data, model, meta, seed=seed, metrics=metrics or task_metrics(data), loss_func=train_loss,
+    learn = VisionLearner(data, model, meta, seed=seed, metrics=metric_fns, loss_func=train_loss,
                           valid_loss_func=valid_loss, **kwargs)
     learn.set_balance(balance)
     learn.init_report = {"method": "default"}
