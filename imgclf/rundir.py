@@ -151,6 +151,17 @@ def save_model(run: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     write_json(run / META_FILE, {**meta, "imgclf_version": __version__})
 
 
+def require_model(run: Path) -> None:
+    """A one-line error when `run` holds no model: an unfinished run (killed, or stopped before its first epoch
+    ended) is told how to go on; anything else is not a run directory."""
+    if (run / MODEL_FILE).is_file() and (run / META_FILE).is_file():
+        return
+    if (run / CONFIG_FILE).is_file() and (run / CHECKPOINT_FILE).is_file():
+        raise UserError(f"{run}: an unfinished run (stopped or killed before it wrote a model); `imgclf train "
+                        f"--resume {run}` goes on from its last checkpoint")
+    raise UserError(f"{run}: not a run directory (needs {MODEL_FILE} and {META_FILE}); train one first")
+
+
 def weights_digest(run: str | Path) -> str | None:
     """sha1 of RUN/model.safetensors (None when absent): what an exported file records it was made from, so a run
     trained on since (`train --resume`) cannot be served from a stale export."""
@@ -165,8 +176,7 @@ def read_run(run: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     run = Path(run)
     if not run.exists():
         raise UserError(f"{run}: no such run directory")
-    if not (run / MODEL_FILE).is_file() or not (run / META_FILE).is_file():
-        raise UserError(f"{run}: not a run directory (needs {MODEL_FILE} and {META_FILE}); train one first")
+    require_model(run)
     meta = read_json(run / META_FILE)
     if not isinstance(meta, dict) or "arch" not in meta or "classes" not in meta:
         raise UserError(f"{run / META_FILE}: not a model description (needs arch and classes)")

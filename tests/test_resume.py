@@ -100,6 +100,10 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise(data_dir, tmp_path, reference):
     doc = _where(out)
     assert 0 < doc["train_dl"]["batches"] < STEPS, "killed mid-epoch"
     assert json.loads((out / "config.json").read_text())["status"] == "running"
+    image = str(next((Path(data_dir) / "val").rglob("*.jpg")))
+    for cmd in (["predict", str(out), image], ["report", str(out)]):  # no model yet: told how to go on
+        res = subprocess.run([sys.executable, "-m", "imgclf", *cmd], env=ENV, capture_output=True, text=True)
+        assert res.returncode == 2 and "an unfinished run" in res.stderr and f"--resume {out}" in res.stderr
 
     res = subprocess.run(_cmd("--resume", str(out)), env=ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

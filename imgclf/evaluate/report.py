@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..rundir import META_FILE, MODEL_FILE, read_json
+from ..rundir import META_FILE, MODEL_FILE, read_json, require_model
 from .interpret import interpret_dir, interpret_run
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -80,8 +80,7 @@ def render_report(context: dict[str, Any]) -> str:
 def _check_run(run: Path) -> None:
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
-    if not (run / MODEL_FILE).is_file() or not (run / META_FILE).is_file():
-        raise UserError(f"{run}: not a run directory (needs {MODEL_FILE} and {META_FILE}); train one first")
+    require_model(run)
 
 
 # ------------------------------------------------------------------------------------------- gathering
