@@ -212,6 +212,13 @@ def test_evaluate_reads_a_multi_label_folder_as_train_does(tmp_path):
     run = train(cfg, progress=False).run_dir
     res = evaluate(run, tmp_path / "tags", progress=False)
     assert res["n"] == len(tagged) == 18  # one per image with all its tags, not one per copy (24) with one tag
+    # the report counts images, not tag rows, and says what it cannot show for tags
+    m = json.loads((run / "metrics.json").read_text())
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert f"{m['n_train']} training and\n    {m['n_valid']} validation images" in html
+    assert "No confused pairs" not in html and "Confused pairs are for single-label classes" in html
+    assert "<th>tag</th>" in html and "train imbalance" not in html
 
 
 def test_a_metric_of_another_task_is_refused_when_the_learner_is_built(image_folder):

@@ -108,6 +108,8 @@ def report_context(run: str | Path) -> dict[str, Any]:
         "curves": [img for img in (_image(run / "loss.png", "loss and metric curves by epoch"),
                                    _image(run / "lr_find.png", "learning-rate finder")) if img],
         "data": _data(config, metrics, interp, meta),
+        "task": meta.get("task", "classify"),
+        "interpreted": bool(interp),
         "inspect": _inspect(inspect, inspect_file) if inspect else None,
         "confusion": [img for img in (_image(folder / "confusion_matrix.png", "confusion matrix (counts)"),
                                       _image(folder / "confusion_matrix_normalized.png",
@@ -217,7 +219,8 @@ def _headline(metrics: dict, meta: dict, config: dict, accuracy: float | None) -
         ("architecture", fmt(meta.get("arch") or config.get("model", {}).get("arch"))),
         ("size", f"{meta.get('size') or resolved.get('size') or '?'} px"),
         ("images", f"{metrics.get('n_train', '?')} train / {metrics.get('n_valid', '?')} valid"),
-        ("classes", fmt(metrics.get("n_classes") or len(meta.get("classes", [])))),
+        *([] if task == "regression" else [("tags" if task == "multi_label" else "classes",
+                                             fmt(metrics.get("n_classes") or len(meta.get("classes", []))))]),
         ("time", f"{metrics['total_seconds']:.0f} s" if "total_seconds" in metrics else "–"),
     ]
     return [(k, v) for k, v in items if v not in ("–", "? px")]
@@ -362,16 +365,21 @@ def _data(config: dict, metrics: dict, interp: dict, meta: dict) -> dict[str, An
         counts = {"train": {}, "valid": valid}
         note = (f"metrics.json has no counts; validation counts from interpret.json, training images "
                 f"{metrics.get('n_train', '?')} in all")
-    names = list(dict.fromkeys([*classes, *counts["train"], *counts["valid"]]))
+    task = meta.get("task", "classify")
+    names = list(dict.fromkeys([*classes, *counts["train"], *counts["valid"]])) if task != "regression" else []
     rows = [{"class": c, "train": counts["train"].get(c), "valid": counts["valid"].get(c)} for c in names]
     train = [r["train"] for r in rows if r["train"]]
+    # images, not the rows' sum: an image carries several tags (multi-label), and numbers have no classes
+    totals = {s: metrics.get(f"n_{s}") if metrics.get(f"n_{s}") is not None
+              else sum(v or 0 for v in counts[s].values()) for s in ("train", "valid")}
     return {
+        "unit": "tag" if task == "multi_label" else "class",
         "source": d.get("csv") or d.get("path") or interp.get("data") or "?",
         "labeller": ("CSV " + d["csv"]) if d.get("csv") else (f"regex {d['label_re']!r} on file names"
                                                              if d.get("label_re") else "class folder names"),
         "rows": rows,
-        "totals": {s: sum(v or 0 for v in counts[s].values()) for s in ("train", "valid")},
-        "imbalance": max(train) / min(train) if train else None,
+        "totals": totals,
+        "imbalance": max(train) / min(train) if train and task == "classify" else None,
         "note": note,
         "skipped": metrics.get("skipped_files", []),
     }
