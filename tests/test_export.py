@@ -94,6 +94,17 @@ def test_cli_predict_backend_onnx_csv(exported, trained_run, tmp_path, capsys):
     assert rows["onnx"][0] == rows["eager"][0] == ["path", "label", "confidence"]
     assert [r[:2] for r in rows["onnx"]] == [r[:2] for r in rows["eager"]]
     assert len(rows["onnx"]) == 19
+    # the exported file by its own path (`export --out deploy/model.onnx`): its backend told by the name
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    for name in ("model.onnx", "model.ts"):
+        shutil.copy(exported / name, deploy / name)
+        out = tmp_path / f"file-{name}.csv"
+        assert main(["predict", str(deploy / name), folder, "--csv", str(out), "--quiet"]) == 0
+        assert [r[1] for r in csv.reader(out.open())] == [r[1] for r in rows["eager"]]
+    (deploy / "notes.txt").write_text("x")
+    assert main(["predict", str(deploy / "notes.txt"), folder]) == 2
+    assert "a file, not a run directory or an exported model" in capsys.readouterr().err
     figures = {}
     for backend in ("eager", "onnx"):  # evaluate takes the backend too (README: predict, evaluate and serve)
         out = tmp_path / f"{backend}.json"

@@ -174,7 +174,15 @@ def load_model(run: str | Path, device: str = "auto", precision: str = "auto", b
     """The model of a run directory (`model.safetensors` + `model.json`); never unpickles.
 
     `backend` "onnx", "int8" or "torchscript": the file `imgclf export` wrote into the run (`infer.runtime`),
-    behind the same `Predictor` interface."""
+    behind the same `Predictor` interface. `run` may also be an exported file itself (`export --out
+    deploy/model.onnx`): its backend is told by its name (.onnx, .int8.onnx, .ts / .pt)."""
+    path = Path(run)
+    if backend == "eager" and path.is_file():
+        name = path.name.lower()
+        backend = ("int8" if name.endswith(".int8.onnx") else "onnx" if name.endswith(".onnx")
+                   else "torchscript" if name.endswith((".ts", ".pt")) else "eager")
+        if backend == "eager":
+            raise UserError(f"{run}: a file, not a run directory or an exported model (.onnx, .ts, .pt)")
     if backend != "eager":
         from .runtime import load_exported
 
