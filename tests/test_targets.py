@@ -182,12 +182,15 @@ def test_regression_run_beats_the_mean(tmp_path, capsys):
     assert main(["predict", str(res.run_dir), str(img)]) == 0
     out = list(csv.reader(capsys.readouterr().out.splitlines()))
     assert out[0] == ["path", "age"] and abs(float(out[1][1]) - pred.value) < 1e-3
+    assert main(["predict", str(res.run_dir), str(img), "--probs"]) == 2  # was ignored: one number, no classes
+    assert "--probs: a regression run predicts one number" in capsys.readouterr().err
     ev = evaluate(res.run_dir, csv_path, label_col="age", progress=False)
     assert ev["n"] == 40 and ev["mae"] < baseline
     with pytest.raises(UserError, match="interpret covers single-label"):
         interpret_run(res.run_dir, progress=False)
     html = write_report(res.run_dir, progress=False).read_text()  # no confusion matrix: the run's own figures
     assert "MAE (age)" in html and "RMSE" in html and "regression" in html
+    assert "No confused pairs" not in html and "train imbalance" not in html and "<th>class</th>" not in html
 
 
 def test_evaluate_reads_a_multi_label_folder_as_train_does(tmp_path):

@@ -84,9 +84,10 @@ def run(a: argparse.Namespace) -> None:
 def _check_topk(a: argparse.Namespace, task: str, classes: list[str]) -> int:
     """The k of --topk / --plot (5 or the number of classes, when fewer), or a UserError when it means nothing.
     A --topk above the number of classes ranks them all, as the server and the Python API do (timm caps it too)."""
-    if task == "regression" and (a.topk or a.plot):
-        raise UserError(f"{'--topk' if a.topk else '--plot'}: a regression run predicts one number; there are no "
-                        "classes to rank")
+    if task == "regression" and (a.topk or a.plot or a.probs):
+        flag = "--topk" if a.topk else "--plot" if a.plot else "--probs"
+        raise UserError(f"{flag}: a regression run predicts one number; there are no classes to rank or give "
+                        "probabilities of")
     if a.topk and a.topk > len(classes):
         print(f"--topk {a.topk}: the model has {len(classes)} classes; ranking all {len(classes)}", file=sys.stderr)
     return min(a.topk or 5, len(classes))
