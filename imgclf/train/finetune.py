@@ -137,32 +137,28 @@ def cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any
                               "epochs_planned": epochs, "epochs_run": 0}
     sel_fig = {"method": f"inner holdout of {len(hold_rows)} training images", "loss": trial["valid_loss"],
                "accuracy": trial["accuracy"], "probe_loss": ref.valid_loss, "probe_accuracy": ref.accuracy}
+    verdict = (f"trial: fine-tune loss {trial['valid_loss']:.2f} vs probe {ref.valid_loss:.2f} on the inner holdout "
+               f"after 1/{frac} epoch")
     if not trial["valid_loss"] < ref.valid_loss:
         # what the epochs would have cost, at most what the budget had left (they stop at its deadline)
         saved = min(epochs * (trial_s / TRIAL_FRACTION), max(0.0, deadline - time.perf_counter()))
-        why.append(f"trial: fine-tune loss {trial['valid_loss']:.2f} vs probe {ref.valid_loss:.2f} on the inner "
-                   f"holdout after 1/{frac} epoch: keeping the probe, {trial_s:.0f} s spent instead of up to "
-                   f"~{trial_s + saved:.0f} s")
-        print(why[-1], flush=True)
-        return Candidate(f"fine_tune@{data.size}", "fine_tune", data.size, None, None, trial_s,
-                         {**detail, "kept": False}, sel_fig), None
-    # the epochs were priced before any training step ran: the trial's measured pace decides how many fit
-    left = max(0.0, deadline - EXPORT_SECONDS - time.perf_counter())
-    epoch_s, fits = epochs_that_fit(pace, len(fit_rows), len(hold_rows), left)
-    fits = dist.agree(fits)
-    detail["epoch_seconds_measured"] = epoch_s
-    if fits == 0:
-        why.append(f"trial: fine-tune loss {trial['valid_loss']:.2f} vs probe {ref.valid_loss:.2f} on the inner "
-                   f"holdout after 1/{frac} epoch, but at the trial's pace an epoch takes ~{epoch_s:.0f} s and "
-                   f"{left:.0f} s of the budget are left: keeping the probe")
-        print(why[-1], flush=True)
+        stopped = f"{verdict}: keeping the probe, {trial_s:.0f} s spent instead of up to ~{trial_s + saved:.0f} s"
+    else:  # the epochs were priced before any training step ran: the trial's measured pace decides how many fit
+        left = max(0.0, deadline - EXPORT_SECONDS - time.perf_counter())
+        epoch_s, fits = epochs_that_fit(pace, len(fit_rows), len(hold_rows), left)
+        fits = dist.agree(fits)
+        detail["epoch_seconds_measured"] = epoch_s
+        stopped = "" if fits else (f"{verdict}, but at the trial's pace an epoch takes ~{epoch_s:.0f} s and "
+                                   f"{left:.0f} s of the budget are left: keeping the probe")
+    if stopped:
+        why.append(stopped)
+        print(stopped, flush=True)
         return Candidate(f"fine_tune@{data.size}", "fine_tune", data.size, None, None, trial_s,
                          {**detail, "kept": False}, sel_fig), None
     if fits < epochs:
         detail["epochs_planned"] = epochs = fits
-    print(f"trial: fine-tune loss {trial['valid_loss']:.2f} vs probe {ref.valid_loss:.2f} on the inner holdout "
-          f"after 1/{frac} epoch: fine-tuning up to {epochs} epoch(s) of ~{epoch_s:.0f} s (the trial's pace; "
-          f"{left:.0f} s of the budget left)", flush=True)
+    print(f"{verdict}: fine-tuning up to {epochs} epoch(s) of ~{epoch_s:.0f} s (the trial's pace; {left:.0f} s of "
+          "the budget left)", flush=True)
     keep_best = SaveBestModel("valid_loss", model=tuner.model, across_fits=True)
     keep_best.best, keep_best.best_state = trial["valid_loss"], copy.deepcopy(tuner.model.state_dict())
     stop = _StopAtDeadline(deadline - EXPORT_SECONDS)
