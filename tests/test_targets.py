@@ -173,6 +173,8 @@ def test_regression_run_beats_the_mean(tmp_path, capsys):
     assert m["rmse"] >= m["mae"]
     meta = json.loads((res.run_dir / "model.json").read_text())
     assert meta["task"] == "regression" and meta["classes"] == ["age"]
+    # without label_col the target column is found, and named as its header names it (it was "label")
+    assert ImageData.from_csv(csv_path, size=32, task="regression", progress=False).classes == ["age"]
 
     model = load_model(res.run_dir)
     img = write_image(tmp_path / "new.png", size=(40, 40), colour=(100,) * 3, seed=77)  # age 50
@@ -186,6 +188,8 @@ def test_regression_run_beats_the_mean(tmp_path, capsys):
     assert "--probs: a regression run predicts one number" in capsys.readouterr().err
     ev = evaluate(res.run_dir, csv_path, label_col="age", progress=False)
     assert ev["n"] == 40 and ev["mae"] < baseline
+    with pytest.raises(UserError, match="a regression run is scored on numbers from a CSV column: give the CSV"):
+        evaluate(res.run_dir, root, progress=False)  # a folder has no numbers
     with pytest.raises(UserError, match="interpret covers single-label"):
         interpret_run(res.run_dir, progress=False)
     html = write_report(res.run_dir, progress=False).read_text()  # no confusion matrix: the run's own figures

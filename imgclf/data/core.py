@@ -150,7 +150,7 @@ class ImageData:
         (`label_col` names its column)."""
         items = items_from_csv(csv_file, folder=folder, valid_pct=valid_pct, seed=seed, label_col=label_col,
                                stratify=kwargs.get("task", "classify") == "classify", split=split)
-        col = label_col or "label"
+        col = label_col or items.label_column
         kwargs.setdefault("target_name", col)
         return cls(items, source=str(csv_file), labeller=f"the {col} column of {Path(csv_file).name}", **kwargs)
 

@@ -110,6 +110,7 @@ class Items:
     # is_valid column, IDX files) and "legacy" (the plain split older runs rebuild): warn only; "checked": an
     # earlier decode of these items already did it (`ImageData.resized`)
     split_origin: str = "given"
+    label_column: str = "label"  # a CSV's label column as its header names it (a regression target: "age")
 
     def item_tags(self) -> list[list[str]]:
         """Each item's tags: the folders it was found in, else its label split on spaces (a CSV's tags)."""
@@ -545,10 +546,11 @@ def items_from_csv(
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"{missing[0]}: file listed in {csv_path.name} not found{more}")
+    name = rows[0][lcol].strip() or "label"  # the target's name: `age`, not "label", in model.json and predict's CSV
     if vcol is not None:
-        return Items(paths, labels, flags)
+        return Items(paths, labels, flags, label_column=name)
     is_valid = split_items(paths, labels, valid_pct, seed, stratify, split)
-    return Items(paths, labels, is_valid, split_origin=split_origin(split))
+    return Items(paths, labels, is_valid, split_origin=split_origin(split), label_column=name)
 
 
 _SPLIT_COLS = ("is_valid", "valid", "is_val", "validation", "split")  # not "set" or "fold": too often other things

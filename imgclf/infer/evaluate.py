@@ -90,6 +90,9 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     if is_idx_folder(Path(data)):  # IDX files (Fashion-MNIST): the t10k test set, as arrays
         view_probs, targets, skipped, keys = _idx_outputs(predictor, data, bs, names, progress)
     else:
+        if predictor.task == "regression" and Path(data).suffix.lower() != ".csv":
+            raise UserError(f"{data}: a regression run is scored on numbers from a CSV column: give the CSV "
+                            f"(`imgclf evaluate RUN labels.csv [--label-col {predictor.classes[0]}]`)")
         items = labelled_items(data, label_re, label_col, multi_label=predictor.task == "multi_label")
         unused = items.unused
         unused.warn(data)
