@@ -47,6 +47,9 @@ def test_encode_multi_label_and_regression(tmp_path):
     t = encode_targets(items, "multi_label", "src")
     assert t.names == ["a", "b", "c"]
     assert t.values.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 0], [1, 0, 1]]
+    with pytest.warns(UserWarning, match="tag.*'a,b' hold a comma or semicolon: tags are separated by spaces"):
+        t = encode_targets(Items(paths, ["a,b", "b", "", "a"], [False, False, True, True]), "multi_label", "src")
+    assert t.names == ["a", "a,b", "b"]  # one tag, as written: the warning says so
 
     items = Items(paths, ["10", "30", "20", "40"], [False, False, True, True])
     t = encode_targets(items, "regression", "src", target_name="age")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,6 +78,10 @@ def encode_targets(items: Items, task: str, where: str, names: Sequence[str] | N
         found = sorted({t for ts in tags for t in ts})
         if not found:
             raise UserError(f"{where}: no tags found; multi-label rows hold space-separated tags")
+        joined = [t for t in found if ("," in t or ";" in t) and items.tags is None]  # CSV rows, not folder names
+        if joined:
+            warnings.warn(f"{where}: tag(s) {', '.join(repr(t) for t in joined[:3])} hold a comma or semicolon: tags "
+                          "are separated by spaces, so each is one tag; write 'ant bee' for two", stacklevel=2)
         names = list(names) if names is not None else found
         _check_known(found, names, where, "tags")
         idx = {c: i for i, c in enumerate(names)}
