@@ -58,6 +58,7 @@ from .plan import (
 )
 from .probe import (
     PROBE_MIRRORS,
+    WEIGHT_DECAYS,
     ProbeFit,
     ProbeSelection,
     best_fit,
@@ -171,7 +172,9 @@ def head_text(detail: dict[str, Any]) -> str:
     """A probe's head in a user's words: the L-BFGS head's decay, or the one-cycle head's epochs."""
     if detail.get("head") == "one_cycle":
         return f"one-cycle head, {HEAD_EPOCHS} epochs at {HEAD_LR:g}"
-    return f"L-BFGS head, weight decay {detail['wd']:g}"
+    edge = {max(WEIGHT_DECAYS): ", the strongest the grid tries",
+            min(WEIGHT_DECAYS): ", the weakest the grid tries"}.get(detail["wd"], "")
+    return f"L-BFGS head, weight decay {detail['wd']:g}{edge}"
 
 
 def _fit_one_cycle_head(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
