@@ -123,9 +123,13 @@ def test_ctrl_c_checkpoints_says_how_to_go_on_and_resumes_exactly(data_dir, tmp_
     doc = _where(out)
     assert doc["reason"] in ("interrupt", "epoch")  # the step in progress finished, then a checkpoint
     assert f"imgclf train --resume {out}" in stderr and doc["where"] in stderr
-    assert json.loads((out / "config.json").read_text())["status"] == "interrupted"
+    stopped = json.loads((out / "config.json").read_text())
+    assert stopped["status"] == "interrupted" and stopped["earlier_seconds"] > 0  # the session's time is kept
     assert f"--resume {out}" in (out / "train.log").read_text()
 
     res = subprocess.run(_cmd("--resume", str(out)), env=ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     _same(_figures(out), reference)
+    m = json.loads((out / "metrics.json").read_text())  # the figures count the stopped session too
+    assert m["earlier_sessions_seconds"] == stopped["earlier_seconds"]
+    assert f"(+{m['earlier_sessions_seconds']:.0f}s in earlier sessions)" in res.stdout

@@ -185,8 +185,10 @@ def run(a: argparse.Namespace) -> None:
 def _print_figures(res) -> None:
     m = res.metrics
     kept = f"  (kept {m['kept']})" if m.get("kept") else ""
+    before = m.get("earlier_sessions_seconds")  # a resumed run: the stopped sessions' time
+    earlier = f" (+{before:.0f}s in earlier sessions)" if before else ""
     print(f"{figures(m, res.learner.metrics)}  valid_loss {m['valid_loss']:.4f}  "
-          f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s{kept}  -> {res.run_dir}")
+          f"fit {m['fit_seconds']:.1f}s  total {m['total_seconds']:.1f}s{earlier}{kept}  -> {res.run_dir}")
     if "balanced_accuracy" in m:  # single-label runs: the figures a skewed split cannot hide (train/metrics.py)
         from ..train.metrics import format_figure
 

@@ -221,7 +221,9 @@ def _headline(metrics: dict, meta: dict, config: dict, accuracy: float | None) -
         ("images", f"{metrics.get('n_train', '?')} train / {metrics.get('n_valid', '?')} valid"),
         *([] if task == "regression" else [("tags" if task == "multi_label" else "classes",
                                              fmt(metrics.get("n_classes") or len(meta.get("classes", []))))]),
-        ("time", f"{metrics['total_seconds']:.0f} s" if "total_seconds" in metrics else "–"),
+        ("time", f"{metrics['total_seconds']:.0f} s" + (f" (+{metrics['earlier_sessions_seconds']:.0f} s in "
+                 "earlier sessions)" if metrics.get("earlier_sessions_seconds") else "")
+         if "total_seconds" in metrics else "–"),
     ]
     return [(k, v) for k, v in items if v not in ("–", "? px")]
 

@@ -362,23 +362,24 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
                 print(f"resuming from the checkpoint at {ck.last}")
             return _run(cfg, data, out, ck, progress, t_start, plan, phases)
     except TrainingInterrupted:
-        _stopped(out, ck, "interrupted", keep_best=True)
+        _stopped(out, ck, "interrupted", keep_best=True, spent=time.perf_counter() - t_start)
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: out at once
-        _stopped(out, ck, "interrupted", keep_best=False)
+        _stopped(out, ck, "interrupted", keep_best=False, spent=time.perf_counter() - t_start)
         raise
     except NonFiniteLoss as e:
-        _stopped(out, ck, f"failed: {e}", keep_best=True)
+        _stopped(out, ck, f"failed: {e}", keep_best=True, spent=time.perf_counter() - t_start)
         raise
     except UserError as e:
         if fresh and ck.n_written == 0:  # a user error before training began: leave nothing behind
             if dist.is_main():
                 shutil.rmtree(out, ignore_errors=True)
         else:
-            _stopped(out, ck, f"failed: {e}", keep_best=False)
+            _stopped(out, ck, f"failed: {e}", keep_best=False, spent=time.perf_counter() - t_start)
         raise
     except Exception as e:
-        _stopped(out, ck, f"failed: {type(e).__name__}: {e}", keep_best=False)
+        _stopped(out, ck, f"failed: {type(e).__name__}: {e}", keep_best=False,
+                 spent=time.perf_counter() - t_start)
         raise
 
 
@@ -498,6 +499,8 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     phases.update(fit=fit_seconds, finish=time.perf_counter() - t_finish)  # finish: final figures, export, files
     metrics = {
         **final, "fit_seconds": fit_seconds, "total_seconds": time.perf_counter() - t_start, "phases": phases,
+        # a resumed run: the seconds of the sessions stopped before this one (Ctrl-C, errors; not kill -9)
+        **({"earlier_sessions_seconds": begun["earlier_seconds"]} if begun.get("earlier_seconds") else {}),
         "n_train": data.n_train, "n_valid": data.n_valid, "n_classes": len(data.classes),
         "counts": data.counts(),  # images per class and split, as trained: the report reads them here
         "kept": resolved.get("kept") or resolved.get("recipe"),
@@ -572,9 +575,11 @@ def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunCon
     return resumed, run
 
 
-def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool) -> None:
+def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool, spent: float = 0.0) -> None:
     """A run that stops before its end: the best weights so far into the run directory (when an epoch
-    finished and `keep_best`), the status into config.json, and how to go on. Rank 0's job under torchrun."""
+    finished and `keep_best`), the status into config.json, and how to go on. Rank 0's job under torchrun.
+    `spent`: this session's seconds, added to config.json's `earlier_seconds` (a resumed run's time counts them;
+    a killed session cannot say its own)."""
     if not dist.is_main():
         return
     learn = ck.learner
@@ -582,7 +587,9 @@ def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool) -> None:
     if keep_best and learn is not None and learn.recorder.history and hasattr(learn, "export"):
         learn.export(out, force=True)  # the fit's end gave the model its best epoch's weights back (SaveBestModel)
         lines.append(f"kept the best epoch so far in {out / 'model.safetensors'}")
-    update_config(out, status=status, last_checkpoint=ck.last)
+    saved = read_json(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else {}
+    earlier = saved.get("earlier_seconds", 0.0)
+    update_config(out, status=status, last_checkpoint=ck.last, earlier_seconds=round(earlier + spent, 1))
     if status == "interrupted":
         where = f"the checkpoint at {ck.last}" if ck.last else "the start (no checkpoint was written yet)"
         lines.append(f"interrupted; `imgclf train --resume {out}` goes on from {where}")
