@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,8 @@ class VisionLearner(Learner):
                 dl.shard(dist.rank(), world, bs=dl.bs)
             desc = f"features {split}/{'center+flip' if pair else view} [{engine.name}]"
             batches = _progress(dl, desc, self.progress, 2 if pair else 1)
-            with glue(engine):
+            # closing: a Ctrl-C mid-pass ends the bar ("stopped at N img") before the CLI's "interrupted" line
+            with glue(engine), closing(batches):
                 out = extract_features(self.model, batches, self.dtype, self.device, engine=engine, flip=pair)
             out = tuple(dist.gather_shards(t, n) for t in out) if world > 1 else out
             return {(split, "center"): out[:2], (split, "flip"): (out[2], out[1])} if pair else out
