@@ -193,6 +193,12 @@ def test_regression_run_beats_the_mean(tmp_path, capsys):
     assert ev["n"] == 40 and ev["mae"] < baseline
     with pytest.raises(UserError, match="a regression run is scored on numbers from a CSV column: give the CSV"):
         evaluate(res.run_dir, root, progress=False)  # a folder has no numbers
+    # int8 says what it costs in the target's units: the eager figure is the run's own MAE
+    from imgclf import export_model
+
+    e = export_model(res.run_dir, int8=True, progress=False)
+    assert e["parity"]["mae_eager"] == pytest.approx(m["mae"], rel=1e-3, abs=1e-3)
+    assert e["mae"]["fp32"] == pytest.approx(m["mae"], rel=1e-2) and e["mae"]["int8"] < baseline
     with pytest.raises(UserError, match="interpret covers single-label"):
         interpret_run(res.run_dir, progress=False)
     html = write_report(res.run_dir, progress=False).read_text()  # no confusion matrix: the run's own figures

@@ -179,9 +179,16 @@ def _spaced(n: int, k: int) -> list[int]:
 
 
 def _targets(data, classes: list[str]) -> torch.Tensor | None:
-    """Validation class indices in the model's class order (single-label runs), else None."""
-    if data.task != "classify" or any(c not in classes for c in data.classes):
+    """The validation targets as the exported model's outputs read them: class indices in its class order, tag
+    columns in its tag order, or numbers in the target's own units; None when the data's labels are not the run's."""
+    if data.task == "regression":
+        mean, std = data.target_stats
+        return torch.as_tensor(data.valid_y).float().reshape(len(data.valid_y), -1)[:, 0] * std + mean
+    if any(c not in classes for c in data.classes):
         return None
+    if data.task == "multi_label":
+        cols = torch.tensor([data.classes.index(c) for c in classes])
+        return torch.as_tensor(data.valid_y).float()[:, cols]
     idx = torch.tensor([classes.index(c) for c in data.classes])
     return idx[torch.as_tensor(data.valid_y)]
 
@@ -215,6 +222,12 @@ def parity(reference, exported, images: torch.Tensor, targets: torch.Tensor | No
     elif task == "multi_label":
         t = reference.threshold
         res["decision_agreement"] = float(((ref > t) == (out > t)).all(-1).float().mean())
+        if targets is not None:  # accuracy_multi: the (image, tag) decisions right at the run's threshold
+            res["accuracy_eager"] = float(((ref > t) == targets.bool()).float().mean())
+            res["accuracy"] = float(((out > t) == targets.bool()).float().mean())
+    elif targets is not None:  # numbers: the mean absolute error in the target's units
+        res["mae_eager"] = float((ref.reshape(-1) - targets).abs().mean())
+        res["mae"] = float((out.reshape(-1) - targets).abs().mean())
     return res
 
 
@@ -225,8 +238,9 @@ def _log_line(name: str, p: dict[str, Any]) -> str:
     if "decision_agreement" in p:
         parts.append(f"tag decisions agree {p['decision_agreement']:.2%}")
     parts.append(f"max |Δ| {p['max_abs_diff']:.2e}")
-    if "accuracy" in p:
-        parts.append(f"accuracy {p['accuracy_eager']:.4f} eager -> {p['accuracy']:.4f}")
+    for key in ("accuracy", "mae"):
+        if key in p:
+            parts.append(f"{key} {p[key + '_eager']:.4f} eager -> {p[key]:.4f}")
     return ", ".join(parts)
 
 
@@ -305,10 +319,11 @@ def export_model(run: str | Path, format: str = "onnx", out: str | Path | None =
                 entry["fp32"] = {"bytes": fp32.stat().st_size, "images_per_s": images_per_second(ref, images),
                                  "parity": parity(eager, ref, images, targets, exported.task)}
                 entry["size_ratio"] = round(entry["fp32"]["bytes"] / entry["bytes"], 2)
-                acc = entry["fp32"]["parity"].get("accuracy"), entry["parity"].get("accuracy")
+                key = "mae" if exported.task == "regression" else "accuracy"  # accuracy_multi for tags
+                acc = entry["fp32"]["parity"].get(key), entry["parity"].get(key)
                 if None not in acc:
-                    entry["accuracy"] = {"fp32": acc[0], "int8": acc[1]}
-                    say(f"int8: accuracy {acc[0]:.4f} -> {acc[1]:.4f}, {entry['size_ratio']}x smaller, "
+                    entry[key] = {"fp32": acc[0], "int8": acc[1]}
+                    say(f"int8: {key} {acc[0]:.4f} -> {acc[1]:.4f}, {entry['size_ratio']}x smaller, "
                         f"{entry['fp32']['images_per_s']} -> {entry['images_per_s']} images/s (batch 64)")
             elif entry["parity"].get("top1_agreement", 1.0) < TARGET_AGREEMENT or (
                     exported.task != "regression" and entry["parity"]["max_abs_diff"] > TARGET_MAX_DPROB):
