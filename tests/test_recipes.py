@@ -166,6 +166,8 @@ def test_fine_tune_is_tried_on_an_inner_holdout_and_judged_there(image_folder, t
     assert d["holdout"] == 20 and d["fit_images"] == 80 and d["trial"]["images"] == 16
     assert ft["selection"]["method"] == "inner holdout of 20 training images"
     assert ft["selection"]["probe_loss"] == d["probe_holdout"]["loss"]
+    # the trial's reference is the probe refitted as it was chosen (L-BFGS, or the one-cycle head)
+    assert d["probe_holdout"]["head"] == res.report["candidates"][0]["detail"]["head"]
     trial_won = d["trial"]["loss"] < d["probe_holdout"]["loss"]
     assert (d["epochs_run"] > 0) == trial_won
     if trial_won:  # the epochs were counted again from the trial's own pace

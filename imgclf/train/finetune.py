@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..data.core import ImageData
 from ..data.store import LazyImages
@@ -23,7 +24,7 @@ from . import distributed as dist
 from .callbacks import Callback, CancelFitException, EarlyStopping, SaveBestModel
 from .candidate import Candidate
 from .plan import EXPORT_SECONDS, HOLDOUT, TRAIN_COST, TRIAL_FRACTION, record_rate
-from .probe import PROBE_MIRRORS, fit_linear_probe, load_head
+from .probe import HEAD_EPOCHS, HEAD_LR, PROBE_MIRRORS, ProbeFit, fit_linear_probe, load_head
 from .vision import VisionLearner
 
 
@@ -86,6 +87,22 @@ def epochs_that_fit(pace: float, n_fit: int, n_hold: int, left: float) -> tuple[
     return epoch_s, int(max(0.0, left) // epoch_s)
 
 
+def _reference_head(learn: VisionLearner, sel_info: dict[str, Any], x: torch.Tensor, y: torch.Tensor,
+                    xh: torch.Tensor, yh: torch.Tensor) -> ProbeFit:
+    """The probe refitted on the fit part's features, as the probe was chosen: the one-cycle head from its
+    starting classifier, or L-BFGS at the chosen decay; scored on the holdout. The trial starts from it and is
+    judged against it."""
+    if sel_info.get("head") != "one_cycle" or sel_info.get("init") is None:
+        return fit_linear_probe(x, y, xh, yh, len(learn.data.classes), wds=(sel_info["wd"],))[0]
+    t = time.perf_counter()
+    head = learn.fit_head_copy(x, y, xh, yh, sel_info["init"], learn.seed, HEAD_EPOCHS, HEAD_LR)
+    w, b = head.weight.detach().float().cpu(), head.bias.detach().float().cpu()
+    xs, xhs = x.float().cpu(), xh.float().cpu()
+    logits = xhs @ w.T + b
+    return ProbeFit(0.0, float(F.cross_entropy(xs @ w.T + b, y.cpu())), float(F.cross_entropy(logits, yh.cpu())),
+                    float((logits.argmax(1) == yh.cpu()).float().mean()), time.perf_counter() - t, w, b)
+
+
 def cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any], epochs: int, base_lr: float,
                   make_learner: Callable[..., VisionLearner], deadline: float, why: list[str],
                   ) -> tuple[Candidate, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -101,7 +118,7 @@ def cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any
     xf, yf = x1[fit_rows], y1[fit_rows]
     if PROBE_MIRRORS:
         xf, yf = torch.cat([xf, learn.cached_features("train", "flip")[0][fit_rows]]), torch.cat([yf, yf])
-    ref = fit_linear_probe(xf, yf, x1[hold_rows], y1[hold_rows], len(data.classes), wds=(sel_info["wd"],))[0]
+    ref = _reference_head(learn, sel_info, xf, yf, x1[hold_rows], y1[hold_rows])
     tuner = make_learner(subset_data(data, fit_rows, hold_rows), log=False)
     tuner.model.load_state_dict(learn.model.state_dict())
     load_head(tuner.model.get_classifier(), ref)
@@ -131,7 +148,8 @@ def cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any
         record_rate(tuner.meta.arch, data.size, tuner.device, "eager", round(units), t_fit, kind="train")
     tuner.train_dl = full_dl
     detail: dict[str, Any] = {"holdout": len(hold_rows), "fit_images": len(fit_rows),
-                              "probe_holdout": {"loss": ref.valid_loss, "accuracy": ref.accuracy},
+                              "probe_holdout": {"loss": ref.valid_loss, "accuracy": ref.accuracy,
+                                                "head": sel_info.get("head", "lbfgs")},
                               "trial": {"images": n_trial, "loss": trial["valid_loss"],
                                         "accuracy": trial["accuracy"], "seconds": trial_s},
                               "epochs_planned": epochs, "epochs_run": 0}

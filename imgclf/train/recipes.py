@@ -57,6 +57,8 @@ from .plan import (
     train_forward,
 )
 from .probe import (
+    HEAD_EPOCHS,
+    HEAD_LR,
     PROBE_MIRRORS,
     WEIGHT_DECAYS,
     ProbeFit,
@@ -161,13 +163,6 @@ def probe_learner(learn: VisionLearner, head_epochs: int = 8, head_lr: float = 2
     return cand, rate
 
 
-# the head phase's own fit on cached features (the fixed recipe's frozen epochs): AdamW one-cycle behind dropout.
-# It competes with the L-BFGS head on the same CV folds (`one_cycle_head`). Measured on validation (2026-12-01,
-# 8 epochs at 2e-3 vs the CV'd L-BFGS head, same features): loss 0.307 vs 0.326 on hymenoptera at 48 px (256 px),
-# 0.318 vs 0.324 (192 px), 0.134 vs 0.150 hymenoptera, 0.277 vs 0.288 hymenoptera-8, 0.458 vs 0.470 Fashion 2,000
-HEAD_EPOCHS, HEAD_LR = 8, 2e-3
-
-
 def head_text(detail: dict[str, Any]) -> str:
     """A probe's head in a user's words: the L-BFGS head's decay, or the one-cycle head's epochs."""
     if detail.get("head") == "one_cycle":
@@ -175,17 +170,6 @@ def head_text(detail: dict[str, Any]) -> str:
     edge = {max(WEIGHT_DECAYS): ", the strongest the grid tries",
             min(WEIGHT_DECAYS): ", the weakest the grid tries"}.get(detail["wd"], "")
     return f"L-BFGS head, weight decay {detail['wd']:g}{edge}"
-
-
-def _fit_one_cycle_head(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
-                        held: torch.Tensor, init: dict[str, torch.Tensor], seed: int) -> torch.nn.Module:
-    """A copy of the classifier, started from `init`, fitted by the head phase's loop on `x[rows]`."""
-    head = copy.deepcopy(learn.model.get_classifier())
-    head.load_state_dict(init)
-    torch.manual_seed(seed)  # dropout
-    learn.feature_learner(x[rows], y[rows], x[held], y[held], head, distributed=False).fit_one_cycle(HEAD_EPOCHS,
-                                                                                                     HEAD_LR)
-    return head
 
 
 def one_cycle_head(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor,
@@ -202,7 +186,7 @@ def one_cycle_head(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, folds
     fold_loss = torch.zeros(k)
     for f in range(k):
         tr, te = folds != f, folds == f
-        head = _fit_one_cycle_head(learn, x, y, tr, te, init, learn.seed + f)
+        head = learn.fit_head_copy(x[tr], y[tr], x[te], y[te], init, learn.seed + f, HEAD_EPOCHS, HEAD_LR)
         with torch.no_grad():
             oof[te] = head(x[te].to(learn.device)).float().cpu()
         fold_loss[f] = F.cross_entropy(oof[te], yc[te])
@@ -213,13 +197,12 @@ def one_cycle_head(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, folds
     if not cv_loss < beat:
         return table, None
     t_fit = time.perf_counter()
-    every = torch.ones(len(y), dtype=torch.bool)
-    head = _fit_one_cycle_head(learn, x, y, every, every, init, learn.seed)
+    head = learn.fit_head_copy(x, y, x, y, init, learn.seed, HEAD_EPOCHS, HEAD_LR)
     w, b = head.weight.detach().float().cpu(), head.bias.detach().float().cpu()
     fit = ProbeFit(0.0, float(F.cross_entropy(x.float().cpu() @ w.T + b, yc)), cv_loss, cv_acc,
                    time.perf_counter() - t_fit, w, b)
     return table, ProbeSelection(0.0, cv_loss, se, cv_acc, table, fit, oof, folds, time.perf_counter() - t,
-                                 "one_cycle")
+                                 "one_cycle", init)
 
 
 def probe_cv(learn: VisionLearner, folds: int = 5, sel: ProbeSelection | None = None
@@ -534,8 +517,8 @@ def auto_fit(
     sel_info = None
     if sel is not None:
         n = len(learn.data.train_y)
-        sel_info = {"wd": sel.wd, "cv_accuracy": sel.cv_accuracy, "oof_logits": sel.oof_logits[:n].clone(),
-                    "targets": learn.data.train_y.clone()}
+        sel_info = {"wd": sel.wd, "head": sel.head, "init": sel.init, "cv_accuracy": sel.cv_accuracy,
+                    "oof_logits": sel.oof_logits[:n].clone(), "targets": learn.data.train_y.clone()}
     if ck is not None:
         ck.attach(learn)
         ck.extra["auto"] = {

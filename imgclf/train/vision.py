@@ -141,6 +141,19 @@ class VisionLearner(Learner):
         return self.feature_learner(torch.cat([x1, x2]), torch.cat([y1, y2]), xv, yv, self.model.get_classifier(),
                                     log)
 
+    def fit_head_copy(self, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
+                      init: dict[str, torch.Tensor], seed: int, epochs: int, lr: float) -> nn.Module:
+        """A copy of the classifier started from `init`, fitted by the head phase's loop (`feature_learner`, this
+        process alone) on rows `x`: the one-cycle probe head of a CV fold, of all training rows, or of the
+        fine-tune trial's fit part."""
+        import copy
+
+        head = copy.deepcopy(self.model.get_classifier())
+        head.load_state_dict(init)
+        torch.manual_seed(seed)  # dropout
+        self.feature_learner(x, y, xv, yv, head, distributed=False).fit_one_cycle(epochs, lr)
+        return head
+
     def feature_learner(self, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
                         head: nn.Module, log: bool = False, distributed: bool | None = None) -> Learner:
         """A `Learner` training `head` (behind this model's dropout) on feature rows `x` and scoring `xv`: the head
