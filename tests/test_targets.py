@@ -235,6 +235,11 @@ def test_evaluate_reads_a_multi_label_folder_as_train_does(tmp_path):
     assert f"{m['n_train']} training and\n    {m['n_valid']} validation images" in html
     assert "No confused pairs" not in html and "Confused pairs are for single-label classes" in html
     assert "<th>tag</th>" in html and "train imbalance" not in html
+    # inspect counts images too, and names tags as tags
+    assert main(["inspect", str(tmp_path / "tags"), "--task", "multi_label", "--size", "32", "--quiet",
+                 "--out", str(tmp_path / "insp")]) == 0
+    d = json.loads((tmp_path / "insp" / "inspect.json").read_text())
+    assert sum(d["totals"].values()) == 18 and d["task"] == "multi_label" and d["n_classes"] == 2
 
 
 def test_a_metric_of_another_task_is_refused_when_the_learner_is_built(image_folder):

@@ -380,6 +380,13 @@ class DataSummary:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     unused: dict[str, Any] = field(default_factory=dict)  # entries not used as images: `Unused.to_dict()`
+    task: str = "classify"
+    # images per split: the counts' rows add up to more for tags (an image under each of its tags)
+    n_images: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return self.n_images or {k: sum(c.values()) for k, c in self.counts.items()}
 
     @property
     def imbalance(self) -> float:
@@ -396,7 +403,7 @@ class DataSummary:
         return {
             "source": self.source, "labeller": self.labeller, "classes": self.classes,
             "n_classes": len(self.classes), "size": self.size, "presize": self.presize, "counts": self.counts,
-            "totals": {s: sum(c.values()) for s, c in self.counts.items()},
+            "totals": self.totals, "task": self.task,
             "imbalance_ratio": self.imbalance,
             "largest_class": max(train, key=train.get), "smallest_class": min(train, key=train.get),
             "image_sizes": self.image_sizes, "modes": self.modes, "formats": self.formats,
@@ -450,7 +457,7 @@ def summarize(
         formats=dict(Counter(i.format for i in good).most_common()),
         skipped=sorted(skipped), trace=trace_items(data, infos, mean, std, n_samples),
         batch=batch_figures(data, mean, std), exact=exact, near=near, near_threshold=threshold,
-        unused=data.unused.to_dict(),
+        unused=data.unused.to_dict(), task=data.task, n_images={"train": data.n_train, "valid": data.n_valid},
     )
     s.notes = advice(s, good)
     s.seconds = time.perf_counter() - t0
@@ -579,17 +586,23 @@ def format_summary(s: DataSummary, max_classes: int = 50, max_groups: int = 10) 
     root = _root(s)
     train, valid = s.counts["train"], s.counts["valid"]
     width = max(12, *(len(c) for c in s.classes[:max_classes]))
+    unit = {"multi_label": "tag", "regression": "target"}.get(s.task, "class")
+    what = f"{len(s.classes)} {unit}{'es' if unit == 'class' else 's'}" if s.task != "regression" else (
+        f"a number ({s.classes[0]})")
     lines = [f"data: {s.source}",
-             f"{len(s.classes)} classes, labels from {s.labeller}; size {s.size} (presized {s.presize})", "",
-             f"{'class':<{width}}  {'train':>7}  {'valid':>7}"]
+             f"{what}, labels from {s.labeller}; size {s.size} (presized {s.presize})", "",
+             f"{unit:<{width}}  {'train':>7}  {'valid':>7}"]
     for c in s.classes[:max_classes]:
         lines.append(f"{c:<{width}}  {train[c]:>7}  {valid[c]:>7}")
     if len(s.classes) > max_classes:
         lines.append(f"... {len(s.classes) - max_classes} more classes in inspect.json")
-    lines += [f"{'total':<{width}}  {sum(train.values()):>7}  {sum(valid.values()):>7}",
-              f"imbalance (largest / smallest train class): {s.imbalance:.2f} "
-              f"({max(train, key=train.get)} {max(train.values())} / {min(train, key=train.get)} "
-              f"{min(train.values())})", ""]
+    lines.append(f"{'images':<{width}}  {s.totals['train']:>7}  {s.totals['valid']:>7}"
+                 + ("  (an image counts under each of its tags)" if s.task == "multi_label" else ""))
+    if s.task == "classify":
+        lines.append(f"imbalance (largest / smallest train class): {s.imbalance:.2f} "
+                     f"({max(train, key=train.get)} {max(train.values())} / {min(train, key=train.get)} "
+                     f"{min(train.values())})")
+    lines.append("")
     w, h = s.image_sizes["width"], s.image_sizes["height"]
     lines += [f"image width  min {w['min']:g}  median {w['median']:g}  max {w['max']:g}",
               f"image height min {h['min']:g}  median {h['median']:g}  max {h['max']:g}",
