@@ -130,11 +130,15 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
                         "were they written for another --arch?") from None
 
 
+def read_config(run: str | Path) -> dict[str, Any]:
+    """RUN/config.json, or {} when the run has none (a model saved from Python, a run not begun)."""
+    path = Path(run) / CONFIG_FILE
+    return read_json(path) if path.is_file() else {}
+
+
 def update_config(run: str | Path, **fields: Any) -> None:
     """Change top-level fields of RUN/config.json (the run's status, as it goes)."""
-    path = Path(run) / CONFIG_FILE
-    cfg = read_json(path) if path.exists() else {}
-    write_json(path, {**cfg, **fields})
+    write_json(Path(run) / CONFIG_FILE, {**read_config(run), **fields})
 
 
 def save_model(run: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:

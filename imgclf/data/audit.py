@@ -45,6 +45,7 @@ from PIL import Image
 
 from ..progress import bar as progress_bar
 from .decode import BadImage, default_workers, open_image, peek_image, presize
+from .targets import describe_targets
 
 if TYPE_CHECKING:
     from .core import ImageData
@@ -587,10 +588,9 @@ def format_summary(s: DataSummary, max_classes: int = 50, max_groups: int = 10) 
     train, valid = s.counts["train"], s.counts["valid"]
     width = max(12, *(len(c) for c in s.classes[:max_classes]))
     unit = {"multi_label": "tag", "regression": "target"}.get(s.task, "class")
-    what = f"{len(s.classes)} {unit}{'es' if unit == 'class' else 's'}" if s.task != "regression" else (
-        f"a number ({s.classes[0]})")
     lines = [f"data: {s.source}",
-             f"{what}, labels from {s.labeller}; size {s.size} (presized {s.presize})", "",
+             f"{describe_targets(s.task, s.classes)}, labels from {s.labeller}; size {s.size} "
+             f"(presized {s.presize})", "",
              f"{unit:<{width}}  {'train':>7}  {'valid':>7}"]
     for c in s.classes[:max_classes]:
         lines.append(f"{c:<{width}}  {train[c]:>7}  {valid[c]:>7}")

@@ -18,7 +18,7 @@ from .idx import load_idx, presize_arrays
 from .loaders import BatchLoader
 from .sources import Items, items_from_csv, items_from_files, items_from_folder
 from .store import LazyImages, fits_in_memory, screen
-from .targets import encode_targets
+from .targets import describe_targets, encode_targets
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -287,7 +287,5 @@ class ImageData:
         return show_batch(self, n, mean, std, seed=seed)
 
     def __repr__(self) -> str:
-        what = f"target {self.classes[0]}" if self.task == "regression" else (
-            f"{len(self.classes)} {'tags' if self.task == 'multi_label' else 'classes'}")
-        return (f"ImageData({self.source!r}: {what}, {self.n_train} train, "
+        return (f"ImageData({self.source!r}: {describe_targets(self.task, self.classes)}, {self.n_train} train, "
                 f"{self.n_valid} valid, size {self.size}, presize {self.presize})")

@@ -23,6 +23,13 @@ from .sources import Items
 TASKS = ("classify", "multi_label", "regression")
 
 
+def describe_targets(task: str, names: Sequence[str]) -> str:
+    """What a data set's labels are, in a user's words: "4 classes", "3 tags", "a number (age)"."""
+    if task == "regression":
+        return f"a number ({names[0]})"
+    return f"{len(names)} {'tags' if task == 'multi_label' else 'classes'}"
+
+
 @dataclass
 class Targets:
     """Encoded targets aligned with `items`: `values[i]` is item i's target row."""

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models import model_from_run
-from ..rundir import CONFIG_FILE, read_json, weights_digest, write_json
+from ..rundir import read_config, read_json, weights_digest, write_json
 from .runtime import EXPORT_LOG, FILES, ExportedPredictor
 
 FORMATS = ("onnx", "torchscript")
@@ -273,7 +273,7 @@ def export_model(run: str | Path, format: str = "onnx", out: str | Path | None =
         raise UserError(f"{path}: already exists (pass --force to overwrite)")
     module, meta = load_deployable(run)
     say = print if progress else (lambda *a, **k: None)
-    status = (read_json(Path(run) / CONFIG_FILE) or {}).get("status") if (Path(run) / CONFIG_FILE).is_file() else None
+    status = read_config(run).get("status")
     if status in ("interrupted", "running"):  # a stopped run's best weights so far
         say(f"note: {run} is unfinished (status {status}): exporting its best weights so far; after `imgclf train "
             f"--resume {run}`, export again")

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..data.core import ImageData
 from ..data.store import LazyImages
@@ -24,7 +23,7 @@ from . import distributed as dist
 from .callbacks import Callback, CancelFitException, EarlyStopping, SaveBestModel
 from .candidate import Candidate
 from .plan import EXPORT_SECONDS, HOLDOUT, TRAIN_COST, TRIAL_FRACTION, record_rate
-from .probe import HEAD_EPOCHS, HEAD_LR, PROBE_MIRRORS, ProbeFit, fit_linear_probe, load_head
+from .probe import HEAD_EPOCHS, HEAD_LR, PROBE_MIRRORS, ProbeFit, fit_linear_probe, head_fit, load_head, score_head
 from .vision import VisionLearner
 
 
@@ -96,11 +95,8 @@ def _reference_head(learn: VisionLearner, sel_info: dict[str, Any], x: torch.Ten
         return fit_linear_probe(x, y, xh, yh, len(learn.data.classes), wds=(sel_info["wd"],))[0]
     t = time.perf_counter()
     head = learn.fit_head_copy(x, y, xh, yh, sel_info["init"], learn.seed, HEAD_EPOCHS, HEAD_LR)
-    w, b = head.weight.detach().float().cpu(), head.bias.detach().float().cpu()
-    xs, xhs = x.float().cpu(), xh.float().cpu()
-    logits = xhs @ w.T + b
-    return ProbeFit(0.0, float(F.cross_entropy(xs @ w.T + b, y.cpu())), float(F.cross_entropy(logits, yh.cpu())),
-                    float((logits.argmax(1) == yh.cpu()).float().mean()), time.perf_counter() - t, w, b)
+    return head_fit(head, x, y, *score_head(xh, yh, head.weight, head.bias),
+                    time.perf_counter() - t)
 
 
 def cv_fine_tune(learn: VisionLearner, probe: Candidate, sel_info: dict[str, Any], epochs: int, base_lr: float,

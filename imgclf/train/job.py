@@ -45,6 +45,7 @@ from ..rundir import (
     early_lines,
     log_to,
     new_run_dir,
+    read_config,
     read_json,
     update_config,
     write_json,
@@ -362,32 +363,30 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
                 print(f"resuming from the checkpoint at {ck.last}")
             return _run(cfg, data, out, ck, progress, t_start, plan, phases)
     except TrainingInterrupted:
-        _stopped(out, ck, "interrupted", keep_best=True, spent=time.perf_counter() - t_start)
+        _stopped(out, ck, "interrupted", keep_best=True, t_start=t_start)
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training: out at once
-        _stopped(out, ck, "interrupted", keep_best=False, spent=time.perf_counter() - t_start)
+        _stopped(out, ck, "interrupted", keep_best=False, t_start=t_start)
         raise
     except NonFiniteLoss as e:
-        _stopped(out, ck, f"failed: {e}", keep_best=True, spent=time.perf_counter() - t_start)
+        _stopped(out, ck, f"failed: {e}", keep_best=True, t_start=t_start)
         raise
     except UserError as e:
         if fresh and ck.n_written == 0:  # a user error before training began: leave nothing behind
             if dist.is_main():
                 shutil.rmtree(out, ignore_errors=True)
         else:
-            _stopped(out, ck, f"failed: {e}", keep_best=False, spent=time.perf_counter() - t_start)
+            _stopped(out, ck, f"failed: {e}", keep_best=False, t_start=t_start)
         raise
     except Exception as e:
-        _stopped(out, ck, f"failed: {type(e).__name__}: {e}", keep_best=False,
-                 spent=time.perf_counter() - t_start)
+        _stopped(out, ck, f"failed: {type(e).__name__}: {e}", keep_best=False, t_start=t_start)
         raise
 
 
 def _job_plan(cfg: RunConfig, out: Path | None) -> dict[str, Any] | None:
     """The plan a fresh job makes (on rank 0, shared with the others), or the one a resumed run recorded."""
     if out is not None:
-        saved = read_json(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else {}
-        return saved.get("plan")
+        return read_config(out).get("plan")
     plan = plan_job(cfg) if dist.is_main() else None
     return dist.agree(plan.to_dict() if plan else None)
 
@@ -491,7 +490,7 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     add_intervals(final, data.n_valid)  # 95% Wilson bounds of accuracy (multi-label: choose_threshold's bootstrap)
     learn.export(out, force=True)  # the run's own folder; with train_content.json, which evaluate warns on
     content = learn.exported_content
-    begun = read_json(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else {}  # its plan and split stay
+    begun = read_config(out)  # its plan and split stay
     begun.pop("last_checkpoint", None)  # checkpoints are removed once the run is done
     write_json(out / CONFIG_FILE, {**begun, **saved_config(cfg, out), "status": "done", "resolved": resolved})
     if learn.recorder.losses:  # batches were trained; a probe alone (L-BFGS on features) has no curve to draw
@@ -543,7 +542,7 @@ def check_same_split(run: Path, split: dict[str, Any] | None) -> None:
     """A resume on data that changed since the run began (files added, removed or renamed) would draw another split:
     validation could hold images the first session trained on. Refused, with the counts; runs from before the
     record are not checked."""
-    saved = read_json(run / CONFIG_FILE).get("split")
+    saved = read_config(run).get("split")
     if not saved or not split or saved == split:
         return
     counts = ", ".join(f"{k} {saved[k]['n']} -> {split[k]['n']}" for k in ("train", "valid"))
@@ -575,11 +574,11 @@ def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunCon
     return resumed, run
 
 
-def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool, spent: float = 0.0) -> None:
+def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool, t_start: float) -> None:
     """A run that stops before its end: the best weights so far into the run directory (when an epoch
     finished and `keep_best`), the status into config.json, and how to go on. Rank 0's job under torchrun.
-    `spent`: this session's seconds, added to config.json's `earlier_seconds` (a resumed run's time counts them;
-    a killed session cannot say its own)."""
+    This session's seconds (since `t_start`) are added to config.json's `earlier_seconds`: a resumed run's time
+    counts them (a killed session cannot say its own)."""
     if not dist.is_main():
         return
     learn = ck.learner
@@ -587,9 +586,9 @@ def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool, spent: f
     if keep_best and learn is not None and learn.recorder.history and hasattr(learn, "export"):
         learn.export(out, force=True)  # the fit's end gave the model its best epoch's weights back (SaveBestModel)
         lines.append(f"kept the best epoch so far in {out / 'model.safetensors'}")
-    saved = read_json(out / CONFIG_FILE) if (out / CONFIG_FILE).is_file() else {}
-    earlier = saved.get("earlier_seconds", 0.0)
-    update_config(out, status=status, last_checkpoint=ck.last, earlier_seconds=round(earlier + spent, 1))
+    earlier = read_config(out).get("earlier_seconds", 0.0)
+    update_config(out, status=status, last_checkpoint=ck.last,
+                  earlier_seconds=round(earlier + time.perf_counter() - t_start, 1))
     if status == "interrupted":
         where = f"the checkpoint at {ck.last}" if ck.last else "the start (no checkpoint was written yet)"
         lines.append(f"interrupted; `imgclf train --resume {out}` goes on from {where}")

@@ -86,16 +86,12 @@ class Rates:
     scratch: float | None = None  # the from-scratch net's training steps at its size (None: not measured)
     engine: str = "eager"  # what ran the forward pass measured: onnxruntime's rate overstates eager training's
     # (size, images/s) of the backbone's fine-tune steps as earlier trials on this machine ran them
-    # (`record_rate(kind="train")`); None: priced from the forward rate (`eager_forward_at`)
+    # (`record_rate(kind="train")`); None: priced from the forward rate (`eager_rate`)
     train: tuple[int, float] | None = None
 
     def forward_at(self, size: int) -> float:
         """Forward rate at another size: the cost of a conv net grows with the pixels."""
         return self.forward * (self.size / size) ** 2
-
-    def eager_forward_at(self, size: int) -> float:
-        """The eager forward rate at `size`, what a fine-tune's steps run at (`eager_rate`)."""
-        return eager_rate(self.forward_at(size), self.engine)
 
     def train_forward_at(self, size: int) -> float:
         """Forward passes/s at `size` as a fine-tune's steps (TRAIN_COST forward passes each) run them: from the

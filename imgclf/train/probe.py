@@ -121,6 +121,21 @@ def _fit_grid(xs: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Ten
     return out
 
 
+def score_head(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
+    """(cross-entropy, accuracy) of a linear head on feature rows `x`."""
+    logits = x.float().cpu() @ weight.detach().float().cpu().T + bias.detach().float().cpu()
+    y = y.cpu()
+    return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+
+def head_fit(head: nn.Linear, x: torch.Tensor, y: torch.Tensor, valid_loss: float, accuracy: float,
+             seconds: float) -> ProbeFit:
+    """A fitted `nn.Linear` head (the one-cycle kind) as a `ProbeFit`: its training loss on `x`, and the figures
+    it is judged by (out-of-fold, or on a holdout)."""
+    w, b = head.weight.detach().float().cpu(), head.bias.detach().float().cpu()
+    return ProbeFit(0.0, score_head(x, y, w, b)[0], valid_loss, accuracy, seconds, w, b)
+
+
 def best_fit(fits: Sequence[ProbeFit]) -> ProbeFit:
     """Lowest validation loss; ties go to the stronger decay (the simpler model)."""
     return min(fits, key=lambda f: (round(f.valid_loss, 6), -f.wd))

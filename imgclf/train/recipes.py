@@ -61,12 +61,13 @@ from .probe import (
     HEAD_LR,
     PROBE_MIRRORS,
     WEIGHT_DECAYS,
-    ProbeFit,
     ProbeSelection,
     best_fit,
     fit_linear_probe,
+    head_fit,
     load_head,
     probe_rows,
+    score_head,
     select_probe,
 )
 from .vision import VisionLearner, vision_learner
@@ -198,9 +199,7 @@ def one_cycle_head(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, folds
         return table, None
     t_fit = time.perf_counter()
     head = learn.fit_head_copy(x, y, x, y, init, learn.seed, HEAD_EPOCHS, HEAD_LR)
-    w, b = head.weight.detach().float().cpu(), head.bias.detach().float().cpu()
-    fit = ProbeFit(0.0, float(F.cross_entropy(x.float().cpu() @ w.T + b, yc)), cv_loss, cv_acc,
-                   time.perf_counter() - t_fit, w, b)
+    fit = head_fit(head, x, y, cv_loss, cv_acc, time.perf_counter() - t_fit)
     return table, ProbeSelection(0.0, cv_loss, se, cv_acc, table, fit, oof, folds, time.perf_counter() - t,
                                  "one_cycle", init)
 
@@ -231,7 +230,7 @@ def probe_cv(learn: VisionLearner, folds: int = 5, sel: ProbeSelection | None = 
         # `wd` stays the L-BFGS decay CV chose: the fine-tune trial's reference head refits at it (finetune.py)
         sel = replace(won or sel, table=sel.table + rows, wd=sel.wd)
     load_head(learn.model.get_classifier(), sel.fit)
-    valid_loss, accuracy = _score(xv, yv, sel.fit.weight, sel.fit.bias)
+    valid_loss, accuracy = score_head(xv, yv, sel.fit.weight, sel.fit.bias)
     k = int(sel.folds.max()) + 1 if sel.folds is not None else folds
     cand = Candidate(
         f"probe@{learn.data.size}", "probe", learn.data.size, valid_loss, accuracy, time.perf_counter() - t,
@@ -243,12 +242,6 @@ def probe_cv(learn: VisionLearner, folds: int = 5, sel: ProbeSelection | None = 
     )
     rate = (len(y) + len(yv)) / max(feat_seconds, 1e-3)
     return cand, rate, sel
-
-
-def _score(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
-    logits = x.float().cpu() @ weight.T + bias
-    y = y.cpu()
-    return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
 def clearly_better(new: Candidate, old: Candidate) -> bool:

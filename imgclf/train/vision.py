@@ -7,6 +7,7 @@ cached pooled features of each image and its mirror, so it costs one forward pas
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -146,8 +147,6 @@ class VisionLearner(Learner):
         """A copy of the classifier started from `init`, fitted by the head phase's loop (`feature_learner`, this
         process alone) on rows `x`: the one-cycle probe head of a CV fold, of all training rows, or of the
         fine-tune trial's fit part."""
-        import copy
-
         head = copy.deepcopy(self.model.get_classifier())
         head.load_state_dict(init)
         torch.manual_seed(seed)  # dropout
