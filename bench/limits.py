@@ -19,6 +19,7 @@ Usage: python bench/limits.py [DATA] [--bs 32] [--threads N] [--compile] [--skip
        python bench/limits.py --int8-probe [SET ...]   # the probe on fp32 vs int8 features (the engine decision)
        python bench/limits.py --ort-batches [SIZE ...]  # onnxruntime fp32 images/s by images per call (ORT_CALL_PIXELS)
        python bench/limits.py --overlap [--repeat 3] [--device cuda]  # decode then features vs the two overlapped
+       python bench/limits.py --ahead [--repeat 3]    # the job with its images decoded while it starts, and without
 """
 
 from __future__ import annotations
@@ -303,11 +304,31 @@ def overlap(data: Path, repeat: int, device: str) -> None:
           f"{repeat}: decode then features {s:.2f} s, overlapped {p:.2f} s ({s - p:+.2f} s, {p / s:.2f}x)", flush=True)
 
 
-def job(data: Path) -> dict:
+def ahead_ab(data: Path, repeat: int) -> None:
+    """The default job with its images decoded ahead (a second process while the job imports torch: data/ahead.py)
+    and without (`IMGCLF_DECODE_AHEAD=0`: decoded after the plan, as before), alternated `repeat` times; the
+    median wall, start-up and decode seconds of each."""
+    import statistics
+
+    runs: dict[str, list[dict]] = {"after the imports": [], "ahead": []}
+    for _ in range(repeat):
+        for name, flag in (("after the imports", "0"), ("ahead", "1")):
+            runs[name].append(job(data, {"IMGCLF_DECODE_AHEAD": flag}))
+    print(f"default job on {data}, median of {repeat} alternated runs:")
+    for name, rs in runs.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in ("wall", "start", "plan", "decode", "features")}
+        print(f"  decode {name:<18} wall {med['wall']:5.2f} s  start {med['start']:4.2f}  plan {med['plan']:4.2f}  "
+              f"decode {med['decode']:4.2f}  features {med['features']:4.2f}  accuracy "
+              + ", ".join(f"{r['accuracy']:.4f}" for r in rs), flush=True)
+    walls = [statistics.median(r["wall"] for r in rs) for rs in runs.values()]
+    print(f"  ahead / after: {walls[1] / walls[0]:.3f}x wall ({walls[1] - walls[0]:+.2f} s)", flush=True)
+
+
+def job(data: Path, env_extra: dict | None = None) -> dict:
     """The default job in its own process, split into phases from its progress lines and run files."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        env = {**os.environ, "IMGCLF_PROGRESS": "lines"}
+        env = {**os.environ, "IMGCLF_PROGRESS": "lines", **(env_extra or {})}
         wall, p = timed([sys.executable, "-m", "imgclf", "train", str(data), "--out", str(out)], env)
         m = json.loads((out / "metrics.json").read_text())
         recipe = json.loads((out / "recipe.json").read_text())
@@ -347,9 +368,13 @@ def main() -> None:
     ap.add_argument("--ort-batches", nargs="*", type=int, metavar="SIZE",
                     help="only onnxruntime fp32's images/s by images per call at these sizes (none: 32 128 256)")
     ap.add_argument("--overlap", action="store_true", help="only decode-then-features vs the two overlapped")
-    ap.add_argument("--repeat", type=int, default=3, help="--overlap: alternations timed")
+    ap.add_argument("--ahead", action="store_true", help="only the default job with and without decoding ahead")
+    ap.add_argument("--repeat", type=int, default=3, help="--overlap, --ahead: alternations timed")
     ap.add_argument("--device", default="cpu", help="--overlap: where the feature engine runs (cpu, cuda)")
     a = ap.parse_args()
+    if a.ahead:
+        ahead_ab(a.data, a.repeat)
+        return
     if a.overlap:
         overlap(a.data, a.repeat, a.device)
         return

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+# models.recommended_size(ModelConfig.arch), known without importing timm: `imgclf train` decodes ahead at it
+# while torch loads (data/ahead.py); tests/test_ahead.py keeps the two equal
+DEFAULT_SIZE = 256
+
 
 @dataclass
 class DataConfig:

@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = COMMANDS[args.command]
         if own_process:  # a caller's process keeps its objects collectable: nothing frozen there
+            if hasattr(command, "ahead"):  # work that needs no torch, started first: on the core the imports leave
+                command.ahead(args)
             load_stack(command.STACK)
         command.run(args)
     except UserError as e:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ..config import DEFAULT_SIZE, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import UserError
 from .common import PRECISIONS, Help, M, T, add_data_flags, figures, learning_rate
 
@@ -153,6 +153,24 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def ahead(a: argparse.Namespace) -> None:
+    """Start decoding DATA's images in a second process before torch is imported (data/ahead.py; `cli.main` calls
+    this before it loads `STACK`, ~2 s on one core), where the job's first
+    presize is known from the flags: a fresh single-process run on a folder of images, pretrained, at --size or
+    the default backbone's size. Anything else (a CSV, a resume, from scratch, another arch without --size, several
+    processes) decodes as it always did."""
+    import os
+
+    if (a.resume or not a.data or a.csv or str(a.data).lower().endswith(".csv") or a.no_pretrained
+            or a.recipe == "scratch" or (a.nproc or 1) != 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+            or (a.size is None and a.arch != ModelConfig.arch)):
+        return
+    from ..data import ahead
+    from ..data.decode import CROP_PCT
+
+    ahead.default_start(a.data, a.size, a.crop_pct or CROP_PCT, DEFAULT_SIZE)
 
 
 def run(a: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError
 from .augment import Augment
-from .decode import decode_all, median_short_side
+from .decode import CROP_PCT, decode_all, median_short_side, presize_for
 from .dedup import keep_near_duplicates_together
 from .idx import load_idx, presize_arrays
 from .loaders import BatchLoader
@@ -24,14 +24,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .audit import DataSummary
-
-CROP_PCT = 0.875  # validation crop: the ImageNet convention the pretrained backbones were scored with
-
-
-def presize_for(size: int, crop_pct: float = CROP_PCT) -> int:
-    """The presized square that a `size` training crop is taken from (256 for 224)."""
-    return int(round(size / crop_pct))
-
 
 class ImageData:
     """Train and validation images as uint8 tensors in memory (or decoded per batch when they would not

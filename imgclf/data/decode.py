@@ -16,12 +16,24 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..progress import bar as progress_bar
+from . import ahead
+
+if TYPE_CHECKING:
+    import torch
+
+
+CROP_PCT = 0.875  # validation crop: the ImageNet convention the pretrained backbones were scored with
+
+
+def presize_for(size: int, crop_pct: float = CROP_PCT) -> int:
+    """The presized square that a `size` training crop is taken from (256 for 224)."""
+    return int(round(size / crop_pct))
 
 
 class BadImage(Exception):
@@ -145,8 +157,14 @@ def presize_image(img: Image.Image, size: int) -> Image.Image:
 
 def presize(img: Image.Image, size: int) -> torch.Tensor:
     """Resize the short side to `size` and center-crop a square: a (3, size, size) uint8 tensor."""
-    img = presize_image(img, size)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    import torch  # here, not at the top: `ahead` decodes with this module while torch is still loading
+
+    return torch.from_numpy(presized_array(img, size)).permute(2, 0, 1).contiguous()
+
+
+def presized_array(img: Image.Image, size: int) -> np.ndarray:
+    """`presize` as a (size, size, 3) uint8 array, without torch."""
+    return np.asarray(presize_image(img, size), dtype=np.uint8).copy()
 
 
 def load_presized(path: str | Path, size: int) -> torch.Tensor:
@@ -164,11 +182,19 @@ def decode_all(
 
     PIL releases the GIL while decoding and resizing, so threads scale across cores without the
     start-up cost of worker processes. Returns the tensor of the good images, the indices (into
-    `paths`) they came from, and (path, reason) for each file skipped.
+    `paths`) they came from, and (path, reason) for each file skipped. What `ahead` already decoded at this size
+    (while `imgclf train` was starting) is taken from it, not decoded again.
     """
+    import torch  # here, not at the top: see `presize`
+
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     ok = [False] * len(paths)
     bad: list[tuple[Path, str]] = []
+    done = ahead.take(paths, size)
+    for i, image in done.items():
+        out[i] = torch.from_numpy(image).permute(2, 0, 1)
+        ok[i] = True
+    todo = [i for i in range(len(paths)) if i not in done]
 
     def work(i: int) -> None:
         try:
@@ -179,8 +205,9 @@ def decode_all(
 
     n_threads = workers or default_workers()
     with ThreadPoolExecutor(n_threads) as pool:
-        list(progress_bar(pool.map(work, range(len(paths))), total=len(paths), desc=desc, enabled=progress,
-                          unit="img"))
+        early = {"initial": len(done), "start": f"{len(paths)} img ({len(done)} decoded while starting)"}
+        list(progress_bar(pool.map(work, todo), total=len(paths), desc=desc, enabled=progress, unit="img",
+                          **(early if done else {})))
     keep = [i for i, good in enumerate(ok) if good]
     if bad:
         warn_skipped(bad)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig, ModelConfig, RunConfig
+from ..data import ahead
 from ..data.augment import Augment
 from ..data.core import CROP_PCT, ImageData, presize_for
 from ..data.decode import default_workers, median_short_side
@@ -335,7 +336,10 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
         if plan and plan["kind"] != "scratch" and cfg.data.size is None:
             size = plan["sizes"][0]  # the probe's first size: the others are decoded when their turn comes
         t_data = time.perf_counter()
-        data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
+        try:
+            data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
+        finally:
+            ahead.stop()  # what the CLI decoded ahead and the data did not take (decoded per batch, another size)
         phases["decode"] = time.perf_counter() - t_data  # listing, decoding, presizing and the near-duplicate check
     fresh = out is None
     out = out or dist.agree(new_run_dir(cfg.out or default_out(cfg)) if dist.is_main() else None)
