@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -195,21 +195,31 @@ class ImageData:
             return float(min(self.arrays[0].shape[-2:]))
         return median_short_side(self.train_paths)
 
-    def resized(self, size: int) -> ImageData:
-        """The same items and split decoded at another size (the recipe search tries several).
+    def resized(self, size: int, crop_pct: float | None = None, augment: Augment | None = None) -> ImageData:
+        """The same images, split and order decoded at another size (the recipe search tries several; distill's
+        teacher sees the student's images at its own size and crop, `augment` none).
 
-        Files already found undecodable are left out up front, so they are not warned about twice.
+        The split is this one's, near-duplicate moves included, not drawn and checked again: at another size the
+        check could move other images. Files found undecodable are left out up front, so they are not warned
+        about twice. Each split keeps its order, so row i is the same image at every size.
         """
-        bad = {p for p, _ in self.skipped}
-        keep = [i for i, p in enumerate(self.items.paths) if p not in bad]
-        tags = self.items.tags
-        items = Items([self.items.paths[i] for i in keep], [self.items.labels[i] for i in keep],
-                      [self.items.is_valid[i] for i in keep], [tags[i] for i in keep] if tags is not None else None,
-                      split_origin="checked")  # the near-duplicate moves are in is_valid already
-        out = ImageData(items, size=size, bs=self.bs, workers=self.workers, augment=self.augment,
-                        source=self.source, progress=self.progress, labeller=self.labeller,
+        it = self.items
+        if self.arrays is not None:  # rows of the given arrays, in their order (a given split: nothing moved)
+            order = [i for i, p in enumerate(it.paths) if p not in {q for q, _ in self.skipped}]
+        else:
+            where: dict[Path, deque[int]] = defaultdict(deque)
+            for i, p in enumerate(it.paths):
+                where[p].append(i)
+            order = [where[p].popleft() for p in (*self.train_paths, *self.valid_paths)]
+        items = Items([it.paths[i] for i in order], [it.labels[i] for i in order], [it.is_valid[i] for i in order],
+                      [it.tags[i] for i in order] if it.tags is not None else None,
+                      split_origin="checked", label_column=it.label_column)
+        out = ImageData(items, size=size, bs=self.bs, workers=self.workers,
+                        augment=self.augment if augment is None else augment, source=self.source,
+                        progress=self.progress, labeller=self.labeller,
                         classes=self.classes if self.arrays is not None or self.task != "classify" else None,
-                        arrays=self.arrays, task=self.task, stats=self.target_stats, crop_pct=self.crop_pct)
+                        arrays=self.arrays, task=self.task, stats=self.target_stats,
+                        crop_pct=self.crop_pct if crop_pct is None else crop_pct)
         out.skipped, out.unused = list(self.skipped), self.unused
         out.near_duplicates = self.near_duplicates
         return out

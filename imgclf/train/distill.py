@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DISTILL_ALPHA, DISTILL_TEMPERATURE, RunConfig
+from ..data.augment import Augment
 from ..data.core import ImageData
 from ..data.loaders import BatchLoader
 from ..errors import UserError
@@ -242,11 +243,9 @@ def distill(cfg: RunConfig, teacher_run: str | Path, temperature: float = TEMPER
 
     # the teacher's view of the same items: its own size and crop, no augmentation
     t_teach = time.perf_counter()
-    tcfg = replace(cfg, data=replace(cfg.data, size=int(teacher.meta["size"]), crop_pct=teacher.crop_pct,
-                                     augment="none"))
-    tdata = load_data(tcfg, progress)
-    if [str(p) for p in tdata.train_paths] != [str(p) for p in data.train_paths]:
-        raise UserError(f"{cfg.data.path}: the teacher's decode of the data kept other files than the student's")
+    # the student's split as it stands, not drawn and checked again at the teacher's size, where the near-duplicate
+    # check could move other images (ImageData.resized): row i is the same image on both sides
+    tdata = data.resized(int(teacher.meta["size"]), crop_pct=teacher.crop_pct, augment=Augment.parse("none"))
     train_lp = teacher_log_probs(teacher, tdata, "train", ("center", "flip"), cfg.train.device, progress)
     valid_lp = teacher_log_probs(teacher, tdata, "valid", ("center",), cfg.train.device, progress)
     teacher_acc = float((valid_lp.argmax(-1) == tdata.valid_y).float().mean())
