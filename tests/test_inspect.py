@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import HYMENOPTERA
 from PIL import Image, ImageDraw, ImageOps
 
 from imgclf.cli import main
@@ -271,3 +272,37 @@ def test_cli_default_out_and_errors(tiny_split_folder, tmp_path, monkeypatch, ca
     assert len(err) == 1 and err[0].startswith("imgclf: error:") and "no such" in err[0]
     assert main(["inspect", str(tiny_split_folder), "--show", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--show" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_the_summary_says_when_near_duplicates_were_not_looked_for_and_what_the_split_moved(tmp_path):
+    """Fashion-MNIST's silhouettes defeat the files' fingerprint (a chain of look-alikes): the summary said
+    "near duplicates: none" right after the split's own check had moved images as near duplicates."""
+    import gzip
+    import warnings
+
+    from test_leaks import pictures_with_copies
+
+    from imgclf.data.audit import summarize
+    from imgclf.data.idx import read_idx
+
+    x = read_idx(HYMENOPTERA.parent / "fashion-mnist" / "train-images-idx3-ubyte.gz")[:240]
+    with gzip.open(HYMENOPTERA.parent / "fashion-mnist" / "train-labels-idx1-ubyte.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)[:240]
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        (tmp_path / "fm" / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.squeeze()).save(tmp_path / "fm" / f"c{label}" / f"{i}.png")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        s = summarize(ImageData.from_folder(tmp_path / "fm", size=28, progress=False), progress=False)
+    text, d = str(s), s.to_dict()["duplicates"]
+    assert "near duplicates (same picture, cosine >= 0.9): not looked for: " in text and "chain" in text
+    assert not d["near_checked"] and "chain" in d["near_note"] and d["n_near_groups"] == 0
+
+    root = pictures_with_copies(tmp_path / "copies")  # real copies on a drawn split: the split moves them
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        data = ImageData.from_folder(root, size=32, valid_pct=0.5, seed=1, progress=False)
+        s = summarize(data, progress=False)
+    n = len(data.near_duplicates.moved)
+    assert n > 0 and s.to_dict()["duplicates"]["split_check"]["n_moved"] == n
+    assert f"split: {n} validation image(s) moved to training as near duplicates" in str(s)

@@ -54,6 +54,7 @@ DEFAULT_MEAN = DEFAULT_STD = (0.5, 0.5, 0.5)  # the default backbone's (Efficien
 THUMB = 16  # fingerprint side: a 16x16 thumbnail
 DRAFT = 128  # JPEGs decode reduced to >= this (PIL draft), so the thumbnail's box filter does the averaging
 NEAR = 0.9  # cosine at or above which two fingerprints are the same picture (see the module docstring)
+NOT_LOOKED = ", so near duplicates are not looked for"  # how a `TooAlike` message ends
 FINE, FINE_NEAR = 32, 0.975  # where the presized images are at hand, pairs are confirmed on 32x32 grey ones
 _ORIENTATION = 0x0112  # EXIF tag; values 5..8 turn the picture by 90 degrees, so width and height swap
 
@@ -218,7 +219,7 @@ def _pairs_above(a: torch.Tensor, side: int, threshold: float, chunk: int = 2048
         found += len(out[-1])
         if max_pairs is not None and found > max_pairs:
             raise TooAlike(f"{found}+ of {n * (n - 1) // 2} image pairs look alike to the fingerprint: it cannot "
-                           "tell these images apart, so near duplicates are not looked for")
+                           f"tell these images apart{NOT_LOOKED}")
     return torch.cat(out)
 
 
@@ -287,8 +288,7 @@ def _copy_groups(n: int, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
         for first, g in big.items():
             if edges[first] < CHAIN_DENSITY * len(g) * (len(g) - 1) / 2:
                 raise TooAlike(f"{len(g)} images form one chain of look-alikes ({edges[first]} matching pairs, copies "
-                               "would match all round): the fingerprint cannot tell these images apart, so near "
-                               "duplicates are not looked for")
+                               f"would match all round): the fingerprint cannot tell these images apart{NOT_LOOKED}")
     return groups
 
 
@@ -328,9 +328,10 @@ def confirm_pairs(pairs: Sequence[tuple[int, int]], image: Callable[[int], torch
 
 def find_duplicates(
     infos: Sequence[FileInfo], prints: torch.Tensor, threshold: float = NEAR,
-) -> tuple[list[DuplicateGroup], list[DuplicateGroup]]:
-    """(exact groups, near groups). A near group shows one picture in two or more different files;
-    byte-identical copies inside it are listed too (they are also an exact group)."""
+) -> tuple[list[DuplicateGroup], list[DuplicateGroup], str]:
+    """(exact groups, near groups, why near duplicates were not looked for: "" when they were). A near group
+    shows one picture in two or more different files; byte-identical copies inside it are listed too (they are
+    also an exact group)."""
     by_digest: dict[str, list[int]] = defaultdict(list)
     for i, info in enumerate(infos):
         if not info.error:
@@ -343,13 +344,14 @@ def find_duplicates(
     exact = [group("exact", idx) for idx in by_digest.values() if len(idx) > 1]
     uniques = [idx for idx in by_digest.values()]  # one fingerprint per distinct content
     reps = torch.stack([prints[idx[0]] for idx in uniques]) if uniques else prints[:0]
+    note = ""
     try:
         comps = near_groups(reps, threshold)
     except TooAlike as e:
         warnings.warn(str(e), stacklevel=2)
-        comps = []
+        comps, note = [], str(e)
     near = [group("near", sorted(i for u in comp for i in uniques[u])) for comp in comps]
-    return sorted(exact, key=lambda g: g.paths[0]), sorted(near, key=lambda g: g.paths[0])
+    return sorted(exact, key=lambda g: g.paths[0]), sorted(near, key=lambda g: g.paths[0]), note
 
 
 # ------------------------------------------------------------------------------------------- the summary
@@ -384,6 +386,9 @@ class DataSummary:
     task: str = "classify"
     # images per split: the counts' rows add up to more for tags (an image under each of its tags)
     n_images: dict[str, int] = field(default_factory=dict)
+    near_note: str = ""  # why the files' near duplicates were not looked for ("": they were)
+    # what the split's own check did on the presized images (dedup.NearDuplicates.to_dict()): moves on a drawn split
+    split_check: dict[str, Any] = field(default_factory=dict)
 
     @property
     def totals(self) -> dict[str, int]:
@@ -416,7 +421,9 @@ class DataSummary:
                 "near_method": f"cosine of {THUMB}x{THUMB} RGB thumbnails less their best-fit planes (or one's "
                                f"mirror) >= {self.near_threshold}",
                 "n_exact_groups": len(self.exact), "n_near_groups": len(self.near), "n_leaks": len(self.leaks),
+                "near_checked": not self.near_note, "near_note": self.near_note,
                 "exact": [g.to_dict() for g in self.exact], "near": [g.to_dict() for g in self.near],
+                "split_check": self.split_check,
             },
             "notes": self.notes, "seconds": self.seconds,
         }
@@ -443,7 +450,7 @@ def summarize(
         infos, prints = scan_files(paths, splits, labels, workers=workers, progress=progress)
     skipped = list(data.skipped) + [(i.path, i.error) for i in infos if i.error]
     good = [i for i in infos if not i.error]
-    exact, near = find_duplicates(infos, prints, threshold)
+    exact, near, near_note = find_duplicates(infos, prints, threshold)
     counts = {s: {c: 0 for c in data.classes} for s in ("train", "valid")}
     if data.task == "classify":
         for info in good:
@@ -459,6 +466,7 @@ def summarize(
         skipped=sorted(skipped), trace=trace_items(data, infos, mean, std, n_samples),
         batch=batch_figures(data, mean, std), exact=exact, near=near, near_threshold=threshold,
         unused=data.unused.to_dict(), task=data.task, n_images={"train": data.n_train, "valid": data.n_valid},
+        near_note=near_note, split_check=data.near_duplicates.to_dict() if data.near_duplicates else {},
     )
     s.notes = advice(s, good)
     s.seconds = time.perf_counter() - t0
@@ -632,7 +640,16 @@ def format_summary(s: DataSummary, max_classes: int = 50, max_groups: int = 10) 
               f"(mean {b['x_mean']:.2f}, std {b['x_std']:.2f}); y {'x'.join(map(str, b['y_shape']))} "
               f"{b['y_dtype']}; {b['batches_per_epoch']} batches per epoch", ""]
     lines += _groups_text("exact duplicates (same bytes)", s.exact, root, max_groups)
-    lines += _groups_text(f"near duplicates (same picture, cosine >= {s.near_threshold})", s.near, root, max_groups)
+    near_title = f"near duplicates (same picture, cosine >= {s.near_threshold})"
+    if s.near_note:  # "none" would read as "looked for, found none"
+        lines.append(f"{near_title}: not looked for: {s.near_note.removesuffix(NOT_LOOKED)}")
+    else:
+        lines += _groups_text(near_title, s.near, root, max_groups)
+    moved = s.split_check.get("moved", [])
+    if moved:  # the split's own check, on the presized pixels with a finer confirmation: it found some
+        e = s.split_check["examples"][0]
+        lines.append(f"split: {len(moved)} validation image(s) moved to training as near duplicates of training "
+                     f"images (found on the presized pixels), e.g. {e[0]} ~ {e[1]}; listed in inspect.json")
     if s.notes:
         lines += ["", "to act on:"] + [f"  - {n}" for n in s.notes]
     return "\n".join(lines)
