@@ -123,3 +123,30 @@ def test_cached_features_are_reused_until_the_body_changes(tiny_split_folder):
     learn.fit_one_cycle(1, 1e-4)
     learn.fit_head(1, 1e-3)
     assert learn.features.computed == 6  # body changed: recomputed once
+
+
+def test_a_csv_labelled_run_rebuilds_its_data_from_a_moved_folder(tmp_path, write_image):
+    """interpret/export/report --data DIR on a CSV-labelled run whose data moved: the folder's CSV of the run's
+    CSV's name labels it (given the folder alone it read one class, 'imgs'); with no CSV anywhere, the error asks
+    for the CSV, not for a folder again."""
+    import shutil
+
+    from imgclf.errors import UserError
+    from imgclf.train.job import run_data
+
+    data = tmp_path / "data"
+    rows = [(f"imgs/{c}{i}.png", c) for c in ("red", "blue") for i in range(6)]
+    for k, (name, c) in enumerate(rows):
+        write_image(data / name, size=(24, 24), colour=(200, 40, 40) if c == "red" else (40, 40, 200), seed=k)
+    with open(data / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file", "label"), *rows])
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = RunConfig(data=DataConfig(path=str(data), csv=str(data / "labels.csv"), valid_pct=0.5))
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    moved = shutil.move(data, tmp_path / "moved")
+    got = run_data(run, 32, 0.875, data=moved)
+    assert got.classes == ["blue", "red"] and got.n_train + got.n_valid == 12
+    (tmp_path / "moved" / "labels.csv").unlink()
+    with pytest.raises(UserError, match="labelled by labels.csv, which is neither in .* give the CSV with --data"):
+        run_data(run, 32, 0.875, data=moved)

@@ -269,9 +269,8 @@ def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | Non
     else:
         raise UserError(f"{run}: no config.json to rebuild the validation data from; give the data with --data DIR")
     cfg.data = replace(cfg.data, size=size, crop_pct=crop_pct)
-    if data is not None:  # a folder for a CSV-labelled run keeps reading the run's CSV, when it is still there
-        keep_csv = Path(data).is_dir() and cfg.data.csv and Path(cfg.data.csv).is_file()
-        cfg.data = replace(cfg.data, path=str(data), csv=cfg.data.csv if keep_csv else None)
+    if data is not None:  # a folder for a CSV-labelled run keeps reading a CSV: its own, or one of that name there
+        cfg.data = replace(cfg.data, path=str(data), csv=_run_csv(run, cfg.data, Path(data)))
     elif not Path(cfg.data.csv or cfg.data.path).exists():
         raise UserError(f"{run}: its training data {cfg.data.csv or cfg.data.path} is not there "
                         "(moved, or a relative path from another folder); give it with --data DIR")
@@ -281,6 +280,21 @@ def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | Non
         raise UserError(f"{cfg.data.path}: tar shards are streamed, not held for interpretation or export; give the "
                         "image folder they were written from with --data" + (f" ({source})" if source else ""))
     return data
+
+
+def _run_csv(run: str | Path, d: DataConfig, data: Path) -> str | None:
+    """The CSV that labels `data` (a folder given for a CSV-labelled run): the folder's file of the run's CSV's
+    name, else the run's CSV where it was; None for a run labelled by folders or names, or when `data` is itself
+    a CSV. A UserError when the run had a CSV and neither is there: the folder alone would be labelled by its
+    sub-folders, as one class when the images sit in one."""
+    csv = d.csv or (d.path if d.path.lower().endswith(".csv") else None)
+    if not csv or not data.is_dir():
+        return None
+    for found in (data / Path(csv).name, Path(csv)):
+        if found.is_file():
+            return str(found)
+    raise UserError(f"{run} was labelled by {Path(csv).name}, which is neither in {data} nor at {csv}: give the "
+                    f"CSV with --data (e.g. --data {data / Path(csv).name})")
 
 
 def default_out(cfg: RunConfig) -> Path:
