@@ -219,3 +219,17 @@ def test_a_class_with_no_validation_image_is_warned_of(image_folder):
     with pytest.warns(UserWarning, match=r"class\(es\) c have no validation images"):
         data = ImageData.from_folder(root, size=16, progress=False)
     assert (data.train_y == 2).sum() == 1 and not (data.valid_y == 2).any()
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_bad_files_in_both_splits_are_named_in_one_warning(tmp_path, image_folder, in_memory):
+    root = image_folder({"a": 4, "b": 4}, split=True, n_valid=2)
+    (root / "train" / "a" / "zero.jpg").write_bytes(b"")
+    (root / "val" / "b" / "notes.jpg").write_text("not an image")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = ImageData.from_folder(root, size=16, progress=False, in_memory=in_memory)
+    said = [str(w.message) for w in caught if "could not be decoded" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("skipped 2 file(s)"), said
+    assert "zero.jpg: empty file" in said[0] and "notes.jpg: not an image" in said[0]
+    assert data.n_train == 8 and data.n_valid == 4

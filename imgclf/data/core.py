@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError
 from .augment import Augment
-from .decode import CROP_PCT, decode_all, median_short_side, presize_for
+from .decode import CROP_PCT, decode_all, median_short_side, presize_for, warn_skipped
 from .dedup import keep_near_duplicates_together
 from .idx import load_idx, presize_arrays
 from .loaders import BatchLoader
@@ -87,13 +87,15 @@ class ImageData:
                                                    progress=progress), list(range(len(paths))), []
             elif self.in_memory:
                 images, keep, bad = decode_all(paths, self.presize, workers, desc=f"decode {name}",
-                                               progress=progress)
+                                               progress=progress, warn=False)
             else:
-                keep, bad = screen(paths)
+                keep, bad = screen(paths, warn=False)
                 images = LazyImages([paths[i] for i in keep], self.presize, workers)
             self.skipped += bad
             targets = self.targets.values[[rows[i] for i in keep]]
             splits[name] = ([paths[i] for i in keep], images, targets)
+        if self.skipped:  # one warning naming every file of both splits
+            warn_skipped(self.skipped, stacklevel=4)
         self.train_paths, self.train_images, self.train_y = splits["train"]
         self.valid_paths, self.valid_images, self.valid_y = splits["valid"]
         # near duplicates across a split we drew move to train; across a given one, a warning (dedup.py)

@@ -176,14 +176,16 @@ def default_workers() -> int:
 
 
 def decode_all(
-    paths: Sequence[Path], size: int, workers: int = 0, desc: str = "decode", progress: bool = True
+    paths: Sequence[Path], size: int, workers: int = 0, desc: str = "decode", progress: bool = True,
+    warn: bool = True,
 ) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
     """Presize every file into one (N, 3, size, size) uint8 tensor, in parallel threads.
 
     PIL releases the GIL while decoding and resizing, so threads scale across cores without the
     start-up cost of worker processes. Returns the tensor of the good images, the indices (into
     `paths`) they came from, and (path, reason) for each file skipped. What `ahead` already decoded at this size
-    (while `imgclf train` was starting) is taken from it, not decoded again.
+    (while `imgclf train` was starting) is taken from it, not decoded again. `warn=False`: the caller names the
+    skipped files itself (one warning for both splits).
     """
     import torch  # here, not at the top: see `presize`
 
@@ -209,16 +211,16 @@ def decode_all(
         list(progress_bar(pool.map(work, todo), total=len(paths), desc=desc, enabled=progress, unit="img",
                           **(early if done else {})))
     keep = [i for i, good in enumerate(ok) if good]
-    if bad:
+    if bad and warn:
         warn_skipped(bad)
     if len(keep) < len(paths):
         out = out[keep]
     return out, keep, sorted(bad)
 
 
-def warn_skipped(bad: Sequence[tuple[Path, str]]) -> None:
+def warn_skipped(bad: Sequence[tuple[Path, str]], stacklevel: int = 3) -> None:
     lines = "\n".join(f"  {p}: {why}" for p, why in sorted(bad))
-    warnings.warn(f"skipped {len(bad)} file(s) that could not be decoded:\n{lines}", stacklevel=3)
+    warnings.warn(f"skipped {len(bad)} file(s) that could not be decoded:\n{lines}", stacklevel=stacklevel)
 
 
 def median_short_side(paths: Sequence[Path], sample: int = 256) -> float:

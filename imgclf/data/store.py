@@ -38,8 +38,9 @@ def largest_in_memory(n_images: int, fraction: float = 0.5) -> int:
     return int((fraction * available_memory() / (3 * max(n_images, 1))) ** 0.5)
 
 
-def screen(paths: Sequence[Path]) -> tuple[list[int], list[tuple[Path, str]]]:
-    """Indices of files whose header reads as an image, and (path, reason) for the rest; no decoding."""
+def screen(paths: Sequence[Path], warn: bool = True) -> tuple[list[int], list[tuple[Path, str]]]:
+    """Indices of files whose header reads as an image, and (path, reason) for the rest; no decoding (`warn`: as
+    `decode_all`'s)."""
     keep, bad = [], []
     for i, p in enumerate(paths):
         try:
@@ -47,7 +48,7 @@ def screen(paths: Sequence[Path]) -> tuple[list[int], list[tuple[Path, str]]]:
             keep.append(i)
         except BadImage as e:
             bad.append((p, str(e)))
-    if bad:
+    if bad and warn:
         warn_skipped(bad)
     return keep, bad
 
