@@ -306,3 +306,18 @@ def test_the_summary_says_when_near_duplicates_were_not_looked_for_and_what_the_
     n = len(data.near_duplicates.moved)
     assert n > 0 and s.to_dict()["duplicates"]["split_check"]["n_moved"] == n
     assert f"split: {n} validation image(s) moved to training as near duplicates" in str(s)
+
+
+def test_inspect_reports_an_empty_class_folder_and_goes_on(image_folder, tmp_path, capsys):
+    """Training refuses an empty class folder (a failed copy, mostly); the audit names it and audits the rest."""
+    root = image_folder({"daisy": 6, "rose": 6})
+    (root / "sunflower").mkdir()
+    assert main(["train", str(root), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "sunflower: class folder has no images" in capsys.readouterr().err
+    out = tmp_path / "audit"
+    with pytest.warns(UserWarning, match="1 empty_class_folder"):
+        assert main(["inspect", str(root), "--size", "32", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "empty_class_folder 1: sunflower" in printed and "`imgclf train` stops on them" in printed
+    report = json.loads((out / "inspect.json").read_text())
+    assert report["classes"] == ["daisy", "rose"] and report["unused_entries"]["counts"] == {"empty_class_folder": 1}

@@ -44,7 +44,7 @@ def run(a: argparse.Namespace) -> None:
     if is_shard_dir(cfg.data.path):
         raise UserError(f"{cfg.data.path}: tar shards (`imgclf shard`); inspect the image folder they were written "
                         "from (their manifest.json holds the counts)")
-    data = load_data(cfg, progress=not a.quiet)  # the one way `train` loads data
+    data = load_data(cfg, progress=not a.quiet, audit=True)  # the one way `train` loads data (empty classes noted)
     mean, std = default_norm(cfg.model.arch)
     summary = data.summary(mean, std, progress=not a.quiet)
     out = new_run_dir(a.out or f"{cfg.out or default_out(cfg)}-inspect")

@@ -520,6 +520,11 @@ _BROKEN = ("dangling_symlink", "symlink_loop", "directory_named_like_image", "un
 def advice(s: DataSummary, good: Sequence[FileInfo]) -> list[str]:
     """What to do about what the audit found: one line each, most serious first."""
     notes = []
+    empty = s.unused.get("examples", {}).get("empty_class_folder", [])
+    if empty:
+        n = s.unused["counts"]["empty_class_folder"]
+        notes.append(f"{n} class folder(s) without images ({', '.join(Path(p).name for p in empty)}"
+                     f"{' ...' if n > len(empty) else ''}): `imgclf train` stops on them; fill or remove them")
     leaks = s.leaks
     if leaks:
         notes.append(f"{len(leaks)} picture(s) in both train and valid: validation overstates accuracy; "

@@ -117,14 +117,15 @@ class ImageData:
     @classmethod
     def from_folder(
         cls, path: str | Path, valid: str | None = None, valid_pct: float = 0.2, seed: int = 42,
-        label_re: str | None = None, split: str = "stratified", **kwargs,
+        label_re: str | None = None, split: str = "stratified", keep_empty: bool = False, **kwargs,
     ) -> ImageData:
         """Classes from sub-folder names; `train/` + `valid|val/` if present, else a seeded `valid_pct` split
-        (`split`: stratified by class with copies kept together, or the plain "random" one of older runs)."""
+        (`split`: stratified by class with copies kept together, or the plain "random" one of older runs).
+        `keep_empty`: an empty class folder is noted among the unused entries, not refused (`imgclf inspect`)."""
         multi = kwargs.get("task") == "multi_label"  # the same image in several class folders has each as a tag
         items = items_from_folder(path, valid=valid, valid_pct=valid_pct, seed=seed, label_re=label_re,
                                   multi_label=multi, stratify=kwargs.get("task", "classify") == "classify",
-                                  split=split)
+                                  split=split, keep_empty=keep_empty)
         labeller = f"regex {label_re!r} on file names" if label_re else "class folder names"
         if multi:
             labeller += " (an image in several folders has each as a tag)"

@@ -32,8 +32,8 @@ TRAIN_NAMES = ("train", "training")
 
 
 # why an entry under DATA is not used, in the order they are reported
-UNUSED_KINDS = ("not_image_ext", "hidden", "directory_named_like_image", "dangling_symlink", "symlink_loop",
-                "unreadable", "not_a_file", "outside_split")
+UNUSED_KINDS = ("empty_class_folder", "not_image_ext", "hidden", "directory_named_like_image", "dangling_symlink",
+                "symlink_loop", "unreadable", "not_a_file", "outside_split")
 
 
 @dataclass
@@ -43,7 +43,9 @@ class Unused:
     Kinds: `not_image_ext` (notes.txt, x.jpg.bak), `hidden` (.DS_Store, .ipynb_checkpoints/: not looked
     into), `directory_named_like_image` (a folder `x.jpg/`; what it holds is still listed), `dangling_symlink`,
     `symlink_loop` (a link to itself or to a folder above it), `unreadable` (no permission), `not_a_file`
-    (a FIFO, socket or device) and `outside_split` (beside train/ and valid/, e.g. a test/ folder)."""
+    (a FIFO, socket or device), `outside_split` (beside train/ and valid/, e.g. a test/ folder) and
+    `empty_class_folder` (a class folder without images: only where the caller keeps going, `imgclf inspect`;
+    training refuses one)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[Path]] = field(default_factory=dict)
@@ -360,12 +362,15 @@ def _no_group(pattern: str, why: str) -> UserError:
                      r"class: put the label part of the name in parentheses, e.g. '^(.+)_\d+\.jpg$'")
 
 
-def _check_folder_classes(split_root: Path, labels: Sequence[str]) -> None:
-    """An empty class folder is almost always a mistake (a failed copy): say which."""
+def _check_folder_classes(split_root: Path, labels: Sequence[str], empty: Unused | None = None) -> None:
+    """An empty class folder is almost always a mistake (a failed copy): say which (`empty`: note it there and go
+    on, as an audit does)."""
     present = set(labels)
     for d in sorted(p for p in split_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if d.name not in present:
-            raise UserError(f"{d}: class folder has no images")
+            if empty is None:
+                raise UserError(f"{d}: class folder has no images")
+            empty.add("empty_class_folder", d)
 
 
 def items_from_folder(
@@ -377,14 +382,17 @@ def items_from_folder(
     multi_label: bool = False,
     stratify: bool = True,
     split: str = "stratified",
+    keep_empty: bool = False,
 ) -> Items:
     """Labels from parent folder names (or `label_re` on file names); split from train/ + valid/ or at random.
 
     `multi_label`: an image copied into several class folders is one item tagged with each (merged before
     the random split, so its copies cannot land on both sides). The random split (`split_items`) is stratified
-    by class unless `stratify` is False or `multi_label` is set."""
+    by class unless `stratify` is False or `multi_label` is set. `keep_empty`: an empty class folder is noted in
+    `Items.unused` instead of refused (`imgclf inspect` reports it and goes on)."""
     root = require_folder(path)
     unused = Unused()
+    empty = unused if keep_empty else None
     root = _unwrap(root, unused)
     dirs = _find_split_dirs(root, valid)
     if dirs is not None:
@@ -394,7 +402,7 @@ def items_from_folder(
             paths, left_out = scan_images(d)
             unused.update(left_out)
             _require_images(paths, d)
-            parts.append((paths, folder_labels(paths, d, label_re), [is_valid] * len(paths)))
+            parts.append((paths, folder_labels(paths, d, label_re, empty), [is_valid] * len(paths)))
         items = Items(*(a + b for a, b in zip(*parts, strict=True)))
         items = merge_by_content(items) if multi_label else items
         items.unused = unused
@@ -402,7 +410,7 @@ def items_from_folder(
     paths, left_out = scan_images(root)
     unused.update(left_out)
     _require_images(paths, root)
-    items = Items(paths, folder_labels(paths, root, label_re), [False] * len(paths))
+    items = Items(paths, folder_labels(paths, root, label_re, empty), [False] * len(paths))
     if multi_label:
         items = merge_by_content(items)
     items.is_valid = split_items(items.paths, items.labels, valid_pct, seed, stratify and not multi_label, split)
@@ -441,9 +449,10 @@ def _unwrap(root: Path, unused: Unused) -> Path:
         root = subdirs[0]
 
 
-def folder_labels(paths: Sequence[Path], split_root: Path, label_re: str | None) -> list[str]:
+def folder_labels(paths: Sequence[Path], split_root: Path, label_re: str | None, empty: Unused | None = None
+                  ) -> list[str]:
     """Labels by regex on names, or by the first folder under `split_root` (torchvision's ImageFolder): what
-    train and evaluate both read, so `class/sub/img.jpg` is `class` to each."""
+    train and evaluate both read, so `class/sub/img.jpg` is `class` to each. `empty`: see `_check_folder_classes`."""
     if label_re:
         labeller = label_from_re(label_re)
         labels = [labeller(p) for p in paths]
@@ -462,7 +471,7 @@ def folder_labels(paths: Sequence[Path], split_root: Path, label_re: str | None)
             f"{loose}: image not inside a class folder; put images in {split_root}/<class>/ or use --label-re/--csv"
         )
     labels = [p.relative_to(split_root).parts[0] for p in paths]
-    _check_folder_classes(split_root, labels)
+    _check_folder_classes(split_root, labels, empty)
     return labels
 
 

@@ -230,8 +230,10 @@ def scratch_config(cfg: RunConfig, settings: dict[str, Any]) -> RunConfig:
     )
 
 
-def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
-    """The `ImageData` a config describes: a CSV, IDX files (Fashion-MNIST), a regex on names, or class folders."""
+def load_data(cfg: RunConfig, progress: bool = True, audit: bool = False) -> ImageData:
+    """The `ImageData` a config describes: a CSV, IDX files (Fashion-MNIST), a regex on names, or class folders.
+    `audit` (`imgclf inspect`): what training would refuse but an audit should report, an empty class folder, is
+    noted and the data loads without it."""
     d = cfg.data
     common = dict(size=d.size or recommended_size(cfg.model.arch), bs=d.bs, workers=d.workers, progress=progress,
                   task=check_task(d.task), augment=Augment.parse(d.augment),
@@ -253,7 +255,7 @@ def load_data(cfg: RunConfig, progress: bool = True) -> ImageData:
             raise UserError(f"{path}: IDX files hold one class per image (--task classify)")
         return ImageData.from_idx(path, **common)
     return ImageData.from_folder(path, valid=d.valid, valid_pct=d.valid_pct, seed=d.seed, label_re=d.label_re,
-                                 split=d.split, **common)
+                                 split=d.split, keep_empty=audit, **common)
 
 
 def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | None = None,
