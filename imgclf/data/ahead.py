@@ -112,6 +112,15 @@ def take(paths: Sequence[Path], presize: int) -> dict[int, np.ndarray]:
     return _current.take(paths, presize)
 
 
+def done(paths: Sequence[Path], presize: int) -> int:
+    """How many of `paths` are decoded ahead at `presize` so far (the decoder goes on): the plan prices only the
+    rest."""
+    if _current is None or _current.presize != presize:
+        return 0
+    idx = [_current.index.get(os.path.abspath(p)) for p in paths]
+    return int(sum(_current.status[i] == DONE for i in idx if i is not None))
+
+
 def stop() -> None:
     """Stop decoding ahead and drop what was not taken (the job has decoded all it needs)."""
     global _current
