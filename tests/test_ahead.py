@@ -77,6 +77,7 @@ def test_train_decodes_ahead_while_it_starts(tmp_path):
     # every image was decoded by the time the job asked (12 + 6 small files against ~2 s of imports)
     assert "decode train: 12 img (12 decoded while starting)" in log, log[:1500]
     assert "decode valid: 6 img (6 decoded while starting)" in log
+    assert "decode 18 images ~0 s" in log  # the plan priced only what was left to decode: nothing
     assert json.loads((out / "metrics.json").read_text())["n_train"] == 12
 
 
