@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # models.recommended_size(ModelConfig.arch), known without importing timm: `imgclf train` decodes ahead at it
-# while torch loads (data/ahead.py); tests/test_ahead.py keeps the two equal
+# while torch loads (data/ahead.py), and `ImageData` presizes for it unless told a size, as the CLI does;
+# tests/test_ahead.py keeps the two equal
 DEFAULT_SIZE = 256
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..config import DEFAULT_SIZE
 from ..errors import UserError
 from .augment import Augment
 from .decode import CROP_PCT, decode_all, median_short_side, presize_for, warn_skipped
@@ -38,7 +39,7 @@ class ImageData:
     def __init__(
         self,
         items: Items,
-        size: int = 224,
+        size: int = DEFAULT_SIZE,
         bs: int = 64,
         workers: int = 0,
         augment: Augment | None = None,

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import DEFAULT_SIZE
 from ..errors import UserError
 from .audit import TooAlike, near_groups, tensor_fingerprints
 from .augment import Augment
@@ -674,7 +675,7 @@ class ShardData:
 
     streaming = True  # the job picks a recipe that streams (see job._pick_recipe)
 
-    def __init__(self, path: str | Path, size: int = 224, bs: int = 64, workers: int = 0,
+    def __init__(self, path: str | Path, size: int = DEFAULT_SIZE, bs: int = 64, workers: int = 0,
                  augment: Augment | None = None, progress: bool = True, crop_pct: float = CROP_PCT,
                  task: str = "classify", buffer: int = SHUFFLE_BUFFER, check: bool = True):
         self.source = str(path).removesuffix("/" + MANIFEST)
