@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import warnings
 
 from ..errors import UserError
 from .common import add_backend, add_inference_precision, check_outputs, expand_images, make_parent, positive_int
@@ -37,7 +38,7 @@ def add(sub) -> None:
 
 def run(a: argparse.Namespace) -> None:
     from ..infer import load_model
-    from ..infer.predictor import check_submission_ids, submission_rows
+    from ..infer.predictor import check_submission_ids, missing_ids, submission_rows
 
     check_outputs(a.force, csv=a.csv, submission=a.submission, plot=a.plot)
     if a.topk is not None and a.topk < 1:
@@ -54,16 +55,20 @@ def run(a: argparse.Namespace) -> None:
         with open(make_parent(a.submission), "w", newline="") as f:
             csv.writer(f).writerows([("Id", "Category"), *submission_rows(preds)])
         print(f"{len(preds)} predictions -> {a.submission}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
+        if skipped:  # a Kaggle-style grader rejects a submission without a row for every test image
+            warnings.warn(f"{a.submission} lacks {missing_ids(skipped)}; a grader may reject it: fix or replace "
+                          "those files and predict again, or add their rows by hand", stacklevel=1)
     if model.task == "regression":
         header = ["path", model.classes[0]]
         rows = [[p.path, f"{p.value:.6g}"] for p in preds]
     else:
-        header = ["path", "tags" if model.task == "multi_label" else "label", "confidence"]
-        header += model.classes if a.probs else []
+        fixed = ["path", "tags" if model.task == "multi_label" else "label", "confidence"]
+        fixed += [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")] if a.topk else []
+        header = fixed[:3] + (prob_columns(model.classes, fixed) if a.probs else [])
         rows = [[p.path, p.label, f"{p.confidence:.6f}"] + ([f"{p.probs[c]:.6f}" for c in model.classes]
                                                              if a.probs else []) for p in preds]
         if a.topk:  # after the usual columns, which keep their places
-            header += [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")]
+            header += fixed[3:]
             rows = [row + [x for c, q in p.topk(k) for x in (c, f"{q:.6f}")]
                     for row, p in zip(rows, preds, strict=True)]
     if a.csv:
@@ -91,3 +96,19 @@ def _check_topk(a: argparse.Namespace, task: str, classes: list[str]) -> int:
     if a.topk and a.topk > len(classes):
         print(f"--topk {a.topk}: the model has {len(classes)} classes; ranking all {len(classes)}", file=sys.stderr)
     return min(a.topk or 5, len(classes))
+
+
+def prob_columns(classes: list[str], fixed: list[str]) -> list[str]:
+    """The --probs column names: the class names as they are, or, when one of them is also a fixed column's name
+    (a class called `path`, `label`, `prob_1`...), `prob_<class>` for every class, so that no header repeats
+    (csv.DictReader keeps the last of two equal names) and the scheme is the same for all; said in one line."""
+    taken = set(fixed)
+    clash = sorted(taken.intersection(classes))
+    if not clash:
+        return list(classes)
+    prefix = "prob_"
+    while taken.intersection(prefix + c for c in classes):  # a class "1" beside --topk's prob_1: prob_prob_1
+        prefix += "prob_"
+    print(f"note: class name(s) {', '.join(clash)} also name fixed columns; the probability columns are named "
+          f"{prefix}<class>", file=sys.stderr)
+    return [prefix + c for c in classes]

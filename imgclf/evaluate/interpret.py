@@ -384,11 +384,36 @@ def interpret_dir(run: str | Path, out: str | Path | None = None) -> Path:
     return Path(out) if out else Path(run) / "interpret"
 
 
+def check_interpret_dir(run: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
+    """Before any predicting: the folder `interpret_run` will write, or a UserError saying why it cannot.
+
+    `RUN/interpret/` is the run's own and is replaced by each interpret (as documented); an `out` of the user's
+    is not written over: when it already holds one of `FILES`, only with `force`. A file where the folder or a
+    parent folder should be is refused either way (it was a FileExistsError after all the work)."""
+    folder = interpret_dir(run, out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is a file; --out takes a folder")
+    above = next(a for a in folder.absolute().parents if a.exists())
+    if not folder.exists() and not above.is_dir():
+        raise UserError(f"{folder}: {above} is a file, so the folder cannot be made")
+    present = [name for name in FILES if (folder / name).exists()]
+    blocked = [name for name in present if (folder / name).is_dir()]
+    if blocked:
+        raise UserError(f"{folder / blocked[0]}: is a folder where interpret writes a file")
+    own = folder.absolute().resolve() == interpret_dir(run).absolute().resolve()
+    if present and not own and not force:
+        more = f" and {len(present) - 1} more of its files" if len(present) > 1 else ""
+        raise UserError(f"{folder}: already holds {present[0]}{more} (pass --force to overwrite)")
+    return folder
+
+
 def interpret_run(run: str | Path, data: ImageData | str | Path | None = None, out: str | Path | None = None,
-                  k: int = 9, min_val: int = 1, bs: int = 64, device: str = "auto", progress: bool = True) -> Path:
-    """`Interpretation.from_run(run, data)` written to `RUN/interpret/` (or `out`); returns the folder."""
-    return Interpretation.from_run(run, data, bs=bs, device=device, progress=progress).write(
-        interpret_dir(run, out), k, min_val)
+                  k: int = 9, min_val: int = 1, bs: int = 64, device: str = "auto", progress: bool = True,
+                  force: bool = False) -> Path:
+    """`Interpretation.from_run(run, data)` written to `RUN/interpret/` (or `out`); returns the folder. An `out`
+    that holds an earlier interpret's files is replaced only with `force` (`check_interpret_dir`)."""
+    folder = check_interpret_dir(run, out, force)
+    return Interpretation.from_run(run, data, bs=bs, device=device, progress=progress).write(folder, k, min_val)
 
 
 def format_summary(result: dict[str, Any], limit: int = 10) -> str:

@@ -102,7 +102,7 @@ def report_context(run: str | Path) -> dict[str, Any]:
         "trained": _date(run / MODEL_FILE),
         "generated": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "headline": _headline(metrics, meta, config, accuracy),
-        "config": _config_rows(config, skip=("why",) if recipe else ()),  # the recipe section shows why
+        "config": _config_rows(config, skip=("why",) if recipe else (), meta=meta),  # the recipe section shows why
         "recipe": _recipe(recipe) if recipe else None,
         "history": _csv(run / "history.csv"),
         "curves": [img for img in (_image(run / "loss.png", "loss and metric curves by epoch"),
@@ -265,8 +265,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-def _config_rows(config: dict[str, Any], skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """config.json as groups of (setting, value) rows: data, model, train, then what training resolved."""
+def _config_rows(config: dict[str, Any], skip: tuple[str, ...] = (), meta: dict[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
+    """config.json as groups of (setting, value) rows: data, model, train, then what training resolved.
+    model.pretrained shows the weights the model started from (model.json's record), not the flag: the flag
+    stays on for an arch that has no pretrained weights (`--arch simple_cnn` trains from random ones)."""
     groups = []
     for name in ("data", "model", "train", "resolved"):
         if isinstance(config.get(name), dict):
@@ -276,12 +279,31 @@ def _config_rows(config: dict[str, Any], skip: tuple[str, ...] = ()) -> list[dic
                     continue
                 if key == "why" and isinstance(value, list):
                     value = "; ".join(map(str, value))
+                if name == "model" and key == "pretrained" and (meta or {}).get("pretrained"):
+                    rows.append({"key": key, "value": _weights_used(str(meta["pretrained"]))})
+                    continue
+                if key.endswith("lr_find") and isinstance(value, dict):
+                    value = _lr_find(value)
                 rows.append({"key": key, "value": fmt(value)})
             groups.append({"name": name, "rows": rows})
     other = [{"key": k, "value": fmt(v)} for k, v in config.items() if not isinstance(v, dict)]
     if other:
         groups.append({"name": "run", "rows": other})
     return groups
+
+
+def _weights_used(pretrained: str) -> str:
+    """model.json's `pretrained` ("embedded", "timm", a weights file, or "none") in words."""
+    return {"none": "no (random initial weights)", "embedded": "yes (ImageNet weights embedded in imgclf)",
+            "timm": "yes (timm's ImageNet weights)"}.get(pretrained, f"yes (from {pretrained})")
+
+
+def _lr_find(suggestions: dict[str, Any]) -> dict[str, Any]:
+    """The lr_find suggestions named as the console and lr_find.png name them ("minimum/10": a tenth of the rate at
+    the lowest loss)."""
+    from ..train.lr_finder import LABELS
+
+    return {LABELS.get(k, k): v for k, v in suggestions.items()}
 
 
 def _recipe(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -297,8 +319,9 @@ def _recipe(recipe: dict[str, Any]) -> dict[str, Any]:
             "skipped": c.get("skipped", ""), "chosen": c.get("name") == chosen,
             "tried": [_tried(t) for t in detail.get("tried", [])],
         })
-    facts = [(k, fmt(recipe[k])) for k in ("recipe", "budget_seconds", "seconds", "median_short_side",
-                                           "recommended_size", "sizes", "lr", "lr_find") if recipe.get(k) is not None]
+    facts = [(k, fmt(_lr_find(recipe[k]) if k == "lr_find" and isinstance(recipe[k], dict) else recipe[k]))
+             for k in ("recipe", "budget_seconds", "seconds", "median_short_side", "recommended_size", "sizes", "lr",
+                       "lr_find") if recipe.get(k) is not None]
     return {"chosen": chosen, "why": recipe.get("why", []), "candidates": candidates, "facts": facts}
 
 

@@ -244,6 +244,17 @@ def _log_line(name: str, p: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def unfinished_note(run: str | Path) -> str | None:
+    """One line when config.json says the run did not finish (interrupted, still running or killed, failed): its
+    model is the best epoch so far, and a resume then a new export gives the final one. None for a done run."""
+    status = str(read_config(run).get("status", "done"))
+    if status not in ("interrupted", "running") and not status.startswith("failed"):
+        return None
+    how = " (still training, or killed)" if status == "running" else ""
+    return (f"{run} is unfinished (status {status}{how}): exporting its best epoch so far; for the final model run "
+            f"`imgclf train --resume {run}`, then export again")
+
+
 def default_path(run: str | Path, fmt: str, int8: bool) -> Path:
     return Path(run) / FILES["int8" if int8 else fmt]
 
@@ -273,10 +284,9 @@ def export_model(run: str | Path, format: str = "onnx", out: str | Path | None =
         raise UserError(f"{path}: already exists (pass --force to overwrite)")
     module, meta = load_deployable(run)
     say = print if progress else (lambda *a, **k: None)
-    status = read_config(run).get("status")
-    if status in ("interrupted", "running"):  # a stopped run's best weights so far
-        say(f"note: {run} is unfinished (status {status}): exporting its best weights so far; after `imgclf train "
-            f"--resume {run}`, export again")
+    unfinished = unfinished_note(run)
+    if unfinished:  # a warning, not progress: --quiet keeps it, as a deployed half-trained model is a surprise
+        warnings.warn(unfinished, stacklevel=2)
     d, why = run_images(run, meta, data, progress)
     if int8 and d is None:
         raise UserError(f"{run}: --int8 calibrates on the run's training images, but {why}")

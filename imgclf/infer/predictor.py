@@ -28,13 +28,14 @@ from .tta import TTA_VIEWS, combine, views
 class Prediction:
     """One image's prediction. `label` is the class, the predicted tags joined by spaces (multi-label, the
     CSV format it trained from), or the number as text (regression, its float in `value`); `probs` maps
-    each class or tag to its probability (regression: the target's name to the value)."""
+    each class or tag to its probability (regression: the target's name to the value). `tags` is the list of
+    predicted tags of a multi-label model (maybe empty: no tag above the threshold) and None otherwise."""
 
     label: str
     confidence: float
     probs: dict[str, float] = field(repr=False)
     path: str | None = None
-    tags: list[str] = field(default_factory=list)  # multi-label: every tag above the run's threshold
+    tags: list[str] | None = None  # multi-label: every tag above the run's threshold; None for a class or a number
     value: float | None = None  # regression
 
     def topk(self, k: int = 5) -> list[tuple[str, float]]:
@@ -107,7 +108,7 @@ class Predictor:
             conf = float(torch.where(p > self.threshold, p, 1 - p).min())
             return Prediction(" ".join(tags), conf, scores, path, tags=tags)
         i = int(p.argmax())
-        return Prediction(self.classes[i], float(p[i]), scores, path, tags=[self.classes[i]])
+        return Prediction(self.classes[i], float(p[i]), scores, path)
 
     def predict(self, image: str | Path | Image.Image, tta: bool = False) -> Prediction:
         """Label, confidence and per-class probabilities of one image (a path or a PIL image)."""
@@ -168,6 +169,16 @@ def submission_rows(preds: Sequence[Prediction]) -> list[tuple[str, str]]:
     if all(i.isascii() and i.isdigit() for i, _ in rows):
         return sorted(rows, key=lambda r: (int(r[0]), r[0]))
     return sorted(rows)
+
+
+def missing_ids(skipped: Sequence[tuple[str | Path, str]], limit: int = 10) -> str:
+    """The Ids a submission lacks because their files were skipped, with why, in the submission's order:
+    "1 Id whose file could not be decoded: 0004 (empty file (0 bytes))"; past `limit` Ids, "and N more"."""
+    rows = submission_rows([Prediction(why, 0.0, {}, str(path)) for path, why in skipped])
+    shown = ", ".join(f"{i} ({why})" for i, why in rows[:limit])
+    more = f", and {len(rows) - limit} more" if len(rows) > limit else ""
+    whose = "Id whose file" if len(rows) == 1 else "Ids whose files"
+    return f"{len(rows)} {whose} could not be decoded: {shown}{more}"
 
 
 def load_model(run: str | Path, device: str = "auto", precision: str = "auto", backend: str = "eager") -> Predictor:

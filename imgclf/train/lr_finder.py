@@ -46,6 +46,11 @@ def _smooth(values: list[float], beta: float = 0.98) -> list[float]:
     return out
 
 
+# the suggestions as the plot's legend names them, in the console's words (`train.job` prints "minimum/10"):
+# `minimum` is a tenth of the rate at the lowest loss, not that rate, and its point sits a decade left of the dip
+LABELS = {"minimum": "minimum/10", "steep": "steep", "valley": "valley"}
+
+
 @dataclass
 class LRFind:
     """The sweep's rates and raw losses, with fastai's three suggestions."""
@@ -106,7 +111,7 @@ class LRFind:
         ax.plot(lrs, losses, color="C0")
         for (name, lr), color in zip(self.suggestions.items(), ("C1", "C2", "C3"), strict=True):
             y = losses[min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i]) - math.log(lr)))]
-            ax.plot([lr], [y], "o", color=color, label=f"{name}: {lr:.2e}")
+            ax.plot([lr], [y], "o", color=color, label=f"{LABELS[name]}: {lr:.2e}")
         ax.set(xscale="log", xlabel="learning rate", ylabel="loss (smoothed)", title="learning-rate finder")
         ax.legend()
         return fig
