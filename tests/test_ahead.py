@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -83,3 +84,20 @@ def test_train_decodes_ahead_while_it_starts(tmp_path):
 
 def test_the_cli_knows_the_default_backbones_size_without_timm():
     assert DEFAULT_SIZE == recommended_size(ModelConfig.arch)
+
+
+def test_predict_decodes_ahead_and_predicts_the_same(trained_run, tmp_path):
+    """`imgclf predict` lists the images and decodes them at the run's presize while the model's stack loads;
+    the CSV is the same, to the last digit, as with decoding ahead turned off."""
+    images = shutil.copytree(trained_run.parent / "data" / "val", tmp_path / "val")  # the fixture is read-only
+    (images / "cats" / "broken.jpg").write_bytes(b"")  # left to the job, which names it as ever
+    out = {}
+    for flag in ("0", "1"):
+        csv_path = tmp_path / f"preds{flag}.csv"
+        p = subprocess.run([sys.executable, "-m", "imgclf", "predict", str(trained_run), str(images), "--csv",
+                            str(csv_path), "--probs", "--quiet"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "IMGCLF_DECODE_AHEAD": flag})
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "broken.jpg: empty file" in p.stderr
+        out[flag] = csv_path.read_text().replace(str(tmp_path), "")
+    assert out["0"] == out["1"] and len(out["1"].splitlines()) == 1 + 18

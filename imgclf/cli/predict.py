@@ -36,6 +36,25 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def ahead(a: argparse.Namespace) -> None:
+    """Before torch is imported (`cli.main`): list IMAGES once (`a.paths`, which `run` uses) and start decoding
+    them in a second process at the run's presize, read from its model.json (data/ahead.py), while the model's
+    stack loads on the other core."""
+    import json
+    from pathlib import Path
+
+    from ..data import ahead as decoder
+
+    check_outputs(a.force, csv=a.csv, submission=a.submission, plot=a.plot)  # the errors in run's order
+    a.paths = expand_images(a.images)
+    run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent  # an exported file's run: its folder
+    try:
+        presize = int(json.loads((run_dir / "model.json").read_text())["presize"])
+    except (OSError, ValueError, KeyError, TypeError):  # load_model says what is wrong with the run
+        return
+    decoder.start(a.paths, presize)
+
+
 def run(a: argparse.Namespace) -> None:
     from ..infer import load_model
     from ..infer.predictor import check_submission_ids, missing_ids, submission_rows
@@ -43,7 +62,7 @@ def run(a: argparse.Namespace) -> None:
     check_outputs(a.force, csv=a.csv, submission=a.submission, plot=a.plot)
     if a.topk is not None and a.topk < 1:
         raise UserError(f"--topk {a.topk}: must be at least 1")
-    paths = expand_images(a.images)
+    paths = getattr(a, "paths", None) or expand_images(a.images)  # listed by `ahead` when run as a command
     if a.submission:
         check_submission_ids(paths)
     model = load_model(a.run, device=a.device, precision=a.precision, backend=a.backend)
