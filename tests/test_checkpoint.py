@@ -306,3 +306,32 @@ def test_fine_tune_recipe_resumes_in_either_fit(data_dir, tmp_path, fit_no):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (a.metrics["valid_loss"], a.metrics["kept"]) == (b.metrics["valid_loss"], b.metrics["kept"])
     assert [r["phase"] for r in b.learner.recorder.history] == ["frozen"] * (1 if fit_no == 2 else 40) + ["unfrozen"]
+
+
+def test_sigterm_stops_as_ctrl_c_does(tmp_path, capsys):
+    """Real signals to this process: SIGTERM in a fit asks for a stop at the step's end (named in the message), a
+    second signal or one outside a fit raises at once, each carrying its number; the old handlers come back."""
+    import signal
+
+    from imgclf.errors import Interrupted
+    from imgclf.train.checkpoint import Checkpointer
+
+    def deliver(sig: int) -> None:
+        signal.raise_signal(sig)
+        for _ in range(100):  # Python runs the handler at its next chance: well within this loop
+            pass
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    ck = Checkpointer(tmp_path)
+    with ck.catch_interrupts():
+        with pytest.raises(Interrupted) as e:  # outside a fit (decode, features, export): out at once
+            deliver(signal.SIGTERM)
+        assert e.value.signum == signal.SIGTERM and isinstance(e.value, KeyboardInterrupt)
+        ck.in_fit = True
+        deliver(signal.SIGTERM)  # in a fit: finish the step, then the checkpoint
+        assert ck.stop_requested and ck.stop_signal == signal.SIGTERM
+        assert "SIGTERM: finishing this step and writing a checkpoint" in capsys.readouterr().err
+        with pytest.raises(Interrupted) as e:  # a second signal: out at once
+            deliver(signal.SIGINT)
+        assert e.value.signum == signal.SIGINT
+    assert {s: signal.getsignal(s) for s in before} == before

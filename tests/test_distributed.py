@@ -8,6 +8,8 @@ uses the API on each rank and writes what it saw to OUT/rank<r>.json; the tests 
   gradient accumulation), cached features gathered equal to one process's, the probe recipe's head equal to
   a 1-process run's, and an interrupted-then-resumed 2-process fit equal to an uninterrupted one (bitwise);
 - `imgclf train --nproc 2` (torchrun --standalone underneath): one run directory, written once, by rank 0;
+- Ctrl-C (to the process group) and SIGTERM (to the launcher) under `--nproc 2`: one set of messages, exit
+  130 / 143, no torchrun traceback, the checkpoint and best epoch kept, `--resume --nproc 2` finishes;
 - in this process: `accum=2` steps as a batch twice the size (fp32), and the shard arithmetic.
 """
 
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -219,6 +223,73 @@ def test_cli_nproc_2_writes_one_run_dir_from_rank_0(data_dir, tmp_path):
     assert log.count("scratch: 2 epoch(s)") == 1
     assert (out / "model.safetensors").is_file() and json.loads((out / "metrics.json").read_text())["n_train"] == 42
     assert not (out / "checkpoint.safetensors").exists()
+
+
+def _checkpoint_doc(run: Path) -> dict | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(run / "checkpoint.safetensors"), "pt") as f:
+            return json.loads(f.metadata()["imgclf_checkpoint"])
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _stop_when(proc: subprocess.Popen, run: Path, epoch: int, send) -> tuple[int, str, dict]:
+    """Once the run has checkpointed a step of `epoch` (0-based) or later, `send()` the signal; the exit status,
+    stderr and the checkpoint it was sent at."""
+    t = time.monotonic()
+    while time.monotonic() - t < 300:
+        doc = _checkpoint_doc(run)
+        if doc and doc.get("fit_done") is False and doc["epoch"] >= epoch:
+            break
+        assert proc.poll() is None, f"the run ended before epoch {epoch + 1}: {proc.communicate()}"
+        time.sleep(0.01)
+    else:
+        raise AssertionError("no checkpoint came")
+    send()
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, doc
+
+
+def test_cli_nproc_2_ctrl_c_and_sigterm_stop_once_exit_128_plus_signal_and_resume(data_dir, tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the launcher's process group), then SIGTERM to the launcher alone (a job
+    scheduler's stop): each time one set of messages (rank 0's), the exit status 130 / 143, no torchrun traceback,
+    the checkpoint of both ranks and the best epoch kept; `--resume --nproc 2` goes on and finishes."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "imgclf", "train", str(data_dir), "--nproc", "2", "--arch", "simple_cnn", "--size",
+           "16", "--bs", "8", "--epochs", "8", "--ckpt-every", "2", "--device", "cpu", "--precision", "fp32",
+           "--workers", "1", "--quiet", "--out", str(out)]
+    resume = [sys.executable, "-m", "imgclf", "train", "--resume", str(out), "--nproc", "2", "--quiet"]
+
+    def start(c: list[str]) -> subprocess.Popen:  # a session of its own: a process group as a shell makes one
+        return subprocess.Popen(c, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    stopped_at = 0
+    for c, sig, name, code, by in [(cmd, signal.SIGINT, "Ctrl-C", 130, ""),
+                                   (resume, signal.SIGTERM, "SIGTERM", 143, " by SIGTERM")]:
+        proc = start(c)
+        group = sig == signal.SIGINT
+        rc, err, doc = _stop_when(proc, out, stopped_at + 1,
+                                  lambda p=proc, s=sig, g=group: os.killpg(p.pid, s) if g else p.send_signal(s))
+        assert rc == code, err[-3000:]
+        assert "Traceback" not in err and "SignalException" not in err and "closing signal" not in err, err[-3000:]
+        assert err.count(f"{name}: finishing this step") == 1, err[-3000:]  # rank 0 speaks, once
+        assert err.count("imgclf: interrupted") == 1 and err.rstrip().endswith(f"imgclf: interrupted{by}"), err
+        assert err.count(f"imgclf train --resume {out}") == 1
+        conf = json.loads((out / "config.json").read_text())
+        assert conf["status"] == "interrupted" and conf["earlier_seconds"] > 0
+        assert (out / "model.safetensors").is_file()  # an epoch had finished: the best so far is kept
+        now = _checkpoint_doc(out)
+        assert len(now["ranks"]) == 2 and now["epoch"] >= doc["epoch"], now["where"]
+        stopped_at = now["epoch"]
+
+    res = subprocess.run(resume, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["status"] == "done"
+    rows = (out / "history.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and "in earlier sessions)" in res.stdout
 
 
 # ---------------------------------------------------------------------- in this process

@@ -1,6 +1,6 @@
 """Durable runs on real processes: `kill -9` at a random step mid-epoch, then `--resume`, ends with the very
 weights and metrics of an uninterrupted run (bitwise: CPU, one thread, fp32); Ctrl-C writes a checkpoint,
-says how to go on, exits 130, and its resume is exact too."""
+says how to go on, exits 130, and its resume is exact too; SIGTERM does the same and exits 143."""
 
 from __future__ import annotations
 
@@ -112,20 +112,28 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise(data_dir, tmp_path, reference):
     assert json.loads((out / "config.json").read_text())["status"] == "done"
 
 
-def test_ctrl_c_checkpoints_says_how_to_go_on_and_resumes_exactly(data_dir, tmp_path, reference):
+@pytest.mark.parametrize("sig, code, epoch", [(signal.SIGINT, 130, 0), (signal.SIGTERM, 143, 1)],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_checkpoints_says_how_to_go_on_and_resumes_exactly(data_dir, tmp_path, reference, sig, code, epoch):
+    """Ctrl-C, and SIGTERM (docker stop, SLURM, systemd) the same way: the step finishes, a checkpoint, the best
+    epoch so far kept (once one has finished), the signal named, exit 128 + its number, an exact resume."""
     out = tmp_path / "run"
     proc = subprocess.Popen(_cmd(str(data_dir), *FLAGS, "--out", str(out)), env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait_for_step(proc, out, 0, 6)
-    proc.send_signal(signal.SIGINT)
+    _wait_for_step(proc, out, epoch, 6)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    assert f"{name}: finishing this step" in stderr
+    assert stderr.rstrip().endswith("imgclf: interrupted" + ("" if sig == signal.SIGINT else " by SIGTERM"))
     doc = _where(out)
     assert doc["reason"] in ("interrupt", "epoch")  # the step in progress finished, then a checkpoint
     assert f"imgclf train --resume {out}" in stderr and doc["where"] in stderr
     stopped = json.loads((out / "config.json").read_text())
     assert stopped["status"] == "interrupted" and stopped["earlier_seconds"] > 0  # the session's time is kept
     assert f"--resume {out}" in (out / "train.log").read_text()
+    assert (out / "model.safetensors").is_file() == (epoch >= 1)  # the best epoch so far, once there is one
 
     res = subprocess.run(_cmd("--resume", str(out)), env=ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

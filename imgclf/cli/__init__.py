@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
+import signal
 import sys
 import warnings
 
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from . import (
     datasets,
     distill,
@@ -83,6 +85,22 @@ def load_stack(modules: tuple[str, ...]) -> None:
         gc.enable()
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (docker stop, SLURM, systemd) outside a training loop, which has its own handler
+    (train/checkpoint.py): the command stops as on Ctrl-C, its `finally` clauses run, and it exits 143."""
+    raise Interrupted(signum)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    """The line and the exit status of a command a signal stopped: 128 + its number (130 Ctrl-C, 143 SIGTERM), as
+    a shell reports it. Under torchrun rank 0 alone says it: every rank received the signal."""
+    signum = getattr(e, "signum", signal.SIGINT)
+    if os.environ.get("RANK", "0") == "0":
+        by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        print(f"imgclf: interrupted{by}", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     own_process = argv is None  # the `imgclf` command itself, not a call from a long-lived Python process
@@ -90,11 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     # PIL's own warning for a very large image names no file; data.decode warns again, naming it
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     _line_buffered(sys.stdout)
+    on_term = signal.getsignal(signal.SIGTERM)
     try:
         command = COMMANDS[args.command]
         if own_process:  # a caller's process keeps its objects collectable: nothing frozen there
             if hasattr(command, "ahead"):  # work that needs no torch, started first: on the core the imports leave
                 command.ahead(args)
+            # SIGTERM as Ctrl-C from here on (the process the line above forked keeps the default, so that
+            # stopping it stays a plain terminate): the run directory and the decode-ahead process are cleaned up
+            signal.signal(signal.SIGTERM, _terminate)
             load_stack(command.STACK)
         command.run(args)
     except UserError as e:
@@ -106,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"imgclf: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("imgclf: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (`Interrupted` from the training loop says which)
+        return _interrupted(e)
     except BrokenPipeError:  # `imgclf predict ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    finally:
+        if own_process:
+            signal.signal(signal.SIGTERM, on_term)
     return 0
 
 

@@ -121,9 +121,22 @@ def config(a: argparse.Namespace) -> RunConfig:
 
 
 def launch(nproc: int, device: str = "auto") -> None:
-    """`--nproc N`: this same command again under torchrun, N processes on this machine (exec: Ctrl-C and the
-    exit status are torchrun's). On the CPU each process gets its share of the cores as threads."""
+    """`--nproc N`: this same command again under torchrun, N processes on this machine. On the CPU each process
+    gets its share of the cores as threads.
+
+    torchrun's agent runs in this process (`torch.distributed.run.run`, what `python -m torch.distributed.run`
+    calls), so that a stop ends as it does in one process. The workers run in sessions of their own: the
+    terminal's Ctrl-C, or a SIGTERM to this process, reaches the agent alone, which sends it once to each worker
+    (each finishes its step, checkpoints, rank 0 says how to resume) and then raises `SignalException`: caught
+    here, it becomes the exit status 128 + the signal's number (130, 143), not a traceback and status 1 as when
+    this process exec'd into torchrun. A worker that fails gives its own status (it printed its error)."""
+    import logging
     import os
+    import signal
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
 
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: give a number of processes >= 1")
@@ -139,14 +152,30 @@ def launch(nproc: int, device: str = "auto") -> None:
             skip = True
         elif not tok.startswith("--nproc="):
             rest.append(tok)
-    env = dict(os.environ)
     cuda = device != "cpu" and not device.startswith("cpu")
-    if "OMP_NUM_THREADS" not in env and not (cuda and _cuda_available()):
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "imgclf", "train", *rest]
+    if "OMP_NUM_THREADS" not in os.environ and not (cuda and _cuda_available()):
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))  # the workers inherit it
+    # the agent traps these signals for good; this process gets its own handlers back when it returns
+    trapped = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, n)]
+    handlers = {sig: signal.getsignal(sig) for sig in trapped}
     sys.stdout.flush()
-    os.execvpe(cmd[0], cmd, env)
+    # the agent's log lines ("Received 2 death signal", "Sending process N closing signal SIGINT", "failed
+    # (exitcode: 2) local_rank: 0 ...") repeat what the workers said; a worker a signal ended is told below
+    logging.disable(logging.ERROR)
+    try:
+        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "imgclf", "train", *rest]))
+    except SignalException as e:
+        raise SystemExit(128 + int(e.sigval)) from None
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        if failure.exitcode < 0:  # ended by a signal (the OOM killer, kill -9): nobody said so
+            print(f"imgclf: error: the process of rank {rank} was ended by {failure.signal_name()}", file=sys.stderr)
+            raise SystemExit(128 - failure.exitcode) from None
+        raise SystemExit(failure.exitcode) from None
+    finally:
+        logging.disable(logging.NOTSET)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _cuda_available() -> bool:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..rundir import CHECKPOINT_FILE, check_version, load_weights, publish
 from . import distributed as dist
 from .callbacks.nonfinite import TerminateOnNaN
@@ -55,11 +55,16 @@ def match_param_layout(opt: torch.optim.Optimizer) -> None:
                     state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C was pressed: the step finished and a checkpoint was written (`where` says which)."""
+# the signals that stop a run cleanly, and how messages name them: Ctrl-C, and SIGTERM (docker stop, SLURM's
+# time limit and scancel, systemd, Kubernetes): they ask a program to end, and a run should end as Ctrl-C ends it
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
-    def __init__(self, where: str):
-        super().__init__(where)
+
+class TrainingInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM: the step finished and a checkpoint was written (`where` says which)."""
+
+    def __init__(self, where: str, signum: int = signal.SIGINT):
+        super().__init__(signum, where)
         self.where = where
 
 
@@ -186,6 +191,7 @@ class Checkpointer:
         self.fit_no = 0  # fits begun by this process
         self.loaded: dict[str, Any] | None = None  # the checkpoint this process resumes from, until restored
         self.stop_requested, self.in_fit = False, False
+        self.stop_signal: int = signal.SIGINT  # the signal that asked for the stop (Ctrl-C unless SIGTERM)
         self.last: str | None = None  # where the last checkpoint written or read stands, for messages
         self.n_written, self.seconds = 0, 0.0
         self._t_last = time.monotonic()
@@ -329,7 +335,7 @@ class Checkpointer:
             due = self._due(learn)
         if self.stop_requested:
             self.save(learn, cbs, "interrupt")
-            raise TrainingInterrupted(self.last or "")
+            raise TrainingInterrupted(self.last or "", self.stop_signal)
         if due:
             self.save(learn, cbs, "step")
 
@@ -347,29 +353,36 @@ class Checkpointer:
         if dist.is_distributed():
             (self.stop_requested,) = dist.any_rank(self.stop_requested)
         if self.stop_requested:
-            raise TrainingInterrupted(self.last or "")
+            raise TrainingInterrupted(self.last or "", self.stop_signal)
 
     def after_fit(self, learn: Learner, cbs: Sequence[Callback]) -> None:
         self.save(learn, cbs, "fit", fit_done=True)
 
-    # ------------------------------------------------------------------ Ctrl-C
+    # ------------------------------------------------------------------ Ctrl-C, SIGTERM
     @contextmanager
     def catch_interrupts(self) -> Iterator[None]:
-        """While training: the first Ctrl-C finishes the step and writes a checkpoint (the loop then raises
-        `TrainingInterrupted`); a second one, or one outside a fit, raises `KeyboardInterrupt` at once."""
+        """While training: the first Ctrl-C or SIGTERM finishes the step and writes a checkpoint (the loop then
+        raises `TrainingInterrupted`); a second one, or one outside a fit, raises `Interrupted` at once.
+
+        SIGTERM is what `docker stop`, SLURM and systemd send before they kill: left to its default it ended the
+        process on the spot, the run's status stayed "running" and the best epoch so far was lost. Under torchrun
+        every rank receives the signal (the agent forwards it) and they stop at the same step; rank 0 speaks."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def handler(signum, frame):
             if self.stop_requested or not self.in_fit:
-                raise KeyboardInterrupt
-            self.stop_requested = True
-            print("\nCtrl-C: finishing this step and writing a checkpoint (Ctrl-C again quits at once)",
-                  file=sys.stderr, flush=True)
+                raise Interrupted(signum)
+            self.stop_requested, self.stop_signal = True, signum
+            if dist.is_main():
+                again = "Ctrl-C again" if signum == signal.SIGINT else "another SIGTERM or Ctrl-C"
+                print(f"\n{STOP_SIGNALS[signum]}: finishing this step and writing a checkpoint ({again} quits at "
+                      "once)", file=sys.stderr, flush=True)
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
