@@ -335,3 +335,18 @@ def test_sigterm_stops_as_ctrl_c_does(tmp_path, capsys):
             deliver(signal.SIGINT)
         assert e.value.signum == signal.SIGINT
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_run_started_with_a_relative_data_path_resumes(image_folder, tmp_path, monkeypatch, capsys):
+    """The split's digest was of the paths as given: `imgclf train gray` recorded 'gray/a/0.jpg', its resume read
+    config.json's absolute path, and every such resume was refused as 'its data changed'."""
+    image_folder({"a": 6, "b": 6}, name="gray")
+    monkeypatch.chdir(tmp_path)
+    args = ["--size", "32", "--recipe", "probe", "--quiet"]
+    assert main(["train", "gray", "--out", "run", *args]) == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"]["path"] == str(tmp_path / "gray") and cfg["split"]["paths"]  # saved absolute, digest relative
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**cfg, "status": "interrupted"}))
+    capsys.readouterr()
+    assert main(["train", "--resume", "run", "--quiet"]) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["status"] == "done"

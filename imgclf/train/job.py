@@ -12,6 +12,7 @@ goes on from RUN's last checkpoint with RUN's own config.
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import sys
@@ -366,7 +367,7 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
     ck = Checkpointer(out, ckpt_every)
     split = split_fingerprint(data)
     if not fresh:
-        check_same_split(out, split)
+        check_same_split(out, data)
     if dist.is_main():
         if fresh:
             write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "running", "split": split,
@@ -550,22 +551,38 @@ def saved_config(cfg: RunConfig, out: Path) -> dict[str, Any]:
     return {**saved, "out": str(out), "imgclf_version": __version__}
 
 
-def split_fingerprint(data: Any) -> dict[str, Any] | None:
+def split_fingerprint(data: Any, anchored: bool = True) -> dict[str, Any] | None:
     """The files of each split, as counts and one digest of their sorted paths (no file is read): a resume checks
-    that its data still splits the same way (None for streamed shards, split as written)."""
+    that its data still splits the same way (None for streamed shards, split as written).
+
+    The paths are taken relative to the folder all of them sit in (`anchored`), so `imgclf train gray` and its
+    resume, which reads config.json's absolute path, give one digest (the digest of the paths as given refused
+    every resume of a run started with a relative path). `anchored=False`: that older digest, which runs recorded
+    before this one was used still match."""
     import hashlib
 
     if not hasattr(data, "train_paths"):
         return None
-    return {name: {"n": len(paths), "sha1": hashlib.sha1("\n".join(sorted(map(str, paths))).encode()).hexdigest()}
-            for name, paths in (("train", data.train_paths), ("valid", data.valid_paths))}
+    every = [os.path.abspath(p) for p in (*data.train_paths, *data.valid_paths)]
+    top = os.path.commonpath(every) if every else ""
+
+    def digest(paths: list) -> str:
+        names = sorted(os.path.relpath(os.path.abspath(p), top) if anchored else str(p) for p in paths)
+        return hashlib.sha1("\n".join(names).encode()).hexdigest()
+
+    out: dict[str, Any] = {name: {"n": len(paths), "sha1": digest(paths)}
+                           for name, paths in (("train", data.train_paths), ("valid", data.valid_paths))}
+    if anchored:
+        out["paths"] = "relative to the folder they share"
+    return out
 
 
-def check_same_split(run: Path, split: dict[str, Any] | None) -> None:
+def check_same_split(run: Path, data: Any) -> None:
     """A resume on data that changed since the run began (files added, removed or renamed) would draw another split:
     validation could hold images the first session trained on. Refused, with the counts; runs from before the
-    record are not checked."""
+    record are not checked, and runs recorded with the older digest are checked against it."""
     saved = read_config(run).get("split")
+    split = split_fingerprint(data, anchored=bool(saved and "paths" in saved))
     if not saved or not split or saved == split:
         return
     counts = ", ".join(f"{k} {saved[k]['n']} -> {split[k]['n']}" for k in ("train", "valid"))
