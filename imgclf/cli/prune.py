@@ -38,7 +38,8 @@ def run(a: argparse.Namespace) -> None:
                     device=a.device, head=a.head, progress=not a.quiet)
     m = res.metrics
     key = next(k for k in ("accuracy", "accuracy_multi", "mae") if k in m)
-    tuned = (f"fine-tuned {m[key]:.4f} (after its last epoch, which is kept)" if a.epochs else "no fine-tune")
+    tuned = ("no fine-tune" if not a.epochs else "fine-tune not kept (it raised the validation loss)"
+             if m["kept"] != "fine-tuned" else f"fine-tuned {m[key]:.4f} (after its last epoch, which is kept)")
     print(f"sparsity {m['sparsity']:.3f}  {key}: before {m['before'][key]:.4f}, pruned {m['after_prune'][key]:.4f}, "
           f"{tuned}  -> {res.run_dir}")
     f, o = m["file"], m["original_file"]

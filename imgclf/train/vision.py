@@ -221,6 +221,15 @@ class VisionLearner(Learner):
             base_lr /= 2
             self.fit_schedule(epochs, slice(base_lr / lr_mult, base_lr), schedule, cbs=cbs)
 
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """`Learner.score`, with a multi-label model's named figures at its own `threshold` (0.5 until
+        `choose_threshold`, or the run's when it came from one: `prune` scored a run tuned to 0.35 at 0.5)."""
+        out = super().score(logits, targets)
+        if self.data.task == "multi_label" and self.threshold != 0.5:
+            at = {"accuracy_multi": accuracy_multi, "f1_multi": lambda x, y, t: fbeta_multi(x, y, 1.0, t)}
+            out.update({k: fn(logits, targets, self.threshold) for k, fn in at.items() if k in out})
+        return out
+
     def choose_threshold(self, beta: float = 1.0) -> dict[str, float]:
         """Multi-label: set `threshold` to the one maximising F-beta on validation; returns the validation
         figures at it (valid_loss, accuracy_multi, f1_multi, threshold) and their bootstrap bounds over images."""
