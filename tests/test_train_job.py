@@ -125,6 +125,17 @@ def test_cached_features_are_reused_until_the_body_changes(tiny_split_folder):
     assert learn.features.computed == 6  # body changed: recomputed once
 
 
+def test_lr_find_sweeps_the_whole_model_when_the_body_is_random(tiny_split_folder):
+    """A head sweep on a random body's features says nothing about the rate that trains it."""
+    data = ImageData.from_folder(tiny_split_folder, size=32, bs=4, progress=False)
+    scratch = vision_learner(data, "simple_cnn", pretrained=False, progress=False)
+    scratch.lr_find(num_it=10)
+    assert scratch.features.computed == 0  # no cached features: the whole model was swept
+    pretrained = vision_learner(data, progress=False)
+    pretrained.lr_find(num_it=10)
+    assert pretrained.features.computed > 0  # the head on cached features
+
+
 def test_a_csv_labelled_run_rebuilds_its_data_from_a_moved_folder(tmp_path, write_image):
     """interpret/export/report --data DIR on a CSV-labelled run whose data moved: the folder's CSV of the run's
     CSV's name labels it (given the folder alone it read one class, 'imgs'); with no CSV anywhere, the error asks

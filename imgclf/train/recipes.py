@@ -501,7 +501,7 @@ def auto_fit(
         why.append(reason)
         if try_it:
             if base_lr is None:
-                finder = learn.lr_find()
+                finder = learn.lr_find(cached=True)
                 base_lr = finder.valley
                 report["lr_find"] = finder.suggestions
                 report["lr_find_data"] = "training batches only (the head on cached training features)"
