@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import warnings
@@ -331,3 +332,21 @@ def test_npy_reader_equals_numpy(tmp_path):
         assert got.dtype == a.dtype and got.shape == a.shape and np.array_equal(got, a)
     with pytest.raises(ValueError):
         npy_array(b"not an npy file at all")
+
+
+def test_a_numeric_label_column_is_refused_as_a_regression_target(tmp_path, write_image):
+    """Ages as labels made 59 'classes' out of 96 images; the error came only at train --task regression."""
+    rows = []
+    for i in range(40):
+        write_image(tmp_path / "imgs" / f"{i}.png", size=(20, 20), seed=i)
+        rows.append((f"imgs/{i}.png", str(18 + i)))
+    with open(tmp_path / "ages.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file", "age"), *rows])
+    with pytest.raises(UserError, match=r"labels are numbers \(40 distinct among 40 images\).*--task regression"):
+        write_shards(tmp_path / "ages.csv", tmp_path / "shards", progress=False)
+    assert not (tmp_path / "shards").exists()
+    # a folder beside a CSV is not its data (the rows name the files): shards may go there
+    with open(tmp_path / "kinds.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("file", "kind"), *((p, "odd" if int(a) % 2 else "even") for p, a in rows)])
+    m = write_shards(tmp_path / "kinds.csv", tmp_path / "shards", progress=False)
+    assert m["classes"] == ["even", "odd"] and (tmp_path / "shards" / MANIFEST).is_file()

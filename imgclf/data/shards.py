@@ -48,7 +48,7 @@ from .core import CROP_PCT, presize_for
 from .decode import BadImage, default_workers, open_image, peek_image, presize, presize_image, warn_skipped
 from .dedup import MAX_IMAGES, NearDuplicates
 from .loaders import ViewBatches, _Position
-from .sources import Unused, items_from_csv, items_from_folder
+from .sources import Unused, is_number, items_from_csv, items_from_folder
 from .targets import encode_targets
 
 MANIFEST = "manifest.json"
@@ -129,8 +129,10 @@ def _check_out(out: Path, data: Path, force: bool) -> None:
     """`out` may be replaced (--force) only when it is a shard folder this command wrote, and never when it is, holds
     or sits inside the data: --force once replaced a folder of images with their shards."""
     src, dst = data.resolve(), out.resolve()
-    src = src.parent if src.is_file() else src  # a CSV: the images sit beside it
-    if dst == src or dst in src.parents or src in dst.parents:
+    # a CSV: a new folder beside it is not the data (its rows name the files); only its folder or one above it is
+    inside = src in dst.parents and not src.is_file()
+    src = src.parent if src.is_file() else src
+    if dst == src or dst in src.parents or inside:
         raise UserError(f"--out {out}: that is, holds or sits inside the data ({data}); write the shards elsewhere")
     if not out.exists() and not out.is_symlink():
         return
@@ -247,6 +249,11 @@ def write_shards(
         items = items_from_folder(data, valid=valid, valid_pct=valid_pct, seed=seed, label_re=label_re, split=split)
     source = str(csv_file or data)
     items.unused.warn(source)
+    distinct = set(items.labels)
+    if len(distinct) > 20 and len(distinct) > len(items.labels) / 4 and all(is_number(v) for v in distinct):
+        raise UserError(f"{source}: its labels are numbers ({len(distinct)} distinct among {len(items.labels)} "
+                        "images), a regression target rather than classes; shards hold one class per image: train "
+                        "on the data itself (`imgclf train DATA --csv ... --task regression`)")
     targets = encode_targets(items, "classify", source)
     classes = list(targets.names)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

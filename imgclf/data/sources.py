@@ -349,7 +349,7 @@ def label_from_re(pattern: str):
     return label
 
 
-def _is_number(s: str) -> bool:
+def is_number(s: str) -> bool:
     try:
         float(s)
     except ValueError:
@@ -459,7 +459,7 @@ def folder_labels(paths: Sequence[Path], split_root: Path, label_re: str | None,
         if len(paths) > 2 and len(set(labels)) == len(labels):
             if re.compile(label_re).groups == 0:
                 raise _no_group(label_re, f"its whole match differs for each of the {len(paths)} files")
-            if not all(_is_number(v) for v in labels):  # numbers may be a regression's targets, each its own
+            if not all(is_number(v) for v in labels):  # numbers may be a regression's targets, each its own
                 raise UserError(
                     f"--label-re '{label_re}': its group gives each of the {len(paths)} files a label of its own "
                     f"({labels[0]!r}, {labels[1]!r}, ...), so every file would be its own class: capture only the "
