@@ -136,6 +136,16 @@ def test_lr_find_sweeps_the_whole_model_when_the_body_is_random(tiny_split_folde
     assert pretrained.features.computed > 0  # the head on cached features
 
 
+def test_the_history_names_the_phase_freeze_and_unfreeze_set(tiny_split_folder):
+    data = ImageData.from_folder(tiny_split_folder, size=32, bs=4, progress=False)
+    learn = vision_learner(data, "simple_cnn", pretrained=False, progress=False)
+    learn.freeze()
+    learn.fit_one_cycle(1, 1e-3)
+    learn.unfreeze()
+    learn.fit_one_cycle(1, 1e-3)
+    assert [r["phase"] for r in learn.recorder.history] == ["frozen", "unfrozen"]
+
+
 def test_a_csv_labelled_run_rebuilds_its_data_from_a_moved_folder(tmp_path, write_image):
     """interpret/export/report --data DIR on a CSV-labelled run whose data moved: the folder's CSV of the run's
     CSV's name labels it (given the folder alone it read one class, 'imgs'); with no CSV anywhere, the error asks

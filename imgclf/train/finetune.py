@@ -205,7 +205,6 @@ def fine_tune(learn: VisionLearner, probe: Candidate, epochs: int, base_lr: floa
     t = time.perf_counter()
     probe_state = copy.deepcopy(learn.model.state_dict())
     learn.unfreeze()
-    learn.phase = "unfrozen"
     n_before = len(learn.recorder.history)
     keep_best = SaveBestModel("valid_loss", model=learn.model, across_fits=True)
     keep_best.best, keep_best.best_state = probe.valid_loss, copy.deepcopy(probe_state)

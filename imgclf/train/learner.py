@@ -452,11 +452,15 @@ class Learner:
                 p.requires_grad_(i >= n or id(p) in bn_ids)
 
     def freeze(self, train_bn: bool = True) -> None:
-        """Train only the head (and batch-norm layers, fastai's default)."""
+        """Train only the head (and batch-norm layers, fastai's default). The history's phase says "frozen"."""
         self.freeze_to(len(self.groups) - 1, train_bn)
+        self.phase = "frozen"
 
     def unfreeze(self) -> None:
+        """Train every layer group; the history's phase says "unfrozen" (a `freeze(); fit_one_cycle()` from
+        Python was recorded as unfrozen)."""
         self.freeze_to(0)
+        self.phase = "unfrozen"
 
     # ------------------------------------------------------------------ recipes
     def fit_one_cycle(self, n_epoch: int, lr_max: LR | None = None, cbs: Sequence[Callback] = (),

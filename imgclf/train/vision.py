@@ -218,11 +218,9 @@ class VisionLearner(Learner):
                 self.fit_head(freeze_epochs, base_lr, cbs=cbs)
             else:
                 self.freeze()
-                self.phase = "frozen"
                 self.fit_one_cycle(freeze_epochs, base_lr, cbs=cbs)
         if epochs:
             self.unfreeze()
-            self.phase = "unfrozen"
             base_lr /= 2
             self.fit_schedule(epochs, slice(base_lr / lr_mult, base_lr), schedule, cbs=cbs)
 
