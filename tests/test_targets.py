@@ -165,10 +165,12 @@ def test_regression_run_beats_the_mean(tmp_path, capsys):
         rows.append((p.name, f"{age}", int(i % 4 == 1)))
     csv_path = write_csv(root / "ages.csv", ["file", "age", "is_valid"], rows)
     cfg = RunConfig(data=DataConfig(path=str(csv_path), size=64, bs=16, task="regression", label_col="age"),
-                    train=TrainConfig(recipe="fine_tune", freeze_epochs=12, epochs=0, lr=1e-2, label_smoothing=0),
+                    train=TrainConfig(recipe="fine_tune", freeze_epochs=12, epochs=0, lr=1e-2, label_smoothing=0.2),
                     out=str(tmp_path / "run"))
-    res = train(cfg, progress=False)
+    with pytest.warns(UserWarning, match="label-smoothing 0.2: it smooths class labels; regression targets"):
+        res = train(cfg, progress=False)
     m = json.loads((res.run_dir / "metrics.json").read_text())
+    assert json.loads((res.run_dir / "config.json").read_text())["train"]["label_smoothing"] == 0  # as it trained
     valid_ages = torch.tensor([10.0 + 2 * i for i in range(40) if i % 4 == 1])
     train_mean = torch.tensor([10.0 + 2 * i for i in range(40) if i % 4 != 1]).mean()
     baseline = float((valid_ages - train_mean).abs().mean())  # predicting the mean age: ~20 years off

@@ -17,6 +17,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DataConfig, ModelConfig, RunConfig
+from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..data import ahead
 from ..data.augment import Augment
 from ..data.core import CROP_PCT, ImageData, presize_for
@@ -340,6 +341,12 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
     check_pretrained(cfg.model.arch, cfg.model.pretrained, cfg.model.weights)  # so do weights that cannot be had
     if tc.mixup < 0 or tc.cutmix < 0:
         raise UserError("--mixup and --cutmix take an alpha >= 0 (0: off)")
+    if cfg.data.task != "classify" and tc.label_smoothing:  # recorded as used (config.json, the report) when it was not
+        if tc.label_smoothing != TrainConfig.label_smoothing:
+            warnings.warn(f"--label-smoothing {tc.label_smoothing}: it smooths class labels; "
+                          f"{cfg.data.task.replace('_', '-')} targets train without it", stacklevel=2)
+        cfg = replace(cfg, train=replace(tc, label_smoothing=0.0))
+        tc = cfg.train
     dist.setup(tc.device)  # under torchrun: join the process group; rank 0 alone writes the run directory
     progress = progress and dist.is_main()
     from ..data.datasets import resolve_config  # a known data set's name -> its cached folder (downloaded first)
