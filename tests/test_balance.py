@@ -159,3 +159,19 @@ def test_set_balance_changes_loss_weights_and_sampler_together(tmp_path):
     learn.set_balance("none")
     assert (learn.balance, learn.class_weights, learn.loss_func.weight, learn.train_dl.sampler) == ("none", None,
                                                                                                      None, None)
+
+
+def test_a_balance_the_task_cannot_take_is_refused_before_the_data_loads(tmp_path, write_image, capsys):
+    """It failed after 'training RUN: checkpoints...' had been printed (the data decoded, the plan made)."""
+    from imgclf.cli import main
+
+    rows = []
+    for i in range(8):
+        write_image(tmp_path / "d" / f"{i}.png", size=(20, 20), seed=i)
+        rows.append(f"{i}.png,{'red blue' if i % 2 else 'red'}")
+    (tmp_path / "d" / "tags.csv").write_text("file,tags\n" + "\n".join(rows) + "\n")
+    assert main(["train", str(tmp_path / "d"), "--csv", str(tmp_path / "d" / "tags.csv"), "--task", "multi_label",
+                 "--balance", "weights", "--out", str(tmp_path / "run")]) == 2
+    cap = capsys.readouterr()
+    assert "--balance weights: for single-label classes only (this is --task multi_label)" in cap.err
+    assert "training" not in cap.out and "decode" not in cap.err and not (tmp_path / "run").exists()

@@ -341,6 +341,11 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
     check_pretrained(cfg.model.arch, cfg.model.pretrained, cfg.model.weights)  # so do weights that cannot be had
     if tc.mixup < 0 or tc.cutmix < 0:
         raise UserError("--mixup and --cutmix take an alpha >= 0 (0: off)")
+    if tc.balance in ("weights", "sampler") and cfg.data.task != "classify":  # before the data loads, not after
+        raise UserError(f"--balance {tc.balance}: for single-label classes only (this is --task {cfg.data.task})")
+    if tc.balance == "sampler" and not cfg.data.csv and is_shard_dir(cfg.data.path):
+        raise UserError("--balance sampler draws rows by index, which streamed shards do not have; use "
+                        "--balance weights")
     if cfg.data.task != "classify" and tc.label_smoothing:  # recorded as used (config.json, the report) when it was not
         if tc.label_smoothing != TrainConfig.label_smoothing:
             warnings.warn(f"--label-smoothing {tc.label_smoothing}: it smooths class labels; "
