@@ -672,8 +672,10 @@ def _pick_recipe(cfg: RunConfig, data: ImageData) -> tuple[str, str | None]:
     if asked in ("fine_tune", "scratch"):
         return asked, None
     if getattr(data, "streaming", False) and not is_scratch(cfg):
-        return "fine_tune", ("streamed shards: the auto recipe's search decodes the training set at several sizes; "
-                             "fine_tune streams it once per epoch (--recipe scratch for random weights)")
+        what = ("the auto recipe's search decodes the training set at several sizes" if asked == "auto" else
+                "the probe holds every training image's features from a decoded training set")
+        return "fine_tune", (f"streamed shards: {what}; fine_tune streams it once per epoch, its head first on "
+                             "streamed features (--recipe scratch for random weights)")
     if is_scratch(cfg):
         return "scratch", (f"{cfg.model.arch} starts from random weights: the whole model trains from the first "
                            f"step ({recipe_epochs(cfg, 'scratch')} epochs of {tc.schedule}, --epochs to change)")
