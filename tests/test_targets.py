@@ -256,3 +256,21 @@ def test_a_metric_of_another_task_is_refused_when_the_learner_is_built(image_fol
         vision_learner(data, "simple_cnn", pretrained=False, metrics=["accuracy", "f1_multi"], progress=False)
     learn = vision_learner(data, "simple_cnn", pretrained=False, metrics=["error_rate"], progress=False)
     assert [n for n, _ in learn.metrics] == ["error_rate"]
+
+
+def test_multi_label_figures_are_cross_fitted_not_scored_where_the_threshold_was_chosen():
+    """The threshold was chosen on validation and its F1 reported on validation: high by construction."""
+    from imgclf.train.metrics import best_threshold, cross_fitted_decisions, fbeta_multi
+
+    g = torch.Generator().manual_seed(3)
+    targets = (torch.rand(60, 4, generator=g) > 0.6).float()
+    logits = targets * 1.5 - 0.9 + torch.randn(60, 4, generator=g)  # informative, noisy
+    fair = cross_fitted_decisions(logits, targets)
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(0))
+    a, b = order[:30], order[30:]
+    for this, other in ((a, b), (b, a)):
+        t, _ = best_threshold(logits[other], targets[other])
+        assert torch.equal(fair[this] > 0, logits[this].sigmoid() > t)
+    chosen, _ = best_threshold(logits, targets)
+    assert fbeta_multi(fair, targets) <= fbeta_multi(logits, targets, 1.0, chosen)  # the chosen one is the max
+    assert cross_fitted_decisions(logits[:3], targets[:3]) is None
