@@ -109,7 +109,12 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise(data_dir, tmp_path, reference):
     assert res.returncode == 0, res.stderr
     assert f"resuming from the checkpoint at {doc['where']}" in res.stdout
     _same(_figures(out), reference)
-    assert json.loads((out / "config.json").read_text())["status"] == "done"
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["status"] == "done"
+    # the killed session's time up to its checkpoint counts (it has no clean stop to record it), once
+    assert conf["earlier_seconds"] == doc["session"]["seconds"] > 0 and conf["counted_session"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["earlier_sessions_seconds"] == doc["session"]["seconds"]
 
 
 @pytest.mark.parametrize("sig, code, epoch", [(signal.SIGINT, 130, 0), (signal.SIGTERM, 143, 1)],

@@ -196,6 +196,9 @@ class Checkpointer:
         self.n_written, self.seconds = 0, 0.0
         self._t_last = time.monotonic()
         self.learner: Learner | None = None  # the job's learner: it exports the best weights when a run stops
+        # this session: when it began (wall clock, its name) and its clock's start; each checkpoint records the
+        # seconds so far, which a resume after a kill -9 (no clean stop to count them) adds to the run's time
+        self.session = {"began": time.time(), "t0": time.perf_counter()}
 
     def attach(self, learn: Learner) -> None:
         """Checkpoint `learn`'s fits (and those of the head learners it makes), holding its whole model."""
@@ -299,6 +302,8 @@ class Checkpointer:
                 "opt": learn.opt.state_dict(), "scaler": learn.grad_scaler.state_dict() if learn.grad_scaler else None,
                 "train_dl": dl_state, "cbs": {k: cb.state_dict() for k, cb in _named(cbs).items()},
                 "rng": rng_state(), "extra": self.extra, **({"ranks": ranks} if ranks else {}),
+                "session": {"began": self.session["began"],
+                            "seconds": round(time.perf_counter() - self.session["t0"], 1)},
             })
         self._wrote(desc, t)
 

@@ -378,6 +378,7 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
     ckpt_every = cfg.train.ckpt_every
     ck = Checkpointer(out, ckpt_every)
     split = split_fingerprint(data)
+    killed = not fresh and read_config(out).get("status") == "running"  # kill -9, the OOM killer: no clean stop
     if not fresh:
         check_same_split(out, data)
     if dist.is_main():
@@ -390,6 +391,8 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
             log.write(early.getvalue())
     if not fresh and not ck.load() and dist.is_main():  # killed before its first checkpoint: the run starts over
         (out / "history.csv").unlink(missing_ok=True)
+    if killed and ck.loaded and dist.is_main():
+        _count_killed_session(out, ck.loaded.get("session"))
     try:
         with ck.catch_interrupts(), log_to(out / "train.log") if dist.is_main() else dist.silenced():
             print(f"{'resuming' if not fresh else 'training'} {out}: checkpoints at each epoch's end"
@@ -624,6 +627,17 @@ def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunCon
         if diff:
             raise UserError(f"{run}: a resume trains as the run began; these settings differ: {', '.join(diff)}")
     return resumed, run
+
+
+def _count_killed_session(out: Path, session: dict[str, Any] | None) -> None:
+    """A session that was killed (no `_stopped` to count its seconds): its time up to its last checkpoint joins
+    config.json's `earlier_seconds`, once (`counted_session` names it: a second kill before a new checkpoint would
+    find the same one)."""
+    conf = read_config(out)
+    if not session or conf.get("counted_session") == session["began"]:
+        return
+    update_config(out, earlier_seconds=round(conf.get("earlier_seconds", 0.0) + session["seconds"], 1),
+                  counted_session=session["began"])
 
 
 def _stopped(out: Path, ck: Checkpointer, status: str, keep_best: bool, t_start: float) -> None:
