@@ -12,7 +12,8 @@ STACK = ("imgclf.infer", "imgclf.train.metrics")
 def add(sub) -> None:
     p = sub.add_parser("evaluate", help="score a trained run on labelled images",
                        description="The figures of RUN's task on DATA: class folders, a data set root whose "
-                                   "valid/val split is used, or a CSV as the run trained from (every row is "
+                                   "valid/val split is used (the output names it; score a test/ beside it as "
+                                   "DATA/test), or a CSV as the run trained from (every row is "
                                    "scored). Classes: accuracy, loss, balanced accuracy, macro F1, expected "
                                    "calibration error of predict's confidences (before -> after the run's "
                                    "temperature), per-class accuracy; tags: accuracy_multi "
@@ -51,6 +52,7 @@ def calibration_text(res: dict, prefix: str = "", suffix: str = "") -> str:
 
 def run(a: argparse.Namespace) -> None:
     from ..infer import evaluate, load_model
+    from ..infer.evaluate import scored_line
     from ..rundir import write_json
     from ..train.metrics import format_figure
 
@@ -87,5 +89,8 @@ def run(a: argparse.Namespace) -> None:
         for c, v in res[per_class].items():
             b = bounds.get(c)
             print(f"  {c}: {v:.4f}" + (f" ({b['low']:.2f}-{b['high']:.2f}, {b['n']} images)" if b else ""))
+    scored = scored_line(res, a.run, a.data)
+    if scored:  # a data set root: which of its folders the figures are of, last where it is seen
+        print(scored)
     if a.json:
         write_json(make_parent(a.json), res)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..rundir import write_json
+from ..rundir import CONFIG_FILE, write_json
 from ..train.metrics import bootstrap_f1_per_class, class_figures, wilson_interval
 from .model_summary import ModelSummary, model_summary
 
@@ -126,7 +126,10 @@ class Interpretation:
     # ------------------------------------------------------------------ builders
     @classmethod
     def from_learner(cls, learn) -> Interpretation:
-        """From a `VisionLearner` as it stands: its validation predictions and cached pooled features."""
+        """From a `VisionLearner` as it stands: its validation predictions and cached pooled features. Single-label
+        classification only (a UserError for tags or numbers, before any predicting)."""
+        _require_single_label(learn.data.task, "this learner",
+                              "learn.validate() (or `imgclf evaluate RUN DATA` once exported)")
         logits, targets = learn.get_preds()
         features, _ = learn.cached_features("valid", "center")
         data, t = learn.data, float(getattr(learn, "temperature", 1.0))
@@ -150,11 +153,12 @@ class Interpretation:
         from ..train.job import run_data
 
         predictor = load_model(run, device=device)
-        if predictor.task != "classify":
-            # confusion matrices and most-confused pairs are single-label ideas; tags and numbers get their
-            # figures from `imgclf evaluate` (per-tag F1; MAE/RMSE)
-            raise UserError(f"{run}: interpret covers single-label classification; this run's task is "
-                            f"{predictor.task}: use `imgclf evaluate {run} DATA` for its figures")
+        _require_single_label(predictor.task, f"{run}: this run", f"`imgclf evaluate {run} DATA`")
+        if isinstance(data, ImageData):
+            _require_single_label(data.task, f"{data.source}: this data", f"`imgclf evaluate {run} DATA`")
+        elif data is None and not (Path(run) / CONFIG_FILE).is_file():  # a model saved from Python: `learn.export`
+            raise UserError(f"{run}: no {CONFIG_FILE} to rebuild the validation data from; pass the labelled "
+                            "images: data=DIR or an ImageData (--data DIR on the command line)")
         if not isinstance(data, ImageData):
             data = run_data(run, predictor.size, float(predictor.meta.get("crop_pct", 0.875)), data, progress)
         if data.presize != predictor.presize:
@@ -269,9 +273,9 @@ class Interpretation:
         from . import plots
 
         idx = self.top_loss_indices(k)
-        titles = [f"pred {plots.short(self.classes[int(self.preds[i])])} ({float(self.probs[i, self.preds[i]]):.2f})\n"
-                  f"actual {plots.short(self.classes[int(self.targets[i])])}\nloss {float(self.losses[i]):.2f}"
-                  for i in idx]
+        names = plots.short_names(self.classes)
+        titles = [f"pred {names[int(self.preds[i])]} ({float(self.probs[i, self.preds[i]]):.2f})\n"
+                  f"actual {names[int(self.targets[i])]}\nloss {float(self.losses[i]):.2f}" for i in idx]
         wrong = [bool(self.preds[i] != self.targets[i]) for i in idx]
         return plots.top_losses_figure([self._image(i) for i in idx], titles, wrong,
                                        title=f"Top {len(idx)} losses: predicted (probability) / actual / loss")
@@ -349,6 +353,15 @@ class Interpretation:
         (out / "model_summary.txt").write_text(str(self.summary) if self.summary else "no model given\n")
         write_json(out / "interpret.json", self.to_dict(k, min_val))
         return out
+
+
+def _require_single_label(task: str, what: str, instead: str) -> None:
+    """A UserError unless `task` is single-label classification: confusion matrices and most-confused pairs are
+    single-label ideas (a regression's one output read as one class, tags' 0/1 rows as class probabilities, failed
+    deep in torch). Tags and numbers get their figures from `instead` (per-tag F1; MAE/RMSE)."""
+    if task != "classify":
+        raise UserError(f"{what}'s task is {task.replace('_', '-')}; interpret covers single-label classification: "
+                        f"use {instead} for its figures")
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

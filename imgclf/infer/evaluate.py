@@ -11,13 +11,16 @@ import torch.nn.functional as F
 
 from ..data.dedup import array_keys, check_seen
 from ..data.idx import is_idx_folder, load_idx, presize_arrays
+from ..data.shards import is_shard_dir, read_manifest
 from ..data.sources import (
+    TRAIN_NAMES,
+    VALID_NAMES,
     Items,
     Unused,
     content_keys,
     folder_labels,
+    is_image_file,
     items_from_csv,
-    items_from_folder,
     merge_by_content,
     require_folder,
     scan_images,
@@ -39,26 +42,40 @@ from .predictor import Predictor, load_model
 from .tta import TTA_VIEWS, combine
 
 
+def scored_folder(path: str | Path) -> tuple[Path, list[str]]:
+    """The folder of `path` that `evaluate` scores, and the split folders beside it that it does not: a data set
+    root with train/ + valid/ (or val/, validation/) is scored on its validation folder (not train/, nor a test*/
+    folder: those are named, train/ first); any other folder is scored whole (nothing beside)."""
+    root = require_folder(path)
+    valid = next((root / n for n in VALID_NAMES if (root / n).is_dir()), None)
+    if valid is None or not (root / "train").is_dir():
+        return root, []
+    beside = [p.name for p in root.iterdir() if p.is_dir() and _split_name(p.name)]
+    return valid, sorted(beside, key=lambda n: (n.lower() not in TRAIN_NAMES, n))
+
+
+def _split_name(name: str) -> bool:
+    return name.lower() in TRAIN_NAMES or name.lower().startswith("test")
+
+
 def labelled_items(path: str | Path, label_re: str | None = None, label_col: str | None = None,
                    multi_label: bool = False) -> Items:
     """Images with labels from `path`: a CSV's test rows (all its rows when none is marked test), a folder's
-    validation split when it has train/ + valid/, else all of it. `multi_label`: an image copied into several
-    tag folders is one image with each tag, as training reads it (`merge_by_content`)."""
+    validation split when it has train/ + valid/, else all of it (`scored_folder`). `multi_label`: an image
+    copied into several tag folders is one image with each tag, as training reads it (`merge_by_content`)."""
     root = Path(path)
     if root.suffix.lower() == ".csv":
         items = items_from_csv(root, label_col=label_col, split="random", test_rows=True)  # test rows, or all
         return Items(items.paths, items.labels, [True] * len(items.paths), items.tags)
-    require_folder(root)
-    if any((root / n).is_dir() for n in ("valid", "val", "validation")) and (root / "train").is_dir():
-        items = items_from_folder(root, label_re=label_re, multi_label=multi_label)
-        keep = [i for i, v in enumerate(items.is_valid) if v]
-        tags = [items.tags[i] for i in keep] if items.tags is not None else None
-        return Items([items.paths[i] for i in keep], [items.labels[i] for i in keep], [True] * len(keep), tags,
-                     unused=items.unused)
-    paths, unused = scan_images(root)
+    folder, beside = scored_folder(root)  # only the validation folder of a split root is read
+    paths, unused = scan_images(folder)
+    if folder != root:  # other folders and images beside the split folders: warned as training warns them
+        for p in sorted(root.iterdir()):
+            if p != folder and p.name not in beside and not p.name.startswith(".") and (p.is_dir() or is_image_file(p)):
+                unused.add("outside_split", p)
     if not paths:
-        raise UserError(f"{root}: no images found")
-    items = Items(paths, folder_labels(paths, root, label_re), [True] * len(paths), unused=unused)
+        raise UserError(f"{folder}: no images found")
+    items = Items(paths, folder_labels(paths, folder, label_re), [True] * len(paths), unused=unused)
     if multi_label:
         items = merge_by_content(items)
         items.unused = unused
@@ -79,6 +96,9 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     error of the confidences as `predict` gives them (the run's temperature applied; 15 bins, as `interpret`
     and the report compute it), with `ece_before` (T = 1) and `temperature` when the run fitted one.
 
+    A data set root (train/ + valid/) is scored on its validation folder: `scored` names it and `not_scored` the
+    folders beside it (train, test, ...), which `scored_line` words for the user.
+
     Images the run trained on (the same bytes: `RUN/train_content.json`, not names) are counted,
     `n_seen_in_training`, and the figures are given again on the unseen ones alone (`accuracy_unseen` with
     `accuracy_unseen_low`/`_high`; other tasks: `<figure>_unseen`), with one warning when any were seen.
@@ -87,12 +107,22 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     run_dir = run_dir if run_dir is not None else (None if isinstance(run, Predictor) else run)
     names = TTA_VIEWS if tta else ("center",)
     unused = Unused()  # entries under `data` not used as images: one warning, and listed in the result
+    scored: dict[str, Any] = {}  # a data set root: the folder scored and those beside it that were not
+    if Path(data).suffix.lower() != ".csv" and is_shard_dir(data):
+        source = read_manifest(data).get("source")
+        raise UserError(f"{data}: tar shards (written by `imgclf shard`) are streamed for training, not scored; "
+                        "evaluate the labelled images they were written from"
+                        + (f": `imgclf evaluate {run_dir or 'RUN'} {source}`" if source else ""))
     if is_idx_folder(Path(data)):  # IDX files (Fashion-MNIST): the t10k test set, as arrays
         view_probs, targets, skipped, keys = _idx_outputs(predictor, data, bs, names, progress)
     else:
         if predictor.task == "regression" and Path(data).suffix.lower() != ".csv":
             raise UserError(f"{data}: a regression run is scored on numbers from a CSV column: give the CSV "
                             f"(`imgclf evaluate RUN labels.csv [--label-col {predictor.classes[0]}]`)")
+        if Path(data).suffix.lower() != ".csv":
+            folder, beside = scored_folder(data)
+            if beside:
+                scored = {"scored": str(folder), "not_scored": beside}
         items = labelled_items(data, label_re, label_col, multi_label=predictor.task == "multi_label")
         unused = items.unused
         unused.warn(data)
@@ -106,7 +136,7 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
         raise UserError(f"{data}: none of the {len(skipped)} image file(s) could be decoded")
     task = predictor.task
     before = _uncalibrated(view_probs, predictor)  # T = 1: what the temperature changed (None when it is 1)
-    res = {**_scores(view_probs[0], targets, predictor, _view(before, 0)), "n": len(targets)}
+    res = {**_scores(view_probs[0], targets, predictor, _view(before, 0)), "n": len(targets), **scored}
     if task == "classify":
         res["temperature"] = predictor.temperature
     if task != "regression":
@@ -121,6 +151,24 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
         res["tta_views"] = list(TTA_VIEWS)
     res.update(seen_figures(run_dir, keys, view_probs[0], targets, predictor, _view(before, 0)))
     return res
+
+
+def scored_line(res: dict[str, Any], run: str | Path, data: str | Path) -> str | None:
+    """`scored DATA/valid (48 images; train/ and test/ not scored; score test/ with `imgclf evaluate RUN
+    DATA/test`)` for a data set root, None when DATA was scored whole."""
+    if "scored" not in res:
+        return None
+    others = [f"{n}/" for n in res["not_scored"]]
+    text = f"scored {res['scored']} ({res['n']} images; {_and(others)} not scored"
+    held = sorted((n for n in res["not_scored"] if n.lower() not in ("train", "training")),
+                  key=lambda n: not n.lower().startswith("test"))
+    if held:  # a test/ beside: scored alone it is class folders like any other
+        text += f"; score {held[0]}/ with `imgclf evaluate {run} {Path(data) / held[0]}`"
+    return text + ")"
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _uncalibrated(view_probs: torch.Tensor, predictor: Predictor) -> torch.Tensor | None:

@@ -20,6 +20,7 @@ import asyncio
 import math
 import socket
 import time
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -59,6 +60,14 @@ def model_info(run: str | Path, predictor: Predictor, settings: ServeSettings) -
     if predictor.task == "multi_label":
         info["threshold"] = predictor.threshold
     return info
+
+
+def describe_outputs(task: str, names: Sequence[str]) -> str:
+    """What the model answers, for the banner: "3 classes", "1 tag", "a regression of age"."""
+    if task == "regression":
+        return f"a regression of {names[0] if names else 'a number'}"
+    noun = ("tag", "tags") if task == "multi_label" else ("class", "classes")
+    return f"{len(names)} {noun[len(names) != 1]}"
 
 
 def prediction_json(p: Prediction, k: int, task: str) -> dict[str, Any]:
@@ -221,8 +230,8 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, device: st
         app = create_app(run, predictor, settings)
         bound_host, bound_port = sock.getsockname()[:2]
         url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(f"imgclf serve: {Path(run)} ({predictor.meta.get('arch')}, {len(predictor.classes)} classes, "
-              f"{predictor.task}) on {predictor.device}", flush=True)
+        what = describe_outputs(predictor.task, predictor.classes)
+        print(f"imgclf serve: {Path(run)} ({predictor.meta.get('arch')}, {what}) on {predictor.device}", flush=True)
         if host not in ("127.0.0.1", "localhost", "::1"):
             print(f"imgclf serve: listening on {host}: reachable from other machines", flush=True)
         print(f"imgclf serve: http://{url_host}:{bound_port}/ (Ctrl+C to stop)", flush=True)

@@ -274,13 +274,14 @@ def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | Non
     elif data is not None and meta.is_file():  # a model saved from Python (`learn.export`): labelled as train would
         cfg = RunConfig(data=DataConfig(path=str(data), task=read_json(meta).get("task", "classify")))
     else:
-        raise UserError(f"{run}: no config.json to rebuild the validation data from; give the data with --data DIR")
+        raise UserError(f"{run}: no config.json to rebuild the validation data from; give the data: --data DIR "
+                        "(data=DIR in Python)")
     cfg.data = replace(cfg.data, size=size, crop_pct=crop_pct)
     if data is not None:  # a folder for a CSV-labelled run keeps reading a CSV: its own, or one of that name there
         cfg.data = replace(cfg.data, path=str(data), csv=_run_csv(run, cfg.data, Path(data)))
     elif not Path(cfg.data.csv or cfg.data.path).exists():
         raise UserError(f"{run}: its training data {cfg.data.csv or cfg.data.path} is not there "
-                        "(moved, or a relative path from another folder); give it with --data DIR")
+                        "(moved, or a relative path from another folder); give it: --data DIR (data=DIR in Python)")
     data = load_data(cfg, progress)
     if isinstance(data, ShardData):
         source = data.manifest.get("source")
