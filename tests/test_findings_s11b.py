@@ -11,9 +11,10 @@ import torch
 
 from imgclf import ImageData, Interpretation, UserError, vision_learner
 from imgclf.cli import main
-from imgclf.evaluate.plots import confusion_matrix_figure, short, short_names
+from imgclf.data.show import short, short_names
+from imgclf.data.targets import describe_targets
+from imgclf.evaluate.plots import confusion_matrix_figure
 from imgclf.infer.export import _log_line, parity
-from imgclf.serve.app import describe_outputs
 
 LONG = [f"very long class name number {w} xxxxxxxxxx" for w in ("one", "two", "three", "four", "five")]
 
@@ -75,10 +76,10 @@ def test_tag_parity_counts_decisions_and_whole_images():
 
 
 def test_serve_banner_words_each_task():
-    assert describe_outputs("regression", ["age"]) == "a regression of age"
-    assert describe_outputs("multi_label", ["red"]) == "1 tag"
-    assert describe_outputs("multi_label", ["red", "blue", "round"]) == "3 tags"
-    assert describe_outputs("classify", ["ants", "bees"]) == "2 classes"
+    assert describe_targets("regression", ["age"]) == "a number (age)"
+    assert describe_targets("multi_label", ["red"]) == "1 tag"
+    assert describe_targets("multi_label", ["red", "blue", "round"]) == "3 tags"
+    assert describe_targets("classify", ["ants", "bees"]) == "2 classes"
 
 
 def test_serve_prints_a_regression_run_as_one(tmp_path, write_image, monkeypatch, capsys):
@@ -92,7 +93,7 @@ def test_serve_prints_a_regression_run_as_one(tmp_path, write_image, monkeypatch
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
     serve(run, port=0)
     banner = capsys.readouterr().out.splitlines()[0]
-    assert banner == f"imgclf serve: {run} (xresnet_tiny, a regression of age) on cpu"
+    assert banner == f"imgclf serve: {run} (xresnet_tiny, a number (age)) on cpu"
 
 
 def test_evaluate_names_the_split_it_scored_and_how_to_score_test(trained_run, tmp_path, image_folder, capsys):

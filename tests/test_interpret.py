@@ -17,9 +17,9 @@ from torch import nn
 from imgclf import Interpretation
 from imgclf.cli import main
 from imgclf.config import DataConfig, RunConfig, TrainConfig
+from imgclf.data.show import short
 from imgclf.evaluate import model_summary, project_features
 from imgclf.evaluate.interpret import FILES, format_summary
-from imgclf.evaluate.plots import short
 from imgclf.train.job import train
 
 

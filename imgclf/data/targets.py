@@ -24,10 +24,12 @@ TASKS = ("classify", "multi_label", "regression")
 
 
 def describe_targets(task: str, names: Sequence[str]) -> str:
-    """What a data set's labels are, in a user's words: "4 classes", "3 tags", "a number (age)"."""
+    """What a data set's labels (or a model's answers) are, in a user's words: "4 classes", "1 tag", "a number
+    (age)"."""
     if task == "regression":
-        return f"a number ({names[0]})"
-    return f"{len(names)} {'tags' if task == 'multi_label' else 'classes'}"
+        return f"a number ({names[0] if names else 'value'})"
+    noun = ("tag", "tags") if task == "multi_label" else ("class", "classes")
+    return f"{len(names)} {noun[len(names) != 1]}"
 
 
 @dataclass

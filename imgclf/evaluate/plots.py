@@ -9,58 +9,14 @@ the confusion matrix shows the sub-matrix of the classes involved in the most er
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
-from os.path import commonprefix
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..data.show import short_names
+
 WRONG, RIGHT = "#c62828", "#2e7d32"  # title colours of a wrong / right prediction
-
-
-def short(name: str, n: int = 20) -> str:
-    """A class name cut to `n` characters for tick labels and legends, in the middle: names that share a
-    prefix (`species_017`, `species_018`) often differ only at the end."""
-    if len(name) <= n:
-        return name
-    head = (n - 1) // 2
-    return name[:head] + "…" + name[len(name) - (n - 1 - head):]
-
-
-SEPARATORS = " _-./"
-
-
-def short_names(names: Sequence[str], n: int = 20) -> list[str]:
-    """Each name cut by `short`, kept distinct: names that `short` makes equal (`very long class name number one
-    xxxxxxxxxx` and `... two xxxxxxxxxx` both read `very long…xxxxxxxxxx`) keep their start and the part where they
-    differ instead (`very…one xxxxxxxxxx`, `very…two xxxxxxxxxx`), as does every other cut name then; if even that
-    leaves two alike, every name is numbered (`1 very…`, `2 very…`) in `names` order, so that a legend or an axis
-    never shows one label for two classes."""
-    out = [short(x, n) for x in names]
-    if len(set(out)) == len(set(names)):
-        return out
-    distinct = set(names)  # every cut name is re-cut, so that alike names read alike
-    out = [_differing(x, distinct - {x}, n) if len(x) > n else x for x in names]
-    if len(set(out)) == len(set(names)):
-        return out
-    width = len(str(len(names)))
-    return [f"{i + 1:>{width}} {short(x, max(n - width - 1, 4))}" for i, x in enumerate(names)]
-
-
-def _differing(name: str, others: Collection[str], n: int) -> str:
-    """`name` in at most `n` characters showing its start and where it parts from each of `others` (the first
-    position it differs from the closest of them), e.g. `very…three xxxxxxx…`."""
-    start = max((len(commonprefix([name, o])) for o in others), default=0)
-    # begin the visible part at the word that differs (`…number one` -> `one`) when that word starts nearby
-    back = max((name.rfind(c, max(0, start - 6), start) for c in SEPARATORS), default=-1)
-    start = back + 1 if back >= 0 else start
-    head = name[: max(1, n // 4)]
-    head = head[: max((head.rfind(c) for c in SEPARATORS), default=-1)].rstrip(SEPARATORS) or head
-    room = n - len(head) - 1  # the head and one "…"
-    if start <= len(head):
-        return short(name, n)
-    tail = name[start:]
-    return head + "…" + (tail if len(tail) <= room else tail[: room - 1] + "…")
 
 
 def _tick_font(n: int) -> float:

@@ -20,7 +20,6 @@ import asyncio
 import math
 import socket
 import time
-from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from ..data.targets import describe_targets
 from ..errors import UserError
 from ..infer.predictor import Prediction, Predictor
 from ..rundir import read_json
@@ -60,14 +60,6 @@ def model_info(run: str | Path, predictor: Predictor, settings: ServeSettings) -
     if predictor.task == "multi_label":
         info["threshold"] = predictor.threshold
     return info
-
-
-def describe_outputs(task: str, names: Sequence[str]) -> str:
-    """What the model answers, for the banner: "3 classes", "1 tag", "a regression of age"."""
-    if task == "regression":
-        return f"a regression of {names[0] if names else 'a number'}"
-    noun = ("tag", "tags") if task == "multi_label" else ("class", "classes")
-    return f"{len(names)} {noun[len(names) != 1]}"
 
 
 def prediction_json(p: Prediction, k: int, task: str) -> dict[str, Any]:
@@ -230,7 +222,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, device: st
         app = create_app(run, predictor, settings)
         bound_host, bound_port = sock.getsockname()[:2]
         url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-        what = describe_outputs(predictor.task, predictor.classes)
+        what = describe_targets(predictor.task, predictor.classes)
         print(f"imgclf serve: {Path(run)} ({predictor.meta.get('arch')}, {what}) on {predictor.device}", flush=True)
         if host not in ("127.0.0.1", "localhost", "::1"):
             print(f"imgclf serve: listening on {host}: reachable from other machines", flush=True)
