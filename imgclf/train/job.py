@@ -390,11 +390,11 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
             update_config(out, status="running")
         with open(out / "train.log", "a") as log:
             log.write(early.getvalue())
-    if not fresh and not ck.load() and dist.is_main():  # killed before its first checkpoint: the run starts over
-        (out / "history.csv").unlink(missing_ok=True)
-    if killed and ck.loaded and dist.is_main():
-        _count_killed_session(out, ck.loaded.get("session"))
-    try:
+    try:  # from here a stop (a signal while the checkpoint loads, too) records its status
+        if not fresh and not ck.load() and dist.is_main():  # killed before its first checkpoint: it starts over
+            (out / "history.csv").unlink(missing_ok=True)
+        if killed and ck.loaded and dist.is_main():
+            _count_killed_session(out, ck.loaded.get("session"))
         with ck.catch_interrupts(), log_to(out / "train.log") if dist.is_main() else dist.silenced():
             print(f"{'resuming' if not fresh else 'training'} {out}: checkpoints at each epoch's end"
                   + (f" and every {ckpt_every} steps" if ckpt_every else " and every 5 minutes" if ckpt_every is None
