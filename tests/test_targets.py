@@ -154,6 +154,9 @@ def test_multi_label_run_learns_and_saves_its_threshold(multi_run, capsys):
     assert ev["n"] == 48 and ev["f1_multi"] >= 0.9 and set(ev["per_class_f1"]) == {"blue", "red"}
     html = write_report(res.run_dir, progress=False).read_text()
     assert "F1 (tags)" in html and "accuracy (tags)" in html and "f1 multi" in html  # headline, history
+    tags = {r["class"]: r for r in m["per_tag"]}  # the report's per-tag table: the run's own figures
+    assert set(tags) == {"blue", "red"} and all(r["f1"] >= 0.8 and r["support"] > 0 for r in tags.values())
+    assert "<h2>Per tag</h2>" in html and "<td>blue</td>" in html and "No per-class figures" not in html
 
 
 def test_regression_run_beats_the_mean(tmp_path, capsys):

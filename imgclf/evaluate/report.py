@@ -114,8 +114,9 @@ def report_context(run: str | Path) -> dict[str, Any]:
         "confusion": [img for img in (_image(folder / "confusion_matrix.png", "confusion matrix (counts)"),
                                       _image(folder / "confusion_matrix_normalized.png",
                                              "confusion matrix (row-normalised)")) if img],
-        "per_class": interp.get("per_class", [])[:MAX_ROWS],
-        "n_classes": len(interp.get("per_class", [])),
+        # tags: the per-tag table of the run's own figures (interpret covers single-label classes)
+        "per_class": (interp.get("per_class") or metrics.get("per_tag") or [])[:MAX_ROWS],
+        "n_classes": len(interp.get("per_class") or metrics.get("per_tag") or []),
         "most_confused": [{"actual": a, "predicted": p, "count": n} for a, p, n in interp.get("most_confused", [])],
         **_top_losses(interp.get("top_losses", []), config.get("data", {}).get("path")),
         "top_losses_image": _image(folder / "top_losses.png", "top losses"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -74,6 +74,21 @@ def cross_fitted_decisions(logits: torch.Tensor, targets: torch.Tensor, beta: fl
         t, _ = best_threshold(logits[other], targets[other], beta)
         out[this] = torch.where(logits[this].sigmoid() > t, 10.0, -10.0)
     return out
+
+
+def per_tag(logits: torch.Tensor, targets: torch.Tensor, names: Sequence[str], thresh: float = 0.5
+            ) -> list[dict[str, Any]]:
+    """Each tag's precision, recall, F1 and support (images that carry it) at `thresh`: the report's per-tag
+    table (None where a figure has no denominator)."""
+    pred, t = logits.sigmoid() > thresh, targets.bool()
+    tp, fp, fn = (pred & t).sum(0), (pred & ~t).sum(0), (~pred & t).sum(0)
+    rows = []
+    for i, name in enumerate(names):
+        p = float(tp[i] / (tp[i] + fp[i])) if tp[i] + fp[i] else None
+        r = float(tp[i] / (tp[i] + fn[i])) if tp[i] + fn[i] else None
+        f1 = 2 * p * r / (p + r) if p is not None and r is not None and p + r else (0.0 if p is not None else None)
+        rows.append({"class": name, "precision": p, "recall": r, "f1": f1, "support": int(t[:, i].sum())})
+    return rows
 
 
 def mae(preds: torch.Tensor, targets: torch.Tensor) -> float:

@@ -37,6 +37,7 @@ from .metrics import (
     cross_fitted_decisions,
     fbeta_multi,
     multi_label_intervals,
+    per_tag,
     scaled,
 )
 
@@ -253,6 +254,7 @@ class VisionLearner(Learner):
                 "f1_multi": fbeta_multi(scored, targets, 1.0, at), "threshold": self.threshold,
                 "threshold_figures": "cross-fitted: each half of validation at the threshold chosen on the other half"
                 if fair is not None else "at the threshold chosen on these images (under 4 of them)", **chosen,
+                "per_tag": per_tag(scored, targets, self.data.classes, at),
                 **(multi_label_intervals(scored, targets, at) if len(targets) else {})}
 
     # ------------------------------------------------------------------ export
