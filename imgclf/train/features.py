@@ -47,7 +47,8 @@ ENGINES = ("auto", "onnx", "eager")
 # diff 1e-5 of features up to ~10; eager bf16 autocast (today's fallback) is 1e-2 away, so this bar is strict.
 MIN_COSINE, MAX_REL_DIFF = 0.999, 0.02
 PARITY_IMAGES = 8
-CACHE_FILES = 4  # exported graphs kept in engine_cache(), most recently used first
+CACHE_FILES = 8  # exported graphs kept in engine_cache(), most recently used first (13 MB each for Lite0): the auto
+# recipe alone probes up to 3 sizes on small images: with 4 kept, a second such data set could evict the 256 px one
 # onnxruntime on a CPU runs a convolutional body fastest in calls of ~2 x 256^2 pixels, whose activations stay in
 # the caches: Lite0 on the 2-core Xeon, images/s by images per call (bench/limits.py --ort-batches):
 # 256 px: 239 (1), 248 (2), 226 (8), 187 (32), 177 (64); 128 px: 697 (1), 992 (8), 1019 (16), 790 (64);
