@@ -59,10 +59,12 @@ def run(a: argparse.Namespace) -> None:
     from ..infer import load_model
     from ..infer.predictor import check_submission_ids, missing_ids, submission_rows
 
-    check_outputs(a.force, csv=a.csv, submission=a.submission, plot=a.plot)
+    paths = getattr(a, "paths", None)  # checked and listed by `ahead` when run as a command
+    if paths is None:
+        check_outputs(a.force, csv=a.csv, submission=a.submission, plot=a.plot)
     if a.topk is not None and a.topk < 1:
         raise UserError(f"--topk {a.topk}: must be at least 1")
-    paths = getattr(a, "paths", None) or expand_images(a.images)  # listed by `ahead` when run as a command
+    paths = paths or expand_images(a.images)
     if a.submission:
         check_submission_ids(paths)
     model = load_model(a.run, device=a.device, precision=a.precision, backend=a.backend)

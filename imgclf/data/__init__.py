@@ -1,8 +1,8 @@
 """Data: sources of labelled files, decoding and presizing, batch augmentation, loaders.
 
 The names below are imported on first use (PEP 562), as the package's own `imgclf/__init__.py` does: `ImageData`
-pulls in torch, and `imgclf train` decodes its first images on a thread (`ahead.py`, torch-free) while torch
-loads, which it could not do if importing `imgclf.data.ahead` imported torch first.
+pulls in torch, and `imgclf train` forks a decoder (`ahead.py`, torch-free) before torch loads, which it could not
+do if importing `imgclf.data.ahead` imported torch first.
 """
 
 from __future__ import annotations

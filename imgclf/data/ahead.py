@@ -115,10 +115,7 @@ def take(paths: Sequence[Path], presize: int) -> dict[int, np.ndarray]:
 def done(paths: Sequence[Path], presize: int) -> int:
     """How many of `paths` are decoded ahead at `presize` so far (the decoder goes on): the plan prices only the
     rest."""
-    if _current is None or _current.presize != presize:
-        return 0
-    idx = [_current.index.get(os.path.abspath(p)) for p in paths]
-    return int(sum(_current.status[i] == DONE for i in idx if i is not None))
+    return len(_current.take(paths, presize)) if _current is not None else 0
 
 
 def stop() -> None:

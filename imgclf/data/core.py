@@ -209,7 +209,8 @@ class ImageData:
         """
         it = self.items
         if self.arrays is not None:  # rows of the given arrays, in their order (a given split: nothing moved)
-            order = [i for i, p in enumerate(it.paths) if p not in {q for q, _ in self.skipped}]
+            bad = {q for q, _ in self.skipped}
+            order = [i for i, p in enumerate(it.paths) if p not in bad]
         else:
             where: dict[Path, deque[int]] = defaultdict(deque)
             for i, p in enumerate(it.paths):

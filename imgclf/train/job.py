@@ -379,9 +379,10 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
     ckpt_every = cfg.train.ckpt_every
     ck = Checkpointer(out, ckpt_every)
     split = split_fingerprint(data)
-    killed = not fresh and read_config(out).get("status") == "running"  # kill -9, the OOM killer: no clean stop
+    begun = read_config(out) if not fresh else {}  # the resumed run's record, read once
+    killed = begun.get("status") == "running"  # kill -9, the OOM killer: no clean stop
     if not fresh:
-        check_same_split(out, data)
+        check_same_split(out, begun.get("split"), data)
     if dist.is_main():
         if fresh:
             write_json(out / CONFIG_FILE, {**saved_config(cfg, out), "status": "running", "split": split,
@@ -593,11 +594,11 @@ def split_fingerprint(data: Any, anchored: bool = True) -> dict[str, Any] | None
     return out
 
 
-def check_same_split(run: Path, data: Any) -> None:
+def check_same_split(run: Path, saved: dict[str, Any] | None, data: Any) -> None:
     """A resume on data that changed since the run began (files added, removed or renamed) would draw another split:
-    validation could hold images the first session trained on. Refused, with the counts; runs from before the
-    record are not checked, and runs recorded with the older digest are checked against it."""
-    saved = read_config(run).get("split")
+    validation could hold images the first session trained on (`saved`: the run's recorded split). Refused, with
+    the counts; runs from before the record are not checked, and runs recorded with the older digest are checked
+    against it."""
     split = split_fingerprint(data, anchored=bool(saved and "paths" in saved))
     if not saved or not split or saved == split:
         return
