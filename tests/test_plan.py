@@ -178,3 +178,14 @@ def test_a_moment_of_load_does_not_price_the_plan():
     rate = steady_rate(step, 8, torch.device("cpu"), 5)
     assert len(calls) == 6  # one warm-up, five timed
     assert 8 / 0.03 < rate <= 8 / 0.01  # the median call's 10 ms (+ scheduling); a block of five: 8 / 0.108 each
+
+
+def test_images_decoded_ahead_are_not_priced_again_but_other_sizes_are():
+    facts = DataFacts(n_train=300, n_valid=100, short_side=48)
+    ahead = Rates(forward=60.0, size=256, decode=100.0, decoded=400)  # all 400 decoded at the first size, 128 px
+    plan = choose_plan(facts, ahead, 600, [128, 256], recipe="probe")
+    decodes = [p for p in plan.phases if p.name.startswith("decode")]
+    assert decodes[0].name == "decode 400 images" and decodes[0].seconds == 0
+    assert decodes[1].name == "decode again at 256 px" and decodes[1].seconds == 400 / 100.0
+    half = choose_plan(facts, Rates(forward=60.0, size=256, decode=100.0, decoded=150), 600, [256], recipe="probe")
+    assert half.phases[0].seconds == 250 / 100.0

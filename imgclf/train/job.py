@@ -200,20 +200,22 @@ def plan_job(cfg: RunConfig) -> Plan | None:
         del model
     presize = presize_for(sizes[0], d.crop_pct or CROP_PCT)
     ready = ahead.done(paths, presize)  # decoded while the job started (data/ahead.py): only the rest is priced
-    if paths and ready < len(paths):
-        decode = measure_decode(paths, presize, d.workers or default_workers()) * len(paths) / (len(paths) - ready)
-    else:  # arrays presize at ~20,000 images/s (70,000 Fashion-MNIST images in 3.7 s at 64 px: data/core.from_idx)
-        decode = 1e9 if paths else 20000.0 * (73 / presize) ** 2
     scratch, scratch_rate = None, None
     may_scratch = (tc.recipe == "auto" and d.size is None and cfg.model.weights is None
-                   and cfg.model.arch == ModelConfig.arch)
-    if may_scratch and scratch_regime(facts):
+                   and cfg.model.arch == ModelConfig.arch and scratch_regime(facts))
+    if not paths:  # arrays presize at ~20,000 images/s (70,000 Fashion-MNIST images in 3.7 s at 64 px: from_idx)
+        decode = 20000.0 * (73 / presize) ** 2
+    elif ready < len(paths) or len(sizes) > 1 or may_scratch:  # some file is still to decode, at some size
+        decode = measure_decode(paths, presize, d.workers or default_workers())
+    else:
+        decode = float("inf")  # every image decoded ahead at the only size: nothing left to price
+    if may_scratch:
         scratch = scratch_recipe(facts.n_train, facts.short_side, device.type)
         net, _ = create_model(scratch["arch"], 10, pretrained=False)
         scratch_rate = measure_training(net, scratch["size"], 10, device, dtype, bs=scratch["bs"])
     budget = tc.budget if tc.budget is not None else default_budget(facts.n_train)
     trained = recorded_rate(cfg.model.arch, sizes[-1], device, kind="train")  # earlier fine-tune trials here
-    rates = Rates(forward, rate_size, decode, scratch_rate, engine, trained[:2] if trained else None)
+    rates = Rates(forward, rate_size, decode, scratch_rate, engine, trained[:2] if trained else None, ready)
     plan = choose_plan(facts, rates, budget, sizes, tc.recipe, scratch, tc.max_epochs)
     print(plan.text(), flush=True)
     for line in plan.why:

@@ -88,6 +88,7 @@ class Rates:
     # (size, images/s) of the backbone's fine-tune steps as earlier trials on this machine ran them
     # (`record_rate(kind="train")`); None: priced from the forward rate (`eager_rate`)
     train: tuple[int, float] | None = None
+    decoded: int = 0  # images already decoded at the first size while the job started (data/ahead.py): not priced
 
     def forward_at(self, size: int) -> float:
         """Forward rate at another size: the cost of a conv net grows with the pixels."""
@@ -184,7 +185,7 @@ def probe_phases(facts: DataFacts, rates: Rates, size: int, first: bool) -> list
     n_all = facts.n_train + facts.n_valid
     rows = probe_rows(facts.n_train)
     feats = (rows + facts.n_valid) / rates.forward_at(size)
-    decode = n_all / rates.decode
+    decode = (n_all - rates.decoded if first else n_all) / rates.decode
     name = f"decode {n_all} images" if first else f"decode again at {size} px"
     return [Phase(name, decode), Phase(f"features at {size} px", feats),
             Phase("probe" if first else f"probe at {size} px", 0.5 + PROBE_SECONDS_PER_ROW * rows)]
@@ -206,7 +207,7 @@ def scratch_seconds(facts: DataFacts, rates: Rates, epochs: int, pixel_share: fl
     assert rates.scratch
     n_all = facts.n_train + facts.n_valid
     epoch = facts.n_train * pixel_share / rates.scratch + facts.n_valid / (rates.scratch * TRAIN_COST)
-    return n_all / rates.decode, epoch
+    return (n_all - rates.decoded) / rates.decode, epoch
 
 
 def choose_plan(facts: DataFacts, rates: Rates, budget: float, sizes: Sequence[int], recipe: str = "auto",
