@@ -33,7 +33,10 @@ TRAIN_NAMES = ("train", "training")
 
 # why an entry under DATA is not used, in the order they are reported
 UNUSED_KINDS = ("empty_class_folder", "not_image_ext", "hidden", "directory_named_like_image", "dangling_symlink",
-                "symlink_loop", "unreadable", "not_a_file", "outside_split")
+                "symlink_loop", "unreadable", "not_a_file", "outside_split", "run_directory")
+# files only imgclf's run directories hold together: a run written inside DATA (`imgclf train .` puts its default
+# runs/NAME there) is left out of the data, not read as a class of loss.png and confusion_matrix.png
+RUN_MARKERS = (("config.json", "train.log"), ("model.safetensors", "model.json"))
 
 
 @dataclass
@@ -45,7 +48,8 @@ class Unused:
     `symlink_loop` (a link to itself or to a folder above it), `unreadable` (no permission), `not_a_file`
     (a FIFO, socket or device), `outside_split` (beside train/ and valid/, e.g. a test/ folder) and
     `empty_class_folder` (a class folder without images: only where the caller keeps going, `imgclf inspect`;
-    training refuses one)."""
+    training refuses one) and `run_directory` (an imgclf run, or a folder of runs such as the default runs/,
+    written inside the data folder: not looked into)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[Path]] = field(default_factory=dict)
@@ -178,6 +182,22 @@ def entry_kind(path: str | Path) -> str:
     return _entry_kind(Path(path))[0]
 
 
+def is_run_dir(folder: Path) -> bool:
+    """Whether `folder` is an imgclf run directory (a training run's, or an export's: `RUN_MARKERS`)."""
+    return any(all((folder / name).is_file() for name in marker) for marker in RUN_MARKERS)
+
+
+def _holds_runs(folder: Path) -> bool:
+    """An imgclf run, or a folder whose only non-hidden entries are runs (runs/ with runs/a, runs/b)."""
+    if is_run_dir(folder):
+        return True
+    try:
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    except OSError:
+        return False
+    return bool(entries) and all(e.is_dir() and is_run_dir(e) for e in entries)
+
+
 def _entry_kind(p: Path) -> tuple[str, os.stat_result | None]:
     """What one directory entry is: "dir", "image", or the `Unused` kind that leaves it out; and its stat."""
     if p.name.startswith("."):
@@ -189,7 +209,7 @@ def _entry_kind(p: Path) -> tuple[str, os.stat_result | None]:
             return ("symlink_loop" if e.errno == errno.ELOOP else "dangling_symlink"), None
         return "unreadable", None
     if stat.S_ISDIR(st.st_mode):
-        return "dir", st
+        return ("run_directory" if _holds_runs(p) else "dir"), st
     if not stat.S_ISREG(st.st_mode):
         return "not_a_file", st
     if p.suffix.lower() not in IMAGE_EXTS:
@@ -367,7 +387,7 @@ def _check_folder_classes(split_root: Path, labels: Sequence[str], empty: Unused
     on, as an audit does)."""
     present = set(labels)
     for d in sorted(p for p in split_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if d.name not in present:
+        if d.name not in present and not _holds_runs(d):
             if empty is None:
                 raise UserError(f"{d}: class folder has no images")
             empty.add("empty_class_folder", d)

@@ -1,0 +1,53 @@
+"""Session 12's newcomer sweeps: each finding, as a user met it, and what they get now."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from imgclf.data.sources import items_from_folder
+
+
+def run_cli(*args, cwd=None):
+    p = subprocess.run([sys.executable, "-m", "imgclf", *map(str, args)], capture_output=True, text=True,
+                       cwd=cwd, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_a_run_written_inside_the_data_folder_is_not_read_as_a_class(image_folder):
+    """`cd DATA && imgclf train .` puts its default runs/NAME inside DATA; the next job on `.` read runs/ as a
+    third class of loss.png and confusion_matrix.png (or stopped: "runs: class folder has no images")."""
+    root = image_folder({"ants": 6, "bees": 6}, size=(40, 30))
+    args = ["train", ".", "--arch", "xresnet_tiny", "--size", "32", "--epochs", "1", "--quiet"]
+    rc, _, err = run_cli(*args, cwd=root)
+    assert rc == 0, err
+    runs = [d for d in (root / "runs").iterdir() if (d / "model.safetensors").is_file()]
+    assert len(runs) == 1 and (runs[0] / "train.log").is_file()
+    items = items_from_folder(root)
+    assert sorted(set(items.labels)) == ["ants", "bees"] and len(items.paths) == 12
+    assert items.unused.counts == {"run_directory": 1} and items.unused.examples["run_directory"] == [root / "runs"]
+    rc, out, err = run_cli(*args, cwd=root)  # the second job: two classes, and it says what it left out
+    assert rc == 0, err
+    assert "1 run_directory (e.g. runs)" in err
+    second = max((root / "runs").iterdir(), key=lambda d: d.stat().st_mtime)
+    assert json.loads((second / "config.json").read_text())["resolved"]["classes"] == ["ants", "bees"]
+    rc, out, err = run_cli("inspect", ".", "--size", "32", cwd=root)
+    assert rc == 0, err
+    assert "2 classes" in out and "run_directory 1: runs" in out
+
+
+def test_a_small_class_scored_perfectly_keeps_a_lower_f1_bound_above_zero():
+    """interpret showed `f1 1.0000 (0.00-1.00)` for a class of 2 images both right and never predicted wrongly: the
+    resamples that held neither image counted as F1 0."""
+    from imgclf.train.metrics import bootstrap_f1_per_class
+
+    targets = [0] * 9 + [1] * 9 + [2] * 2
+    preds = [0] * 8 + [1] + [1] * 8 + [0] + [2] * 2  # classes 0 and 1 err once each; class 2 is perfect
+    lows, highs = bootstrap_f1_per_class(preds, targets, 3)
+    assert lows[2] == highs[2] == 1.0  # every resample with class 2 in it scores it perfectly
+    assert 0.5 < lows[0] < 8 / 9 < highs[0] <= 1.0
+    lows, highs = bootstrap_f1_per_class([0, 0], [0, 0], 3)  # classes with no images and no predictions: 0-1
+    assert (lows[1:], highs[1:]) == ([0.0, 0.0], [1.0, 1.0]) and lows[0] == 1.0
