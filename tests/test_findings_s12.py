@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from imgclf.data.sources import items_from_folder
 
 
