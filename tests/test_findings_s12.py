@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from imgclf.data.sources import items_from_folder
 
@@ -49,3 +52,42 @@ def test_a_small_class_scored_perfectly_keeps_a_lower_f1_bound_above_zero():
     assert 0.5 < lows[0] < 8 / 9 < highs[0] <= 1.0
     lows, highs = bootstrap_f1_per_class([0, 0], [0, 0], 3)  # classes with no images and no predictions: 0-1
     assert (lows[1:], highs[1:]) == ([0.0, 0.0], [1.0, 1.0]) and lows[0] == 1.0
+
+
+def test_predict_takes_paths_pil_images_and_arrays_alike_and_names_what_it_cannot_read(trained_run, tmp_path,
+                                                                                      write_image):
+    """A PNG half transparent scored differently from its path and as `Image.open(path)` (convert("RGB") kept the
+    hidden pixels); a list, an array or a missing file gave "cannot decode (stat: ...)" with no file named; and
+    predict_files("folder/x.jpg") read the string a character at a time."""
+    import numpy as np
+    from PIL import Image
+
+    from imgclf.data.decode import BadImage
+    from imgclf.errors import UserError
+    from imgclf.infer.predictor import load_model
+
+    model = load_model(trained_run, device="cpu")
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., 0], rgba[:24, :, 3] = 230, 255  # red on top; the bottom half transparent (red under the alpha)
+    path = tmp_path / "half.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    by_path = model.predict(path)
+    for other in (Image.open(path), rgba, np.asarray(Image.open(path).convert("RGBA"))):
+        got = model.predict(other)
+        assert got.label == by_path.label and got.confidence == pytest.approx(by_path.confidence, abs=1e-6)
+    grey = model.predict(np.full((40, 40), 128, np.uint8))
+    assert grey.label in model.classes
+    with pytest.raises(BadImage, match=r"nope\.jpg: file not found"):
+        model.predict(tmp_path / "nope.jpg")
+    with pytest.raises(UserError, match=r"not a list; for several files use predict_files"):
+        model.predict([path])
+    with pytest.raises(UserError, match=r"uint8 \(H, W\), \(H, W, 3\) or \(H, W, 4\); got float32"):
+        model.predict(np.zeros((8, 8, 3), np.float32))
+    folder = tmp_path / "new"
+    write_image(folder / "a.jpg")
+    write_image(folder / "sub" / "b.png")
+    for arg in (str(folder), folder):
+        preds, skipped = model.predict_files(arg, progress=False)
+        assert [Path(p.path).name for p in preds] == ["a.jpg", "b.png"] and skipped == []
+    preds, skipped = model.predict_files(str(path), progress=False)
+    assert len(preds) == 1 and preds[0].confidence == pytest.approx(by_path.confidence, abs=1e-6)

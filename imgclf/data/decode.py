@@ -68,6 +68,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def rgb_image(img: Image.Image) -> Image.Image:
+    """A PIL image the caller opened, made as `open_image` makes a file: upright per its EXIF orientation, then
+    RGB with transparency over white. `img.convert("RGB")` would keep the pixels under the alpha and ignore the
+    orientation: the same PNG scored 0.778 from its path and 0.798 as a PIL image."""
+    return _to_rgb(ImageOps.exif_transpose(img))
+
+
 def _reason(e: Exception) -> str:
     """Why PIL could not read a file, in a few words (its exception types vary by format)."""
     if isinstance(e, UnidentifiedImageError):

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ..data.augment import center_batch
-from ..data.decode import decode_all, presize
+from ..data.decode import BadImage, decode_all, presize, rgb_image
 from ..data.decode import open_image as _open
+from ..data.sources import find_images
 from ..errors import UserError
 from ..models import model_from_run
 from ..train.learner import inference_dtype, pick_device
@@ -110,10 +112,25 @@ class Predictor:
         i = int(p.argmax())
         return Prediction(self.classes[i], float(p[i]), scores, path)
 
-    def predict(self, image: str | Path | Image.Image, tta: bool = False) -> Prediction:
-        """Label, confidence and per-class probabilities of one image (a path or a PIL image)."""
-        path = None if isinstance(image, Image.Image) else str(image)
-        img = image.convert("RGB") if isinstance(image, Image.Image) else _open(image, self.presize)
+    def predict(self, image: str | Path | Image.Image | np.ndarray, tta: bool = False) -> Prediction:
+        """Label, confidence and per-class probabilities of one image: a path, a PIL image or a uint8 array (H, W)
+        grey or (H, W, 3|4) RGB(A), each made RGB as a file is (transparency over white, EXIF orientation).
+
+        Many images: `predict_files`. A file that cannot be decoded raises `BadImage` naming it."""
+        if isinstance(image, np.ndarray):
+            image = _from_array(image)
+        if isinstance(image, Image.Image):
+            path, img = None, rgb_image(image)
+        elif isinstance(image, (str, Path)):
+            path = str(image)
+            try:
+                img = _open(image, self.presize)
+            except BadImage as e:
+                raise BadImage(f"{image}: {e}") from None
+        else:
+            raise UserError(f"predict takes one image (a path, a PIL image or a uint8 array), not a "
+                            f"{type(image).__name__}" + ("; for several files use predict_files(paths)"
+                                                         if isinstance(image, (list, tuple)) else ""))
         out = self.view_probs(presize(img, self.presize)[None], TTA_VIEWS if tta else ("center",))
         return self._prediction(combine(out)[0], path)
 
@@ -123,10 +140,13 @@ class Predictor:
         out = self.view_probs(images, TTA_VIEWS if tta else ("center",))
         return [self._prediction(p, None) for p in combine(out)]
 
-    def predict_files(self, paths: Sequence[str | Path], bs: int = 64, progress: bool = True, tta: bool = False
-                      ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
+    def predict_files(self, paths: Sequence[str | Path] | str | Path, bs: int = 64, progress: bool = True,
+                      tta: bool = False) -> tuple[list[Prediction], list[tuple[Path, str]]]:
         """Predictions for files, decoded in chunks; files that cannot be decoded are skipped and returned.
-        `tta`: average the center view's softmax with its mirror's."""
+        `paths`: a list of files, or one path: a folder (its images, recursively) or a file. `tta`: average the
+        center view's softmax with its mirror's."""
+        if isinstance(paths, (str, Path)):  # a string is not a sequence of paths: it was read a character at a time
+            paths = find_images(paths) if Path(paths).is_dir() else [paths]
         probs, kept, skipped = self.probs_files(paths, bs, progress, TTA_VIEWS if tta else ("center",))
         return [self._prediction(p, str(path)) for p, path in zip(combine(probs), kept, strict=True)], skipped
 
@@ -150,6 +170,15 @@ class Predictor:
                 bar.update(len(part))
         probs = torch.cat(out, 1) if out else torch.empty(len(names), 0, len(self.classes))
         return probs, kept, skipped
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    """A uint8 array as a PIL image: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA (channels last, as PIL, numpy
+    and OpenCV users hold images; OpenCV's BGR must be reversed by the caller: a[..., ::-1])."""
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
+        raise UserError(f"predict: an array image must be uint8 (H, W), (H, W, 3) or (H, W, 4); got {a.dtype} "
+                        f"{tuple(a.shape)}")
+    return Image.fromarray(np.ascontiguousarray(a))
 
 
 def check_submission_ids(paths: Sequence[str | Path]) -> None:
