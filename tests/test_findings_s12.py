@@ -91,3 +91,15 @@ def test_predict_takes_paths_pil_images_and_arrays_alike_and_names_what_it_canno
         assert [Path(p.path).name for p in preds] == ["a.jpg", "b.png"] and skipped == []
     preds, skipped = model.predict_files(str(path), progress=False)
     assert len(preds) == 1 and preds[0].confidence == pytest.approx(by_path.confidence, abs=1e-6)
+
+
+def test_a_spent_budget_is_not_said_as_negative_seconds_left():
+    """`does not fit the -3s left` when the probe alone overran the budget."""
+    from imgclf.train.candidate import Candidate
+    from imgclf.train.recipes import should_try_fine_tune
+
+    probe = Candidate("probe@256", "probe", 256, valid_loss=0.7, accuracy=0.5, seconds=5.0)
+    ok, why = should_try_fine_tune(probe, 100, epoch_seconds=40.0, remaining=-3.2)
+    assert not ok and why == "one fine-tune epoch (~40s) does not fit the budget (spent 3s over it)"
+    ok, why = should_try_fine_tune(probe, 100, epoch_seconds=40.0, remaining=12.0)
+    assert not ok and why.endswith("does not fit the 12s left")

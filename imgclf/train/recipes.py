@@ -100,7 +100,8 @@ def should_try_fine_tune(probe: Candidate, n_valid: int, epoch_seconds: float, r
         return False, (f"the probe leaves ~{errors} {where} error(s) of {n_valid}; fewer than {min_errors} cannot "
                        "show a fine-tune's gain, so the probe is kept")
     if epoch_seconds > remaining:
-        return False, f"one fine-tune epoch (~{epoch_seconds:.0f}s) does not fit the {remaining:.0f}s left"
+        left = f"the {remaining:.0f}s left" if remaining > 0 else f"the budget (spent {-remaining:.0f}s over it)"
+        return False, f"one fine-tune epoch (~{epoch_seconds:.0f}s) does not fit {left}"
     return True, f"the probe leaves ~{errors} {where} errors of {n_valid} and ~{remaining:.0f}s of budget"
 
 
