@@ -103,3 +103,17 @@ def test_a_spent_budget_is_not_said_as_negative_seconds_left():
     assert not ok and why == "one fine-tune epoch (~40s) does not fit the budget (spent 3s over it)"
     ok, why = should_try_fine_tune(probe, 100, epoch_seconds=40.0, remaining=12.0)
     assert not ok and why.endswith("does not fit the 12s left")
+
+
+def test_metrics_json_has_the_shipped_models_loss_beside_the_uncalibrated_one(tmp_path):
+    """metrics.json's valid_loss (0.7905, at T = 1) disagreed with `evaluate` on the same images (0.6295, the
+    shipped temperature applied): the calibrated loss is recorded beside it, and evaluate matches it."""
+    from imgclf.infer.evaluate import evaluate
+
+    rc, _, err = run_cli("train", Path(__file__).parents[2] / "shared/datasets/hymenoptera", "--size", "64",
+                         "--recipe", "probe", "--out", tmp_path / "run", "--quiet")
+    assert rc == 0, err
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["temperature"] != 1.0 and m["valid_loss_calibrated"] < m["valid_loss"]
+    got = evaluate(tmp_path / "run", Path(__file__).parents[2] / "shared/datasets/hymenoptera", progress=False)
+    assert got["loss"] == pytest.approx(m["valid_loss_calibrated"], abs=2e-3)

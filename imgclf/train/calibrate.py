@@ -214,4 +214,6 @@ def evaluate_classes(learn: Any, mode: str = "auto", selection_logits: torch.Ten
     learn.temperature = cal["temperature"]
     final.update(ece=cal["ece"], temperature=cal["temperature"], calibration=cal, balance=learn.balance,
                  imbalance_ratio=imbalance_ratio(class_counts(learn.data.train_y, len(learn.data.classes))))
+    if cal["temperature"] != 1.0:  # the loss of what export ships (and evaluate scores): valid_loss is at T = 1
+        final["valid_loss_calibrated"] = nll(logits, targets, cal["temperature"])
     return final
