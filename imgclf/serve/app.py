@@ -7,16 +7,25 @@ multipart parsing (python-multipart) and an event loop that keeps taking request
 thread runs the model. Uploads decode in threads off the event loop (`uploads.decode_upload`, the steps
 of `imgclf predict`), then join other requests' images in one forward pass.
 
-Every refusal is a 4xx with a one-line JSON body `{"error": "..."}` and the server goes on: 400 for a
-file that is not a decodable image (empty, truncated, not an image) or a request without files, 413
-(Content Too Large) for a file over `max_mb`, an image over PIL's pixel limit, and more than `max_files`
-files in one request: the content is more than the server takes, and the client may send it again in
-smaller requests (the page does so), which is what 413 tells it.
+A bad file is that file's answer, not the request's, as `imgclf predict` skips a bad file and predicts the
+rest: a request with good and bad files gets a 200 whose `predictions` keep the order of the uploads, a bad
+file's entry `{"file", "error", "status"}` in place of its prediction. Only when nothing can be predicted is
+the answer a 4xx with a one-line JSON body `{"error": "..."}`, and the server goes on: 400 for a file that
+is not a decodable image (empty, truncated, not an image), a request without files or a body the multipart
+parser cannot read, 413 (Content Too Large) for a file over `max_mb`, an image over PIL's pixel limit, and
+more than `max_files` files in one request: the content is more than the server takes, and the client may
+send it again in smaller requests (the page does so), which is what 413 tells it. A lone bad file answers
+as before (its status, `{"error"}` alone); several files that are all bad answer their common status (else
+400) with every file's error in `error` and, one entry per file, in `predictions`.
+
+The server's output is its own: the banner lines (`imgclf serve: ...`) and one line per request, which for a
+refusal ends with the reason. python_multipart's logger is routed into that format (`route_library_logs`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import socket
 import time
@@ -75,8 +84,40 @@ def prediction_json(p: Prediction, k: int, task: str) -> dict[str, Any]:
     return out
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)  # always one line
+def one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def refused_json(name: str, e: UploadError) -> dict[str, Any]:
+    """A bad file's entry among the predictions of a request that had good ones too."""
+    return {"file": name, "error": one_line(e.message), "status": e.status}
+
+
+def _error(request: Request, status: int, message: str, **extra: Any) -> JSONResponse:
+    """A refusal: `{"error": one line, **extra}`; the line also goes to the request's log line."""
+    request.state.error = one_line(message)
+    return JSONResponse({"error": request.state.error, **extra}, status_code=status)
+
+
+def _decode(name: str, data: bytes | UploadError, size: int) -> torch.Tensor | UploadError:
+    """An upload's presized tensor, or the `UploadError` that refuses this one file."""
+    if isinstance(data, UploadError):
+        return data
+    try:
+        return decode_upload(data, size, name)
+    except UploadError as e:
+        return e
+
+
+def _all_refused(request: Request, refused: list[tuple[str, UploadError]]) -> JSONResponse:
+    """Nothing to predict: a lone file's refusal as it is; several files' common status (else 400), every error
+    in one line and, per file, in `predictions` (so a client can show each file its own reason)."""
+    if len(refused) == 1:
+        return _error(request, refused[0][1].status, refused[0][1].message)
+    statuses = {e.status for _, e in refused}
+    status = statuses.pop() if len(statuses) == 1 else 400
+    return _error(request, status, f"all {len(refused)} files refused: " + "; ".join(e.message for _, e in refused),
+                  predictions=[refused_json(name, e) for name, e in refused])
 
 
 def create_app(run: str | Path, predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
@@ -102,26 +143,29 @@ def create_app(run: str | Path, predictor: Predictor, settings: ServeSettings | 
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, e: UploadError) -> JSONResponse:
-        return _error(e.status, e.message)
+        return _error(request, e.status, e.message)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        return _error(e.status_code, e.detail)
+        return _error(request, e.status_code, e.detail)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> JSONResponse:
-        return _error(500, f"{type(e).__name__}: {e}")
+        return _error(request, 500, f"{type(e).__name__}: {e}")
 
     @app.middleware("http")
     async def log_request(request: Request, call_next):
-        """One line per request: time, client, method, path, status, images, milliseconds."""
+        """One line per request: time, client, method, path, status, images predicted and refused, milliseconds,
+        and for a refusal (of the request or of some of its files) the reason."""
         t0 = time.perf_counter()
         response = await call_next(request)
         n = getattr(request.state, "n_images", None)
+        refused = getattr(request.state, "n_refused", 0)
+        error = getattr(request.state, "error", None)
         client = request.client.host if request.client else "-"
         print(f"{time.strftime('%H:%M:%S')} {client} {request.method} {request.url.path} {response.status_code}"
-              + (f" {n} image(s)" if n is not None else "") + f" {1000 * (time.perf_counter() - t0):.1f} ms",
-              flush=True)
+              + (f" {n} image(s)" if n is not None else "") + (f" {refused} refused" if refused else "")
+              + f" {1000 * (time.perf_counter() - t0):.1f} ms" + (f": {error}" if error else ""), flush=True)
         return response
 
     @app.get("/", response_class=HTMLResponse)
@@ -136,17 +180,24 @@ def create_app(run: str | Path, predictor: Predictor, settings: ServeSettings | 
     async def model() -> dict[str, Any]:
         return info
 
-    @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
+    @app.post("/predict", response_model=None)
+    async def predict(request: Request) -> dict[str, Any] | JSONResponse:
         k = _topk(request, s.topk, len(predictor.classes))
         with batcher.coming():
             files = await _read_files(request, s)
-            request.state.n_images = len(files)
-            images = await asyncio.gather(*(asyncio.to_thread(decode_upload, data, predictor.presize, name)
+            images = await asyncio.gather(*(asyncio.to_thread(_decode, name, data, predictor.presize)
                                             for name, data in files))
-        preds = await batcher.predict(torch.stack(images))
-        return {"predictions": [prediction_json(replace(p, path=name), k, predictor.task)
-                                for p, (name, _) in zip(preds, files, strict=True)]}
+        refused = [(name, x) for (name, _), x in zip(files, images, strict=True) if isinstance(x, UploadError)]
+        good = [x for x in images if isinstance(x, torch.Tensor)]
+        request.state.n_images, request.state.n_refused = len(good), len(refused)
+        if not good:
+            return _all_refused(request, refused)
+        if refused:  # the request's log line names them
+            request.state.error = one_line("; ".join(e.message for _, e in refused))
+        preds = iter(await batcher.predict(torch.stack(good)))
+        return {"predictions": [prediction_json(replace(next(preds), path=name), k, predictor.task)
+                                if isinstance(x, torch.Tensor) else refused_json(name, x)
+                                for (name, _), x in zip(files, images, strict=True)]}
 
     return app
 
@@ -160,8 +211,9 @@ def _topk(request: Request, default: int, n_classes: int) -> int:
     return min(int(raw), n_classes)
 
 
-async def _read_files(request: Request, s: ServeSettings) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each uploaded file, refused early when the request or a file is too large."""
+async def _read_files(request: Request, s: ServeSettings) -> list[tuple[str, bytes | UploadError]]:
+    """(name, bytes) of each uploaded file, or (name, UploadError) for a file that is empty or too large (not
+    read); the whole request is refused early when it is too large, malformed, or has no files."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise UploadError(400, "send the images as multipart/form-data file fields (e.g. curl -F files=@a.jpg)")
     length = request.headers.get("content-length")
@@ -180,19 +232,63 @@ async def _read_files(request: Request, s: ServeSettings) -> list[tuple[str, byt
     except HTTPException as e:  # starlette's words for a part count over max_files
         if str(e.detail).startswith("Too many files"):
             raise UploadError(413, f"too many files: at most {s.max_files} per request (--max-files)") from None
+        if e.status_code == 400:  # starlette's "Invalid multipart data." over the parser's own words
+            raise UploadError(400, f"cannot read the multipart/form-data body: {_parse_error(e)}") from None
         raise
     try:
         uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not uploads:
             raise UploadError(400, "no image files in the request (multipart/form-data file fields)")
-        files = []
+        files: list[tuple[str, bytes | UploadError]] = []
         for i, up in enumerate(uploads):
             name = up.filename or f"file {i + 1}"
-            check_size(name, up.size, s.max_bytes)
+            try:
+                check_size(name, up.size, s.max_bytes)
+            except UploadError as e:  # this file's answer; the others are still predicted
+                files.append((name, e))
+                continue
             files.append((name, await up.read()))
         return files
     finally:
         await form.close()
+
+
+def _parse_error(e: HTTPException) -> str:
+    """The parser's words under starlette's 400 `Invalid multipart data.`: starlette raises it while handling its
+    own MultiPartException, raised `from` python_multipart's error (`Expected boundary character 45, got 103 at
+    index 2`); only `from` links are followed below that (a KeyError in the context is not the reason)."""
+    inner = e.__cause__ or e.__context__
+    while inner is not None and inner.__cause__ is not None:
+        inner = inner.__cause__
+    return one_line(inner or e.detail)
+
+
+LIBRARY_LOGGERS = ("python_multipart", "multipart")  # python-multipart's module name from 0.0.13, and before
+
+
+class ServerLogHandler(logging.Handler):
+    """A library's log record as one of the server's lines: `HH:MM:SS imgclf serve: LOGGER: message`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            when = time.strftime("%H:%M:%S", time.localtime(record.created))
+            print(f"{when} imgclf serve: {record.name}: {one_line(self.format(record))}", flush=True)
+        except Exception:  # noqa: BLE001 - logging's own contract: a handler never raises
+            self.handleError(record)
+
+
+def route_library_logs() -> None:
+    """Give python_multipart's logger a place in the server's output. Left alone, Python's last-resort handler
+    printed its warning for each malformed body to stderr, bare, beside the request's line (`Expected boundary
+    character 45, got 103 at index 2`). That warning repeats the error the parser raises, which the client's 400
+    and the request's log line now carry, so warnings are dropped; its errors (a spooled upload it cannot write)
+    print in the server's format. Idempotent: `serve()` may run more than once in a process."""
+    for name in LIBRARY_LOGGERS:
+        log = logging.getLogger(name)
+        log.setLevel(logging.ERROR)
+        log.propagate = False
+        if not any(isinstance(h, ServerLogHandler) for h in log.handlers):
+            log.addHandler(ServerLogHandler())
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -227,6 +323,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, device: st
         if host not in ("127.0.0.1", "localhost", "::1"):
             print(f"imgclf serve: listening on {host}: reachable from other machines", flush=True)
         print(f"imgclf serve: http://{url_host}:{bound_port}/ (Ctrl+C to stop)", flush=True)
+        route_library_logs()
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         server.run(sockets=[sock])
     finally:

@@ -36,6 +36,7 @@ function card(file) {
   const img = el("img");
   img.alt = file.name;
   img.src = URL.createObjectURL(file);
+  img.addEventListener("error", () => img.replaceWith(el("div", "noimg", "no preview")));  // empty, not an image
   const b = el("div", "body");
   b.append(el("div", "name", file.name), el("div", "label", "…"));
   c.append(img, b);
@@ -62,8 +63,11 @@ function fail(c, message) {
   const label = c.querySelector(".label");
   label.textContent = message;
   label.classList.add("error");
+  c.classList.add("failed");
 }
 
+// Sends one chunk; answers how many of its files were refused. The server answers per file: a prediction, or
+// {file, error, status} for a bad one (a 200 when any file was predicted, else a 4xx that may list them too).
 async function send(files) {
   const cards = files.map(card);
   results.prepend(...cards);  // newest requests on top, each in the order its files were given
@@ -72,15 +76,23 @@ async function send(files) {
   try {
     const r = await fetch(`/predict?topk=${TOPK}`, { method: "POST", body: form });
     const answer = await r.json();
-    if (!r.ok) {
-      cards.forEach((c) => fail(c, answer.error));
-      return false;
+    if (!Array.isArray(answer.predictions) || answer.predictions.length !== cards.length) {
+      cards.forEach((c) => fail(c, answer.error || `HTTP ${r.status}`));
+      return cards.length;
     }
-    answer.predictions.forEach((p, i) => fill(cards[i], p));
-    return true;
+    let refused = 0;
+    answer.predictions.forEach((p, i) => {
+      if (p.error !== undefined) {
+        fail(cards[i], p.error);
+        refused += 1;
+      } else {
+        fill(cards[i], p);
+      }
+    });
+    return refused;
   } catch (e) {
     cards.forEach((c) => fail(c, String(e)));
-    return false;
+    return cards.length;
   }
 }
 
@@ -97,7 +109,7 @@ async function handle(fileList) {
   for (let i = 0; i < ok.length; i += MAX_FILES) {
     setStatus(`predicting ${Math.min(i + MAX_FILES, ok.length)} of ${ok.length}…`);
     const chunk = ok.slice(i, i + MAX_FILES);
-    if (!(await send(chunk))) failed += chunk.length;
+    failed += await send(chunk);
   }
   setStatus(`${files.length - failed} image(s) predicted` + (failed ? `, ${failed} refused` : ""), failed > 0);
 }
