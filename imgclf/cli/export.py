@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
+from ..errors import UserError
 from .common import Help
 
 STACK = ("imgclf.infer.export",)
@@ -25,7 +28,7 @@ def add(sub) -> None:
     p.add_argument("--int8", action="store_true",
                    help="ONNX with int8 weights and activations (static quantization calibrated on the run's training "
                         "images); accuracy before and after, size and speed go into export.json")
-    p.add_argument("--out", help="file to write (default: inside RUN)")
+    p.add_argument("--out", help="file to write, e.g. deploy/model.onnx (default: inside RUN)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.add_argument("--data", help="the run's data folder when it has moved (the parity check and int8 calibration "
                                   "rebuild the run's split from it)")
@@ -34,7 +37,10 @@ def add(sub) -> None:
 
 
 def run(a: argparse.Namespace) -> None:
-    from ..infer.export import export_model
+    from ..infer.export import FORMATS, default_path, export_model
 
+    if a.out and a.format in FORMATS and (Path(a.out).is_dir() or a.out.endswith(("/", os.sep))):
+        # a folder is no wrong suffix: say what is wrong, and the file name the user likely meant
+        raise UserError(f"--out {a.out}: is a folder; give a file name, e.g. {default_path(a.out, a.format, a.int8)}")
     export_model(a.run, format=a.format, out=a.out, int8=a.int8, force=a.force, data=a.data, opset=a.opset,
                  progress=not a.quiet)

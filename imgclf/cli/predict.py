@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from ..errors import UserError
 from .common import add_backend, add_inference_precision, check_outputs, expand_images, make_parent, positive_int
@@ -19,7 +23,9 @@ def add(sub) -> None:
     p.add_argument("run", help="run directory written by `imgclf train`")
     p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     p.add_argument("--csv", help="write path,label,confidence rows to this CSV")
-    p.add_argument("--probs", action="store_true", help="add one probability column per class")
+    p.add_argument("--probs", action="store_true",
+                   help="add one probability column per class to the --csv (or printed) rows; --submission's "
+                        "Id,Category has none")
     p.add_argument("--topk", type=int, metavar="K",
                    help="add the K best classes per image: columns label_1, prob_1, ... label_K, prob_K (multi-label: "
                         "the K likeliest tags, each its own probability)")
@@ -45,7 +51,7 @@ def ahead(a: argparse.Namespace) -> None:
 
     from ..data import ahead as decoder
 
-    check_outputs(a.force, csv=a.csv, submission=a.submission, plot=a.plot)  # the errors in run's order
+    check_flags(a)  # the errors in run's order
     a.paths = expand_images(a.images)
     run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent  # an exported file's run: its folder
     try:
@@ -61,7 +67,7 @@ def run(a: argparse.Namespace) -> None:
 
     paths = getattr(a, "paths", None)  # checked and listed by `ahead` when run as a command
     if paths is None:
-        check_outputs(a.force, csv=a.csv, submission=a.submission, plot=a.plot)
+        check_flags(a)
     if a.topk is not None and a.topk < 1:
         raise UserError(f"--topk {a.topk}: must be at least 1")
     paths = paths or expand_images(a.images)
@@ -73,8 +79,8 @@ def run(a: argparse.Namespace) -> None:
     if not preds:  # each file was named as it was skipped; an empty CSV would read as success
         raise UserError(f"none of the {len(skipped)} image file(s) could be decoded: nothing predicted or written")
     if a.submission:
-        with open(make_parent(a.submission), "w", newline="") as f:
-            csv.writer(f).writerows([("Id", "Category"), *submission_rows(preds)])
+        with atomic_output(a.submission) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("Id", "Category"), *[(readable(i), c) for i, c in submission_rows(preds)]])
         print(f"{len(preds)} predictions -> {a.submission}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
         if skipped:  # a Kaggle-style grader rejects a submission without a row for every test image
             warnings.warn(f"{a.submission} lacks {missing_ids(skipped)}; a grader may reject it: fix or replace "
@@ -92,19 +98,65 @@ def run(a: argparse.Namespace) -> None:
             header += fixed[3:]
             rows = [row + [x for c, q in p.topk(k) for x in (c, f"{q:.6f}")]
                     for row, p in zip(rows, preds, strict=True)]
+    table = [[readable(cell) for cell in row] for row in [header, *rows]]
     if a.csv:
-        with open(make_parent(a.csv), "w", newline="") as f:
-            csv.writer(f).writerows([header, *rows])
+        with atomic_output(a.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(table)
         print(f"{len(rows)} predictions -> {a.csv}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
     elif not a.submission:
-        w = csv.writer(sys.stdout)
-        w.writerows([header, *rows])
+        csv.writer(sys.stdout).writerows(table)
+    if skipped and (a.csv or not a.submission):  # the decoder named each file as it went; this is the total
+        where = a.csv or "the CSV printed above"
+        warnings.warn(f"{len(skipped)} of {len(paths)} image file(s) could not be decoded and are not in {where} "
+                      "(each is named above)", stacklevel=1)
     if a.plot and preds:
         from ..infer.plot import MAX_PLOTTED, plot_topk
 
-        plot_topk(preds, k).savefig(make_parent(a.plot), dpi=110)
+        fmt = Path(a.plot).suffix.lower().lstrip(".")  # the temporary file's name does not end in it
+        with atomic_output(a.plot) as tmp:
+            plot_topk(preds, k).savefig(tmp, dpi=110, format=fmt)
         more = f" (the first {MAX_PLOTTED} of {len(preds)} predicted)" if len(preds) > MAX_PLOTTED else ""
         print(f"top-{k} of {min(len(preds), MAX_PLOTTED)} image(s) -> {a.plot}{more}", file=sys.stderr)
+
+
+def check_flags(a: argparse.Namespace) -> None:
+    """Before any work: the output files (`check_outputs`), and no flag that would be silently ignored: --probs
+    and --topk add columns to the --csv (or printed) rows, which --submission alone does not write."""
+    check_outputs(a.force, csv=a.csv, submission=a.submission, plot=a.plot)
+    if a.submission and not a.csv:
+        flag = "--probs" if a.probs else "--topk" if a.topk and not a.plot else None
+        if flag:
+            raise UserError(f"{flag} adds columns to --csv's rows, and --submission writes only Id,Category: "
+                            f"add --csv FILE for them, or drop {flag}")
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write, made `path` (`rundir.publish`: fsync + rename) only when the block
+    ends without an error: a crash or Ctrl-C mid-write leaves the user's earlier file (--force) or none, never
+    half of one, and no temporary file either."""
+    from ..rundir import publish
+
+    dest = Path(make_parent(path))
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")  # the process's own, as rundir.write_json's
+    try:
+        yield tmp
+        publish(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def readable(text: str) -> str:
+    """`text` as any UTF-8 writer takes it. A file name that is not valid UTF-8 (an old Windows zip's latin-1
+    `lat\\xe9.jpg`, which Python holds with the surrogate \\udce9) keeps its row, its stray bytes written
+    backslash-escaped as `\\xe9`. backslashreplace rather than surrogateescape: the CSV stays valid UTF-8, so
+    pandas, Excel and csv readers open it whole (surrogateescape would write the raw byte back, and a strict UTF-8
+    reader then refuses the entire file), at the cost of that one path not being usable as written."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte (a JSON "\\ud800" in a class name)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _check_topk(a: argparse.Namespace, task: str, classes: list[str]) -> int:

@@ -63,6 +63,7 @@ class Remote:
 class Dataset:
     """A catalog entry: where it comes from and how `imgclf train NAME` reads it.
 
+    `images`: the image files in `folder` (every one that `imgclf train` finds, as the publisher ships them);
     `folder`: the folder to train on inside the extracted files; `options`: DataConfig fields it needs
     (label_re, valid...); `class_names`: folder renames (Imagenette's WordNet ids to words)."""
 
@@ -97,7 +98,8 @@ CATALOG: dict[str, Dataset] = {d.name: d for d in [
     Dataset("hymenoptera", "ants vs bees (PyTorch transfer-learning tutorial)", (Remote(
         "https://download.pytorch.org/tutorial/hymenoptera_data.zip",
         "sha256:fbc41b31d544714d18dd1230b1e2b455e1557766e13e67f9f5a7a23af7c02209"),),
-        47_286_322, 397, 2, "ImageNet terms (research)", folder="hymenoptera_data"),
+        # 398 = 124 + 121 train + 70 + 83 val files; all decode and train, the GIF (train/ants/imageNotFound.gif) too
+        47_286_322, 398, 2, "ImageNet terms (research)", folder="hymenoptera_data"),
     Dataset("pets", "Oxford-IIIT Pets, 37 breeds (fastai's archive)", (Remote(
         FAI + "oxford-iiit-pet.tgz", "md5:e4db5c768afd933bb91f5f594d7417a4"),),
         811_706_944, 7_390, 37, "CC BY-SA 4.0", folder="oxford-iiit-pet/images",
