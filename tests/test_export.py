@@ -208,7 +208,7 @@ def test_errors(exported, trained_run, tmp_path, capsys):
     assert main(["export", str(exported), "--format", "torchscript", "--int8"]) == 2
     assert "--int8 quantizes the ONNX model" in capsys.readouterr().err
     assert main(["export", str(exported), "--format", "torchscript", "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "a torchscript file is named *.ts or *.pt" in capsys.readouterr().err
+    assert "a TorchScript file is named *.ts or *.pt" in capsys.readouterr().err
     for opset in ("16", "99"):  # 99 was exported as opset 18 while export.json said 99
         assert main(["export", str(exported), "--opset", opset, "--out", str(tmp_path / "o.onnx")]) == 2
         assert f"--opset {opset}: use 17 to 23" in capsys.readouterr().err and not (tmp_path / "o.onnx").exists()

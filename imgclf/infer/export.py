@@ -284,7 +284,8 @@ def export_model(run: str | Path, format: str = "onnx", out: str | Path | None =
     path = Path(out) if out else default_path(run, format, int8)
     want = (".onnx",) if format == "onnx" else (".ts", ".pt")
     if path.suffix.lower() not in want:  # predict --backend and load_model tell the format by the name
-        raise UserError(f"--out {path}: a {format} file is named *{' or *'.join(want)}")
+        kind = "an ONNX" if format == "onnx" else "a TorchScript"
+        raise UserError(f"--out {path}: {kind} file is named *{' or *'.join(want)}")
     if path.exists() and not force:
         raise UserError(f"{path}: already exists (pass --force to overwrite)")
     module, meta = load_deployable(run)
