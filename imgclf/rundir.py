@@ -11,17 +11,19 @@ import json
 import math
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from . import progress
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch loads where weights are read or written: the CLI checks its paths with this module
+    import torch  # before torch is imported (`check_can_make`, `check_run_dir`)
+    from torch import nn
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
 
@@ -29,18 +31,65 @@ MODEL_FILE, META_FILE = "model.safetensors", "model.json"
 CONFIG_FILE, CHECKPOINT_FILE = "config.json", "checkpoint.safetensors"
 
 
+def _numbered(base: Path, k: int) -> Path:
+    return base if k == 1 else base.with_name(f"{base.name}-{k}")
+
+
+def free_run_dir(path: str | Path) -> Path:
+    """Where `new_run_dir(path)` would put a run now: `path` if nothing is there, else the first free `path-2`,
+    `path-3`... (a file or a dangling link of that name counts as taken: it is never replaced)."""
+    base, k = Path(path), 1
+    while _numbered(base, k).exists() or _numbered(base, k).is_symlink():
+        k += 1
+    return _numbered(base, k)
+
+
 def new_run_dir(path: str | Path) -> Path:
     """`path` if it is free, else `path-2`, `path-3`...: a run never overwrites an earlier one.
 
     Call it once the job can start (data loaded, settings checked): a user error before that leaves nothing
-    behind, so the numbering does not drift."""
+    behind, so the numbering does not drift. Each name is claimed by one `mkdir` that fails when it exists, so two
+    jobs started at once on the same name get two folders, never one shared (the other takes the next number)."""
     base = Path(path)
-    candidate, k = base, 1
-    while candidate.exists():
-        k += 1
-        candidate = base.with_name(f"{base.name}-{k}")
-    candidate.mkdir(parents=True)
-    return candidate
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        k = 1
+        while True:
+            candidate = _numbered(base, k)
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                k += 1
+    except OSError as e:  # `check_run_dir` says this before any work; here the disk changed since
+        raise UserError(f"{path}: cannot make the run directory ({e.strerror or e})") from None
+
+
+def check_can_make(path: str | Path) -> None:
+    """Before any work: that a file or folder at `path` (its missing parent folders included) can be made, or a
+    UserError saying why not: a file where a parent folder should be (`somefile.py/run`), or a folder that takes
+    no new entries (read-only, `/proc`). One empty folder is made and removed in the nearest existing folder to
+    find out: permission bits do not say it for root, nor for /proc or a read-only mount."""
+    above = next(a for a in Path(path).absolute().parents if a.exists())
+    if not above.is_dir():
+        raise UserError(f"{path}: {above} is a file, so the folder cannot be made")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".imgclf-check-", dir=above))
+    except OSError as e:
+        raise UserError(f"{path}: cannot make a folder in {above} ({e.strerror or e})") from None
+
+
+def check_run_dir(path: str | Path, flag: str | None = None) -> str | None:
+    """Before any work (the plan, the decoding): that `new_run_dir(path)` can make its folder (`check_can_make`).
+    Returns the notice to print when `path`, given by the user as `flag` (--out), is taken, naming where the run
+    goes instead (never over it); None otherwise (a default path's -2 shows in the run's last line)."""
+    path = Path(path)
+    check_can_make(path)
+    target = free_run_dir(path)
+    if flag is None or target == path:
+        return None
+    what = "is a file" if path.is_file() else "exists"
+    return f"{flag} {path} {what}: this run goes to {target}"
 
 
 def _file_mode() -> int:
@@ -87,7 +136,8 @@ def _clean(obj: Any) -> Any:
         return None
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor):
+    loaded = sys.modules.get("torch")  # no tensor exists before torch is imported: none to import it for
+    if loaded is not None and isinstance(obj, loaded.Tensor):
         return obj.tolist()
     return obj
 

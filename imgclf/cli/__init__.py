@@ -41,8 +41,17 @@ COMMANDS = {"train": train, "predict": predict, "evaluate": evaluate, "interpret
 __all__ = ["COMMANDS", "config", "main", "parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its mistakes said as every other user mistake is: one line, exit 2 (argparse printed the
+    whole usage block above its line: a bad --size put 20 lines of flags between the user and what was wrong).
+    `error` is argparse's documented hook for this; the command's subparsers are made of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"imgclf: error: {message} (see `{self.prog} --help`)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="imgclf", description="Turn a folder of images into an accurate image classifier.",
         epilog="examples:\n  imgclf train photos/\n  imgclf predict runs/photos new/ --csv preds.csv\n"
                "  imgclf evaluate runs/photos photos/val",

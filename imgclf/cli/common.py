@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
+import re
 from pathlib import Path
 
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..errors import UserError
+from ..rundir import check_can_make
 
 D, M, T = DataConfig(), ModelConfig(), TrainConfig()
 
@@ -30,12 +33,13 @@ def add_data_flags(g) -> None:
     g.add_argument("--label-col", help="the CSV column holding the labels or the regression target")
     g.add_argument("--label-re", help=r"regex on the file name; group 1 is the label, e.g. '^(.+)_\d+\.jpg$'")
     g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
-    g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
+    g.add_argument("--valid-pct", type=fraction, default=D.valid_pct,
+                   help="held-out fraction when no split exists (between 0 and 1)")
     g.add_argument("--split", default=D.split, choices=["stratified", "random"],
                    help="that held-out split: stratified by class with byte-identical copies on one side, or plain "
                         "random (the split of runs written before 2026-11-30)")
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the split, init and augmentation")
-    g.add_argument("--size", type=int, default=D.size,
+    g.add_argument("--size", type=positive_int, default=D.size,
                    help="image size in pixels (default: the backbone's recommended size, 256 for the default; from "
                         "scratch, small images' own size)")
     g.add_argument("--crop-pct", type=float, default=D.crop_pct,
@@ -46,7 +50,7 @@ def add_data_flags(g) -> None:
                    help="training augmentation: a preset (none, light, default, strong) and/or name=strength "
                         "overrides, e.g. 'strong', 'default,noise=0.05,erase=0.25', 'flip=0,rotate=20'; names: "
                         "flip rotate zoom warp translate shear pad lighting saturation hue noise salt_pepper erase")
-    g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
+    g.add_argument("--workers", type=workers, default=D.workers, help="decoding threads (0: one per core)")
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -105,9 +109,7 @@ def check_writable(path: str, force: bool, suffixes: tuple[str, ...] = ()) -> No
         raise UserError(f"{path}: give a file ending in {', '.join(suffixes)}")
     if p.exists() and not force:
         raise UserError(f"{path}: already exists (pass --force to overwrite)")
-    above = next(a for a in p.absolute().parents if a.exists())
-    if not above.is_dir():
-        raise UserError(f"{path}: {above} is a file, so the folder cannot be made")
+    check_can_make(p)
 
 
 def make_parent(path: str | Path) -> str | Path:
@@ -152,14 +154,64 @@ def port(value: str) -> int:
     return _int_in(value, 0, 65535, "a port is 0-65535 (0: any free one)")
 
 
+def workers(value: str) -> int:
+    """--workers: 0 (one per core) or a count of threads."""
+    return _int_in(value, 0, None, "must be 0 (one per core) or more")
+
+
+def _number(value: str, what: str = "a number") -> float:
+    """`value` as a finite float (nan and inf pass float() and then fail deep inside torch)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+    return x
+
+
+def positive_float(value: str) -> float:
+    """A quantity that must be above 0 (--budget: seconds)."""
+    x = _number(value)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return x
+
+
+def fraction(value: str) -> float:
+    """--valid-pct: a fraction strictly between 0 and 1 (0 would validate on nothing, 1 train on nothing)."""
+    x = _number(value)
+    if not 0 < x < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.2), got {value}")
+    return x
+
+
+def smoothing(value: str) -> float:
+    """--label-smoothing: 0 (off) up to, not including, 1 (1 would make every target uniform)."""
+    x = _number(value)
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (0.1 is typical), got {value}")
+    return x
+
+
 def learning_rate(value: str) -> float | str:
-    """`--lr`: a number or "auto"."""
+    """`--lr`: a number above 0, or "auto"."""
     if value == "auto":
         return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+    x = _number(value, "a number or 'auto'")
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0 (e.g. 2e-3) or 'auto', got {value}")
+    return x
+
+
+DEVICES = "auto, cpu, cuda, cuda:N (e.g. cuda:1), mps"
+
+
+def device(value: str) -> str:
+    """--device: what `train.learner.pick_device` takes (whether CUDA is there is checked when it is used)."""
+    if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise argparse.ArgumentTypeError(f"choose {DEVICES}; got {value!r}")
 
 
 def figures(m: dict, metrics) -> str:

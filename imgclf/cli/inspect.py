@@ -33,18 +33,24 @@ def run(a: argparse.Namespace) -> None:
     from ..data.shards import is_shard_dir
     from ..data.show import plot_counts
     from ..models.registry import default_norm
-    from ..rundir import new_run_dir, write_json
-    from ..train.job import default_out, load_data
+    from ..rundir import check_run_dir, new_run_dir, write_json
+    from ..train.job import default_out, load_data, warn_unused_valid_pct
 
     if a.show < 1:
         raise UserError(f"--show {a.show}: give at least 1 image")
+    notice = check_run_dir(a.out, "--out") if a.out else None  # before any download or decoding, as train does
     cfg = RunConfig(data=DataConfig(path=a.data, **{f.name: getattr(a, f.name) for f in fields(DataConfig)
                                                     if hasattr(a, f.name)}), out=a.out)
     cfg = resolve_config(cfg, progress=not a.quiet)  # a known data set's name -> its cached folder, as train does
     if is_shard_dir(cfg.data.path):
         raise UserError(f"{cfg.data.path}: tar shards (`imgclf shard`); inspect the image folder they were written "
                         "from (their manifest.json holds the counts)")
+    if not a.out:
+        check_run_dir(f"{cfg.out or default_out(cfg)}-inspect")
+    if notice:
+        print(notice, flush=True)
     data = load_data(cfg, progress=not a.quiet, audit=True)  # the one way `train` loads data (empty classes noted)
+    warn_unused_valid_pct(cfg, data)
     mean, std = default_norm(cfg.model.arch)
     summary = data.summary(mean, std, progress=not a.quiet)
     out = new_run_dir(a.out or f"{cfg.out or default_out(cfg)}-inspect")

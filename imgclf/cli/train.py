@@ -8,7 +8,19 @@ from dataclasses import fields
 
 from ..config import DEFAULT_SIZE, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import UserError
-from .common import PRECISIONS, Help, M, T, add_data_flags, figures, learning_rate
+from .common import (
+    DEVICES,
+    PRECISIONS,
+    Help,
+    M,
+    T,
+    add_data_flags,
+    device,
+    figures,
+    learning_rate,
+    positive_float,
+    smoothing,
+)
 
 STACK = ("imgclf.train.job",)
 
@@ -44,7 +56,7 @@ def add(sub) -> None:
                    help="auto: probe on cached features, fine-tune only where it pays; probe: the probe only; "
                         "fine_tune: head then whole model, fixed epochs; scratch: the whole model from random weights "
                         "for --epochs (the default for --no-pretrained and our own archs)")
-    g.add_argument("--budget", type=float, default=T.budget, help="seconds for the auto recipe, planned and "
+    g.add_argument("--budget", type=positive_float, default=T.budget, help="seconds for the auto recipe, planned and "
                    "printed before it runs (default: 60 s + 0.25 s per training image, at most 600 s)")
     g.add_argument("--selection", default=T.selection, choices=["cv", "valid"],
                    help="auto recipe: choose size, weight decay and whether to keep a fine-tune by cross-validation "
@@ -67,7 +79,8 @@ def add(sub) -> None:
                         "gradient, so Adam rescales it); default: adamw decoupled, the other optimizers l2")
     g.add_argument("--mixup", type=float, default=T.mixup, help="MixUp alpha (0: off; 0.2-0.4 typical)")
     g.add_argument("--cutmix", type=float, default=T.cutmix, help="CutMix alpha (0: off; 1.0 typical)")
-    g.add_argument("--label-smoothing", type=float, default=T.label_smoothing, help="classification only")
+    g.add_argument("--label-smoothing", type=smoothing, default=T.label_smoothing,
+                   help="classification only (0: off, below 1)")
     g.add_argument("--progressive", type=float, default=T.progressive, metavar="FRAC",
                    help="progressive resizing: training batches start at FRAC x --size and grow to --size by "
                         "half-way (0: off; default: the from-scratch recipe's, off when fine-tuning)")
@@ -78,7 +91,7 @@ def add(sub) -> None:
     g.add_argument("--valid-every", type=int, default=T.valid_every, metavar="N",
                    help="validate every Nth epoch and the last (default: every epoch; a from-scratch run the "
                         "planner chose: 4 times, as nothing is chosen on validation there)")
-    g.add_argument("--device", default=T.device, help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument("--device", type=device, default=T.device, help=DEVICES)
     g.add_argument("--precision", default=T.precision, choices=PRECISIONS)
     g.add_argument("--compile", action="store_true", default=T.compile,
                    help="torch.compile the training step: faster steps after a compile of a minute or so (CPU: "

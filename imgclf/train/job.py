@@ -44,6 +44,7 @@ from ..rundir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     META_FILE,
+    check_run_dir,
     check_version,
     early_lines,
     log_to,
@@ -265,6 +266,17 @@ def load_data(cfg: RunConfig, progress: bool = True, audit: bool = False) -> Ima
                                  split=d.split, keep_empty=audit, **common)
 
 
+def warn_unused_valid_pct(cfg: RunConfig, data: Any) -> None:
+    """`--valid-pct` given where the data brings its own split (train/ + valid|val/ folders, a CSV's is_valid
+    column, IDX's t10k files, shards as written): one warning that it is not used, rather than silence."""
+    pct = cfg.data.valid_pct
+    if pct == DataConfig.valid_pct:
+        return
+    if getattr(getattr(data, "items", None), "split_origin", "given") == "given":
+        warnings.warn(f"--valid-pct {pct} is not used: {cfg.data.csv or cfg.data.path} has its own validation "
+                      "split", stacklevel=2)
+
+
 def run_data(run: str | Path, size: int, crop_pct: float, data: str | Path | None = None,
              progress: bool = True) -> ImageData:
     """A finished run's data rebuilt by `load_data` from its config.json, at the model's own size and crop (the
@@ -329,6 +341,7 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
         cfg, out = resume_config(resume, cfg)
     if cfg is None:
         raise UserError("train: give a RunConfig, or a run directory to resume")
+    fresh = out is None
     tc = cfg.train
     if not cfg.data.path:
         raise UserError("no data path given")
@@ -336,6 +349,12 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
         raise UserError("--epochs and --freeze-epochs must be >= 0")
     if isinstance(tc.lr, str) and tc.lr != "auto":
         raise UserError(f"--lr {tc.lr}: give a number or 'auto'")
+    if isinstance(tc.lr, (int, float)) and not 0 < tc.lr < math.inf:  # torch's "Invalid learning rate", after the
+        raise UserError(f"--lr {tc.lr}: give a number above 0 (e.g. 2e-3) or 'auto'")  # data, left a failed run
+    if not 0 <= tc.label_smoothing < 1:
+        raise UserError(f"--label-smoothing {tc.label_smoothing}: give a number from 0 (off) to below 1")
+    if tc.budget is not None and not 0 < tc.budget < math.inf:
+        raise UserError(f"--budget {tc.budget}: give the seconds the auto recipe may take, above 0")
     if tc.recipe not in JOB_RECIPES:
         raise UserError(f"--recipe {tc.recipe}: choose {', '.join(JOB_RECIPES)}")
     if tc.selection not in ("cv", "valid"):
@@ -355,13 +374,19 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
                           f"{cfg.data.task.replace('_', '-')} targets train without it", stacklevel=2)
         cfg = replace(cfg, train=replace(tc, label_smoothing=0.0))
         tc = cfg.train
+    given_out = cfg.out  # an --out that cannot be made is said before any download, plan or decoding
+    notice = check_run_dir(given_out, "--out") if fresh and given_out else None
     dist.setup(tc.device)  # under torchrun: join the process group; rank 0 alone writes the run directory
     progress = progress and dist.is_main()
     from ..data.datasets import resolve_config  # a known data set's name -> its cached folder (downloaded first)
 
     cfg = resolve_config(cfg, progress)
+    if fresh and not given_out:
+        check_run_dir(cfg.out or default_out(cfg))
     seed_everything(cfg.data.seed)
     with early_lines() as early:  # printed before the run directory exists: into its train.log below
+        if notice and dist.is_main():  # "--out X exists: this run goes to X-2" (never over X)
+            print(notice, flush=True)
         t_plan = time.perf_counter()
         plan = _job_plan(cfg, out)  # the auto recipe's: priced and printed before any image is decoded
         phases = {"setup": t_plan - t_start, "plan": time.perf_counter() - t_plan}  # seconds, into metrics.json
@@ -376,7 +401,8 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
         finally:
             ahead.stop()  # what the CLI decoded ahead and the data did not take (decoded per batch, another size)
         phases["decode"] = time.perf_counter() - t_data  # listing, decoding, presizing and the near-duplicate check
-    fresh = out is None
+        if fresh and dist.is_main():
+            warn_unused_valid_pct(cfg, data)
     out = out or dist.agree(new_run_dir(cfg.out or default_out(cfg)) if dist.is_main() else None)
     ckpt_every = cfg.train.ckpt_every
     ck = Checkpointer(out, ckpt_every)
@@ -587,7 +613,9 @@ def split_fingerprint(data: Any, anchored: bool = True) -> dict[str, Any] | None
 
     def digest(paths: list) -> str:
         names = sorted(os.path.relpath(os.path.abspath(p), top) if anchored else str(p) for p in paths)
-        return hashlib.sha1("\n".join(names).encode()).hexdigest()
+        # surrogateescape: a name that is not UTF-8 (b"caf\xe9.jpg", as old Windows zips write) hashes as its bytes
+        # on disk; UTF-8 names give the bytes they always did, so recorded digests still match
+        return hashlib.sha1("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()
 
     out: dict[str, Any] = {name: {"n": len(paths), "sha1": digest(paths)}
                            for name, paths in (("train", data.train_paths), ("valid", data.valid_paths))}
@@ -617,12 +645,16 @@ def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunCon
     if not path.is_file():
         raise UserError(f"{run}: no {CONFIG_FILE}: not a run directory of `imgclf train`")
     saved = read_json(path)
-    check_version(saved.get("imgclf_version"), path)
-    if "distill" in saved:
+    if isinstance(saved, dict) and "distill" in saved:
         raise UserError(f"{run}: a distillation run; --resume continues runs of `imgclf train`")
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), dict) for k in ("data", "model", "train")):
+        raise UserError(f"{run}: not an imgclf run (no data, model and train settings in its {CONFIG_FILE})")
+    check_version(saved.get("imgclf_version"), path)
     status = saved.get("status", "done")  # runs from before statuses were written are finished ones
     if status == "done":
-        raise UserError(f"{run}: this run is done, nothing to resume (its model: {run / 'model.safetensors'})")
+        model = run / "model.safetensors"
+        raise UserError(f"{run}: this run is done, nothing to resume"
+                        + (f" (its model: {model})" if model.is_file() else ""))
     resumed = RunConfig.from_dict(saved)
     resumed.out = str(run)
     if cfg is not None:
