@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections import Counter, defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,32 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from .audit import DataSummary
+
+
+# the counts every `ImageData` is built with: name -> (least value, what it counts, an example)
+_COUNTS = {"size": (8, "pixels a side", 224), "bs": (1, "images per batch", 64),
+           "workers": (0, "decoding threads; 0: one per core", 0)}
+
+
+def check_settings(settings: Mapping[str, object]) -> None:
+    """The counts among `settings` (size, bs, workers) and valid_pct, checked before a file is read: a batch size of
+    0 was taken, then failed the first epoch with a ZeroDivisionError, and `size="128"` failed with a TypeError. A
+    bool is no count (`bs=True` is a slip, not one image). The CLI's flags pass here too (`job.load_data`).
+    valid_pct's range (0 < valid_pct < 1) is checked where a split is drawn (`sources.split_items`): a given
+    train/valid split never reads it."""
+    for name, (least, what, example) in _COUNTS.items():
+        if name not in settings:
+            continue
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise UserError(f"{name}={value!r}: {name} must be an integer >= {least} ({what}), e.g. {name}={example}")
+        if value < least:
+            raise UserError(f"{name}={value}: too small; {name} must be an integer >= {least} ({what}), e.g. "
+                            f"{name}={example}")
+    pct = settings.get("valid_pct", 0.2)
+    if isinstance(pct, bool) or not isinstance(pct, numbers.Real):
+        raise UserError(f"valid_pct={pct!r}: valid_pct must be a number between 0 and 1, e.g. valid_pct=0.2")
+
 
 class ImageData:
     """Train and validation images as uint8 tensors in memory (or decoded per batch when they would not
@@ -54,8 +81,7 @@ class ImageData:
         stats: tuple[float, float] | None = None,
         crop_pct: float = CROP_PCT,
     ):
-        if size < 8:
-            raise UserError(f"--size {size}: too small (at least 8 pixels)")
+        check_settings({"size": size, "bs": bs, "workers": workers})
         self.targets = encode_targets(items, task, source, names=classes, target_name=target_name, stats=stats)
         self.task = self.targets.task
         self.classes = self.targets.names  # the model's outputs: classes, tags, or the regression target's name
@@ -123,6 +149,7 @@ class ImageData:
         """Classes from sub-folder names; `train/` + `valid|val/` if present, else a seeded `valid_pct` split
         (`split`: stratified by class with copies kept together, or the plain "random" one of older runs).
         `keep_empty`: an empty class folder is noted among the unused entries, not refused (`imgclf inspect`)."""
+        check_settings({**kwargs, "valid_pct": valid_pct})  # before the files are listed and hashed
         multi = kwargs.get("task") == "multi_label"  # the same image in several class folders has each as a tag
         items = items_from_folder(path, valid=valid, valid_pct=valid_pct, seed=seed, label_re=label_re,
                                   multi_label=multi, stratify=kwargs.get("task", "classify") == "classify",
@@ -144,6 +171,7 @@ class ImageData:
         """Rows of `file,label[,is_valid]`, files relative to `folder` (default: beside the CSV); with
         `task="multi_label"` the label holds space-separated tags, with `task="regression"` a number
         (`label_col` names its column)."""
+        check_settings({**kwargs, "valid_pct": valid_pct})  # before the files are listed and hashed
         items = items_from_csv(csv_file, folder=folder, valid_pct=valid_pct, seed=seed, label_col=label_col,
                                stratify=kwargs.get("task", "classify") == "classify", split=split)
         col = label_col or items.label_column
@@ -189,6 +217,7 @@ class ImageData:
     @classmethod
     def from_files(cls, files: Sequence[str | Path], labels: Sequence[str], valid_pct: float = 0.2,
                    seed: int = 42, **kwargs) -> ImageData:
+        check_settings({**kwargs, "valid_pct": valid_pct})  # before the files are listed and hashed
         items = items_from_files(files, labels, valid_pct=valid_pct, seed=seed,
                                  stratify=kwargs.get("task", "classify") == "classify")
         return cls(items, source="files", **kwargs)

@@ -39,7 +39,7 @@ from .callbacks import (
 from .callbacks.nonfinite import TerminateOnNaN
 from .callbacks.precision import best_dtype
 from .checkpoint import Checkpointer
-from .metrics import get_metric
+from .metrics import get_metric, metric_list
 from .optim import apply_decoupled_wd, make_optimizer
 from .schedule import constant, get_schedule, one_cycle_lr, one_cycle_mom
 
@@ -96,7 +96,7 @@ class Learner:
         valid_dl: Iterable | None = None,
         loss_func: Callable | None = None,
         valid_loss_func: Callable | None = None,
-        metrics: Sequence[str | Callable] = ("accuracy",),
+        metrics: str | Callable | Sequence[str | Callable] = ("accuracy",),
         opt: str = "adamw",
         lr: float = 1e-3,
         wd: float = 0.01,
@@ -124,7 +124,7 @@ class Learner:
         self.loss_func = loss_func or nn.CrossEntropyLoss()
         # what `valid_loss` reports: plain cross-entropy even when training smooths labels
         self.valid_loss_func = valid_loss_func or self.loss_func
-        self.metrics = [get_metric(m) for m in metrics]
+        self.metrics = [get_metric(m) for m in metric_list(metrics)]  # one name or a list of them
         self.opt_name, self.lr, self.wd, self.clip = opt, lr, wd, clip
         self.wd_mode = wd_mode  # None: the optimizer's own convention (see make_optimizer)
         self.groups = [list(g) for g in groups] if groups else [list(model.parameters())]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -292,6 +292,17 @@ def format_figure(name: str, value: float, lo: float | None = None, hi: float | 
     if lo is None or hi is None:
         return f"{name} {value:.4f}"
     return f"{name} {value:.4f} ({lo:.2f}-{hi:.2f}" + (f", {n} images)" if n is not None else ")")
+
+
+def metric_list(metrics: str | Callable | Sequence[str | Callable]) -> list[str | Callable]:
+    """`metrics` as a list: one name or function is a list of one, as fastai users write `metrics="accuracy"`
+    (iterated, the string was read letter by letter: "unknown metric 'a'")."""
+    if isinstance(metrics, str) or callable(metrics):
+        return [metrics]
+    if not isinstance(metrics, Iterable):
+        raise UserError(f"metrics={metrics!r}: give a metric name, a function or a list of them "
+                        f"(names: {', '.join(METRICS)})")
+    return list(metrics)
 
 
 def get_metric(m: str | Callable) -> tuple[str, Callable[[torch.Tensor, torch.Tensor], float]]:

@@ -8,6 +8,7 @@ cached pooled features of each image and its mirror, so it costs one forward pas
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -36,6 +37,7 @@ from .metrics import (
     best_threshold,
     cross_fitted_decisions,
     fbeta_multi,
+    metric_list,
     multi_label_intervals,
     per_tag,
     scaled,
@@ -55,6 +57,7 @@ class VisionLearner(Learner):
     def __init__(self, data: ImageData, model: nn.Module, meta: ModelMeta, seed: int = 42,
                  progress: bool = True, channels_last: bool = True, device: str | torch.device | None = "auto",
                  **kwargs: Any):
+        check_data(data, "VisionLearner")
         dev = pick_device(device)
         self.data, self.meta, self.seed, self.progress = data, meta, seed, progress
         train_dl = data.loader("train", meta.mean, meta.std, device=dev, seed=seed, channels_last=channels_last)
@@ -311,10 +314,12 @@ def task_losses(data: ImageData, label_smoothing: float = 0.1, loss: str = "auto
     return fn, fn
 
 
-def task_metrics(data: ImageData, names: Sequence[str | Callable] | None = None) -> list[str | Callable]:
-    """`names` (default: the data's task's own) checked against the task: a named metric of another task is a
-    UserError now, not a shape error after the first epoch. Regression errors are reported in the targets' units."""
-    names = TASK_METRICS[data.task] if names is None else names
+def task_metrics(data: ImageData, names: str | Callable | Sequence[str | Callable] | None = None,
+                 ) -> list[str | Callable]:
+    """`names` (default: the data's task's own; one name or function is a list of one) checked against the task: a
+    named metric of another task is a UserError now, not a shape error after the first epoch. Regression errors are
+    reported in the targets' units."""
+    names = TASK_METRICS[data.task] if names is None else metric_list(names)
     for n in names:
         if isinstance(n, str) and METRIC_TASK.get(n, data.task) != data.task:
             fits = ", ".join(m for m, t in METRIC_TASK.items() if t == data.task)
@@ -325,15 +330,39 @@ def task_metrics(data: ImageData, names: Sequence[str | Callable] | None = None)
     return list(names)
 
 
+def check_data(data: Any, where: str = "vision_learner") -> None:
+    """`data` must be built data (`ImageData` or `ShardData`), not the folder it comes from: a path string failed
+    with "'str' object has no attribute 'task'"."""
+    if isinstance(data, (str, os.PathLike)):
+        raise UserError(f"{where}: data is a path ({str(data)!r}); build the data first: "
+                        f"data = ImageData.from_folder({str(data)!r}) (or from_csv, from_name_re), then pass data")
+    if not all(hasattr(data, a) for a in ("task", "classes", "loader")):
+        raise UserError(f"{where}: data must be an ImageData (ImageData.from_folder(path)) or a ShardData, "
+                        f"not {type(data).__name__}")
+
+
+def check_arch(arch: Any) -> None:
+    """`arch` must be an architecture's name (`list_models()`): `vision_learner(data, 18)` failed with an
+    AttributeError deep inside timm's registry."""
+    if isinstance(arch, nn.Module):
+        raise UserError("vision_learner: arch takes an architecture name, not a model; train a model of your own "
+                        "with Learner(model, data.loader('train', mean, std), data.loader('valid', mean, std))")
+    if not isinstance(arch, str):
+        raise UserError(f"vision_learner: arch={arch!r}: arch takes an architecture name (a str), e.g. "
+                        "'efficientnet_lite0', 'resnet18' or 'simple_cnn'; imgclf.list_models() lists them")
+
+
 def vision_learner(
-    data: ImageData, arch: str = "efficientnet_lite0", metrics: Sequence[str | Callable] | None = None,
+    data: ImageData, arch: str = "efficientnet_lite0", metrics: str | Callable | Sequence[str | Callable] | None = None,
     pretrained: bool = True, weights: str | None = None, label_smoothing: float = 0.1, seed: int = 42,
     init: str = "default", loss: str = "auto", drop_rate: float | None = None, balance: str = "none",
     **kwargs: Any,
 ) -> VisionLearner:
     """A backbone (embedded ImageNet weights by default) with a new head for `data.classes`.
 
-    The loss and metrics follow `data.task` (see `task_losses`, `task_metrics`) unless given.
+    `data`: an `ImageData` (`ImageData.from_folder(path)`...) or a `ShardData`; `arch`: a name `list_models()` lists.
+    The loss and metrics follow `data.task` (see `task_losses`, `task_metrics`) unless given: one metric's name
+    (`metrics="accuracy"`) or function, or a list of them.
     `init="lsuv"` re-initialises a from-scratch model with LSUV on the first training batch (the
     statistics land in `learn.init_report`); on pretrained weights it warns and leaves them alone.
     `drop_rate`: dropout before the classifier (None keeps the arch's default).
@@ -341,6 +370,8 @@ def vision_learner(
     epoch's batches with classes evenly (data/samplers.py); either way the probe gets the class weights.
     kwargs go to `Learner`: opt, lr, wd, wd_mode, clip, cbs, device, precision, channels_last, progress.
     """
+    check_data(data)
+    check_arch(arch)
     if init not in ("default", "lsuv"):
         raise UserError(f"--init {init}: choose default or lsuv")
     metric_fns = task_metrics(data, metrics or None)  # a metric of another task: refused before the model is built
