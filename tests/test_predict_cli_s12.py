@@ -144,3 +144,13 @@ def test_plot_is_written_through_a_temporary_file_in_its_own_format(trained_run,
     plot.write_bytes(b"an earlier plot")
     assert main(["predict", str(trained_run), str(folder), "--plot", str(plot), "--force", "--quiet"]) == 0
     assert plot.read_bytes()[:3] == b"\xff\xd8\xff" and leftovers(tmp_path) == []  # a JPEG, as its name says
+
+
+def test_plot_titles_a_non_utf8_name_escaped(trained_run, tmp_path, write_image):
+    """--plot drew each image's file name as its title: matplotlib refused the latin-1 one (after the CSV was
+    written)."""
+    folder = weird_folder(tmp_path, write_image)
+    plot = tmp_path / "topk.png"
+    p = run_cli("predict", trained_run, folder, "--plot", plot, "--csv", tmp_path / "p.csv", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert plot.read_bytes()[:4] == b"\x89PNG" and "Traceback" not in p.stderr

@@ -88,10 +88,14 @@ def test_class_of_one_file_copied_stays_in_training(image_folder):
     assert held["b"] == 0 and held["a"] == 2
 
 
-def test_every_class_single_falls_back_to_random(image_folder):
+def test_every_class_single_holds_nothing_out_and_training_says_why(image_folder):
+    """Holding any image out would leave its class with none to train on (the plain split did, and training then
+    stopped on a class "without training images" that had one): the data refuses, saying why."""
     root = image_folder({"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}, size=(8, 8), ext=".png")
     items = items_from_folder(root, valid_pct=0.2, seed=0)
-    assert sum(items.is_valid) == 1  # never an empty validation set
+    assert sum(items.is_valid) == 0
+    with pytest.raises(UserError, match="every class has a single image .* add images or give a valid/ folder"):
+        ImageData.from_folder(root, size=8, progress=False)
 
 
 def test_regression_csv_not_stratified_but_copies_together(tmp_path, write_image):

@@ -11,8 +11,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..data.sources import displayable
 from ..errors import UserError
-from .common import add_backend, add_inference_precision, check_outputs, expand_images, make_parent, positive_int
+from .common import (
+    add_backend,
+    add_device,
+    add_inference_precision,
+    check_outputs,
+    expand_images,
+    make_parent,
+    positive_int,
+)
 
 STACK = ("imgclf.infer", "imgclf.infer.predictor")
 
@@ -36,7 +45,7 @@ def add(sub) -> None:
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average the center view and its mirror")
     p.add_argument("--force", action="store_true", help="overwrite an existing --csv, --submission or --plot file")
     p.add_argument("--bs", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
+    add_device(p)
     add_inference_precision(p)
     add_backend(p)
     p.add_argument("--quiet", action="store_true")
@@ -80,7 +89,7 @@ def run(a: argparse.Namespace) -> None:
         raise UserError(f"none of the {len(skipped)} image file(s) could be decoded: nothing predicted or written")
     if a.submission:
         with atomic_output(a.submission) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([("Id", "Category"), *[(readable(i), c) for i, c in submission_rows(preds)]])
+            csv.writer(f).writerows([("Id", "Category"), *[(displayable(i), c) for i, c in submission_rows(preds)]])
         print(f"{len(preds)} predictions -> {a.submission}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
         if skipped:  # a Kaggle-style grader rejects a submission without a row for every test image
             warnings.warn(f"{a.submission} lacks {missing_ids(skipped)}; a grader may reject it: fix or replace "
@@ -98,7 +107,7 @@ def run(a: argparse.Namespace) -> None:
             header += fixed[3:]
             rows = [row + [x for c, q in p.topk(k) for x in (c, f"{q:.6f}")]
                     for row, p in zip(rows, preds, strict=True)]
-    table = [[readable(cell) for cell in row] for row in [header, *rows]]
+    table = [[displayable(cell) for cell in row] for row in [header, *rows]]
     if a.csv:
         with atomic_output(a.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows(table)
@@ -144,19 +153,6 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         publish(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def readable(text: str) -> str:
-    """`text` as any UTF-8 writer takes it. A file name that is not valid UTF-8 (an old Windows zip's latin-1
-    `lat\\xe9.jpg`, which Python holds with the surrogate \\udce9) keeps its row, its stray bytes written
-    backslash-escaped as `\\xe9`. backslashreplace rather than surrogateescape: the CSV stays valid UTF-8, so
-    pandas, Excel and csv readers open it whole (surrogateescape would write the raw byte back, and a strict UTF-8
-    reader then refuses the entire file), at the cost of that one path not being usable as written."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a lone surrogate that stands for no byte (a JSON "\\ud800" in a class name)
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
 
 
 def _check_topk(a: argparse.Namespace, task: str, classes: list[str]) -> int:

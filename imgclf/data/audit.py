@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 
 from ..progress import bar as progress_bar
-from .decode import BadImage, default_workers, open_image, peek_image, presize
+from .decode import BadImage, default_workers, file_warnings, open_image, peek_image, presize
 from .targets import describe_targets
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def scan_files(
         try:
             data = info.path.read_bytes()
             info.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-            with peek_image(io.BytesIO(data)) as im:
+            with file_warnings(None), peek_image(io.BytesIO(data)) as im:  # decoding names their warnings
                 w, h = im.size
                 turned = im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
                 info.width, info.height = (h, w) if turned else (w, h)
@@ -546,7 +546,8 @@ def advice(s: DataSummary, good: Sequence[FileInfo]) -> list[str]:
                      "from scratch; data/samplers.py)")
     missing = [c for c, n in s.counts["valid"].items() if n == 0]
     if missing:
-        notes.append(f"no validation images for {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+        notes.append(f"no validation images for {', '.join(map(repr, missing[:10]))}"
+                     + (" ..." if len(missing) > 10 else ""))
     few = [c for c, n in s.counts["valid"].items() if 0 < n < 5]
     if few:
         notes.append(f"{len(few)} class(es) with fewer than 5 validation images: their scores are noisy")
@@ -562,6 +563,20 @@ def advice(s: DataSummary, good: Sequence[FileInfo]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- text
+def imbalance_text(counts: dict[str, int]) -> str:
+    """`3.00 ('ants' 12 / 'bees' 4)`, or `1.00 (all classes 8)`: a class named once, never as both ends. Names are
+    quoted: `ants ` (a trailing space) and `Ants` must read as what they are. Empty classes do not count, as in
+    `DataSummary.imbalance`."""
+    counts = {c: n for c, n in counts.items() if n}
+    if not counts:
+        return "n/a (no images)"
+    big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+    ratio = counts[big] / counts[small] if counts[small] else float("inf")
+    if counts[big] == counts[small]:
+        return f"{ratio:.2f} (all classes {counts[big]})"
+    return f"{ratio:.2f} ({big!r} {counts[big]} / {small!r} {counts[small]})"
+
+
 def _rel(path: Path, root: str) -> str:
     try:
         return os.path.relpath(path, root) if root else str(path)
@@ -612,9 +627,7 @@ def format_summary(s: DataSummary, max_classes: int = 50, max_groups: int = 10) 
     lines.append(f"{'images':<{width}}  {s.totals['train']:>7}  {s.totals['valid']:>7}"
                  + ("  (an image counts under each of its tags)" if s.task == "multi_label" else ""))
     if s.task == "classify":
-        lines.append(f"imbalance (largest / smallest train class): {s.imbalance:.2f} "
-                     f"({max(train, key=train.get)} {max(train.values())} / {min(train, key=train.get)} "
-                     f"{min(train.values())})")
+        lines.append(f"imbalance (largest / smallest train class): {imbalance_text(train)}")
     lines.append("")
     w, h = s.image_sizes["width"], s.image_sizes["height"]
     lines += [f"image width  min {w['min']:g}  median {w['median']:g}  max {w['max']:g}",

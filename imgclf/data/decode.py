@@ -12,9 +12,11 @@ import io
 import os
 import re
 import statistics
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,20 +92,64 @@ def _reason(e: Exception) -> str:
     return f"cannot decode ({e or type(e).__name__})"
 
 
-def _warn_if_huge(path: str | Path, img: Image.Image) -> None:
-    """Between 1x and 2x PIL's pixel limit (89-179 Mpx) PIL decodes with an anonymous warning; name the file."""
+def _huge(img: Image.Image) -> list[str]:
+    """Between 1x and 2x PIL's pixel limit (89-179 Mpx) PIL decodes with an anonymous warning; ours says the size
+    (`file_warnings` puts the file's name in front)."""
     limit = Image.MAX_IMAGE_PIXELS
     w, h = img.size
     if limit and w * h > limit:
-        warnings.warn(f"{path}: {w}x{h} px ({w * h / 1e6:.0f} Mpx, over PIL's {limit / 1e6:.0f} Mpx "
-                      f"decompression-bomb warning limit); decoded anyway, ~{w * h * 3 >> 20} MiB", stacklevel=3)
+        return [f"{w}x{h} px ({w * h / 1e6:.0f} Mpx, over PIL's {limit / 1e6:.0f} Mpx decompression-bomb warning "
+                f"limit); decoded anyway, ~{w * h * 3 >> 20} MiB"]
+    return []
+
+
+# `warnings.catch_warnings` swaps process-wide state (the filters and the hook), so two threads inside it at once
+# can leave each other's hook in place; reading a header or EXIF under it is one thread at a time (an RLock:
+# `file_warnings` may hold it around `peek_image`). Those parts are Python that holds the GIL anyway; the pixel
+# decoding, where PIL releases the GIL and the threads pay off, runs outside it.
+_PIL_LOCK = threading.RLock()
+_SAID: set[tuple[str, str]] = set()  # (kind, message) already said in this process: once per file and kind
+
+
+@contextmanager
+def file_warnings(name: str | Path | None, kind: str = "decode", once: bool = True) -> Iterator[list[str]]:
+    """PIL's warnings while the file `name` is read, said again with its name in front: PIL's name no file
+    (`Corrupt EXIF data.  Expecting to read 12 bytes but only got 8.`, from the EXIF parsed when a JPEG opens).
+    Yields a list to which the caller adds messages of its own about the file (`_huge`).
+
+    Each message is said once per file and `kind` ("header": `check_header`; "decode": `open_image`) in this
+    process: `imgclf inspect` opens a file three times (decoding, the audit's scan, its trace) and `imgclf train`
+    twice (the plan's timing sample, decoding), and a user saw the same warning once per opening. `once=False`
+    (an upload's bytes, all named "upload"): said every time. `name` None (a caller that only peeks, whose files
+    are named when they are decoded): PIL's warnings are dropped. PIL's own decompression-bomb warning, which
+    names no file, is never passed on."""
+    with _PIL_LOCK:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            extra: list[str] = []
+            try:
+                yield extra
+            finally:
+                said = [(w.category, str(w.message).strip()) for w in caught] + [(UserWarning, m) for m in extra]
+        # re-warned here, outside `catch_warnings` but still under the lock: no other thread is recording then
+        if name is None:
+            return
+        for category, message in said:
+            text = f"{name}: {message}"
+            if once:
+                if (kind, text) in _SAID:
+                    continue
+                _SAID.add((kind, text))
+            warnings.warn(text, category, stacklevel=4)
 
 
 def peek_image(source: str | Path | io.BytesIO) -> Image.Image:
-    """`Image.open` without PIL's own decompression-bomb warning, which names no file: `_warn_if_huge` gives one
-    that does (a user saw both, the first one anonymous)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    """`Image.open` (the header only) with PIL's warnings dropped: its decompression-bomb warning and its EXIF
+    warnings name no file, and a caller that only peeks (sizes, the audit's scan) has its files named where they
+    are checked or decoded (`check_header`, `open_image`). EXIF parsed after this, e.g. a PNG's `getexif()`, may
+    warn: do it inside `file_warnings(None)`."""
+    with file_warnings(None):
         return Image.open(source)
 
 
@@ -112,8 +158,8 @@ def check_header(path: str | Path) -> None:
     try:
         if os.path.getsize(path) == 0:
             raise BadImage("empty file (0 bytes)")
-        with peek_image(path) as img:
-            _warn_if_huge(path, img)
+        with file_warnings(path, "header") as said, Image.open(path) as img:
+            said += _huge(img)
     except BadImage:
         raise
     except Exception as e:  # PIL raises many types for broken files; each becomes one named skip
@@ -128,20 +174,26 @@ def open_image(source: str | Path | bytes, min_size: int | None = None, max_pixe
     Any failure is a `BadImage` whose message says why (empty, not an image, truncated, too large): the
     caller skips the file and names it. The first frame of an animation is the image. `max_pixels` refuses
     larger images from the header (`TooLarge`), before decoding: PIL itself only warns up to twice its limit,
-    and a 20 MB PNG can hold gigapixels of zeros."""
+    and a 20 MB PNG can hold gigapixels of zeros. PIL's warnings while the header and EXIF are read come back
+    naming the file (`file_warnings`)."""
+    upload = isinstance(source, bytes)
+    name = "upload" if upload else source  # every upload is "upload": its warnings are said each time
     try:
-        if (len(source) if isinstance(source, bytes) else os.path.getsize(source)) == 0:
+        if (len(source) if upload else os.path.getsize(source)) == 0:
             raise BadImage("empty file (0 bytes)")
-        with peek_image(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            w, h = img.size
-            if max_pixels and w * h > max_pixels:
-                raise TooLarge(f"{w}x{h} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
-            _warn_if_huge("upload" if isinstance(source, bytes) else source, img)
-            if min_size and img.format == "JPEG":
-                img.draft("RGB", (min_size, min_size))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+        with io.BytesIO(source) if upload else open(source, "rb") as f:
+            with file_warnings(name, once=not upload) as said:  # the header (a JPEG's EXIF is parsed as it opens)
+                img = Image.open(f)
+                w, h = img.size
+                if max_pixels and w * h > max_pixels:
+                    raise TooLarge(f"{w}x{h} pixels is over the limit of {max_pixels:,} (a decompression bomb?)")
+                said += _huge(img)
+                if min_size and img.format == "JPEG":
+                    img.draft("RGB", (min_size, min_size))
+            img.load()  # the pixels, outside the lock: PIL releases the GIL here
+            with file_warnings(name, once=not upload):  # other formats: a PNG may hold its EXIF after its pixels
+                img.getexif()
+            return _to_rgb(ImageOps.exif_transpose(img))
     except BadImage:
         raise
     except Image.DecompressionBombError as e:

@@ -35,6 +35,7 @@ from .sources import require_folder
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
+DIGITS = "the label digits"  # where the class names came from when nothing names them
 ROLES = ("train-images", "train-labels", "t10k-images", "t10k-labels")
 _NAME = re.compile(r"^(train|t10k)-(images|labels)[-.]idx\d-ubyte(\.gz)?$")
 _DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -110,7 +111,8 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
 
 
 def class_names(folder: str | Path, n_labels: int, classes: Sequence[str] | None = None) -> tuple[list[str], str]:
-    """Names for labels 0..n_labels-1 and where they came from (see the module docstring for the order)."""
+    """Names for labels 0..n_labels-1 and where they came from (see the module docstring for the order); names
+    given (`classes`, classes.txt) may be fewer, which `load_idx` reports with the first label left without one."""
     root = Path(folder).resolve()
     if classes is not None:
         names, origin = [str(c) for c in classes], "the classes argument"
@@ -120,9 +122,7 @@ def class_names(folder: str | Path, n_labels: int, classes: Sequence[str] | None
     elif any("fashion" in part.lower() for part in (root.name, root.parent.name)) and n_labels <= 10:
         names, origin = list(FASHION_MNIST_CLASSES), "Fashion-MNIST's (the folder name says fashion)"
     else:
-        names, origin = [str(i) for i in range(n_labels)], "the label digits"
-    if len(names) < n_labels:
-        raise UserError(f"{origin}: {len(names)} class names for labels 0..{n_labels - 1}")
+        names, origin = [str(i) for i in range(n_labels)], DIGITS
     if len(set(names)) != len(names):
         raise UserError(f"{origin}: class names repeat")
     return names, origin
@@ -175,10 +175,33 @@ def load_idx(folder: str | Path, n_train: int | None = None, n_valid: int | None
             raise UserError(f"{lab_file}: negative label {labels.min()}")
         ids = [root / f"{img_file.name}#{i}" for i in range(len(images))]
         split[name] = (torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), ids)
-    n_labels = int(max(int(split[s][1].max()) for s in split)) + 1
-    names, origin = class_names(root, n_labels, classes)
+    names, origin = class_names(root, _labels_in_a_row(split["train"][1], split["t10k"][1]), classes)
+    _check_label_range(split, names, origin, found)
     return IdxSet(split["train"][0], split["train"][1], split["t10k"][0], split["t10k"][1], names,
                   split["train"][2], split["t10k"][2], origin)
+
+
+def _labels_in_a_row(*labels: torch.Tensor) -> int:
+    """n where labels 0..n-1 all occur and n does not: the digits' class count. A label past a gap is not a class
+    of its own (one training label 42 among 0..9 made 33 classes, 32 of them empty): `_check_label_range` names it."""
+    present = set(torch.cat(labels).unique().tolist())
+    return next(n for n in range(len(present) + 1) if n not in present)
+
+
+def _check_label_range(split: dict, names: Sequence[str], origin: str, found: dict[str, Path]) -> None:
+    """A UserError naming the file and record of the first label without a class name, train-* first."""
+    n = len(names)
+    top = max(int(split[s][1].max()) for s in split)
+    for name in ("train", "t10k"):
+        labels = split[name][1]
+        out = torch.nonzero(labels >= n).flatten()
+        if len(out):
+            i = int(out[0])
+            why = (f"{origin}: {n} class names for labels 0..{top}" if origin != DIGITS else
+                   f"no image has label {n}; to read {int(labels[i])} as a class, name the classes in a classes.txt "
+                   "beside the files, one a line")
+            raise UserError(f"{found[f'{name}-labels']}: label {int(labels[i])} at index {i} is outside 0..{n - 1} "
+                            f"({why})")
 
 
 def _presize_grey(a: np.ndarray, size: int) -> np.ndarray:

@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .sources import displayable
+
 if TYPE_CHECKING:
     from .core import ImageData
 
@@ -24,7 +26,8 @@ TRAIN_COLOUR, VALID_COLOUR = "#1f77b4", "#ff7f0e"
 
 def short(name: str, n: int = 20) -> str:
     """A class name cut to `n` characters for tick labels and legends, in the middle: names that share a
-    prefix (`species_017`, `species_018`) often differ only at the end."""
+    prefix (`species_017`, `species_018`) often differ only at the end. Made `displayable` first."""
+    name = displayable(name)
     if len(name) <= n:
         return name
     head = (n - 1) // 2
@@ -39,7 +42,9 @@ def short_names(names: Sequence[str], n: int = 20) -> list[str]:
     xxxxxxxxxx` and `... two xxxxxxxxxx` both read `very long…xxxxxxxxxx`) keep their start and the part where they
     differ instead (`very…one xxxxxxxxxx`, `very…two xxxxxxxxxx`), as does every other cut name then; if even that
     leaves two alike, every name is numbered (`1 very…`, `2 very…`) in `names` order, so that a legend or an axis
-    never shows one label for two classes."""
+    never shows one label for two classes. Every name is made `displayable` first (every figure's names pass
+    through here or `short`)."""
+    names = [displayable(x) for x in names]
     out = [short(x, n) for x in names]
     if len(set(out)) == len(set(names)):
         return out

@@ -127,6 +127,19 @@ class Items:
         return [self.paths[i] for i in keep], [self.labels[i] for i in keep]
 
 
+def displayable(name: str) -> str:
+    """`name` as text anything can show or write: a file or folder name that is not UTF-8 (`abeill\\xe9`, Latin-1,
+    as old Windows zips write) reaches Python with a lone surrogate (`abeill\\udce9`) that matplotlib refuses
+    (`set_text(): incompatible function arguments`) and a UTF-8 file cannot hold (predict's CSV stopped half
+    written); its bytes are shown escaped instead, as `abeill\\xe9`. backslashreplace, not surrogateescape: a CSV
+    stays valid UTF-8 for pandas and Excel, at the cost of that one path not being usable as written. Other names
+    are unchanged."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
 
@@ -257,7 +270,9 @@ def random_split(
     of n >= 2 items puts round(valid_pct * n), at least 1 and at most n - 1, into validation; a class of one
     item (or whose items are all copies of one file) stays in training. Without labels, round(valid_pct * n)
     items (at least 1) are held out at random; with no duplicates this is exactly the split of before.
-    A stratified split that would hold out nothing (every class a single image) falls back to that one.
+    A stratified split that holds out nothing (every class a single image, or copies of one) stays so: any image
+    held out would leave its class with none to train on (the plain split did, and training then stopped on a class
+    "without training images" that had one); `targets.encode_targets` says why the validation split is empty.
 
     Near duplicates (re-saved, resized, mirrored copies: the audit's fingerprints) are not grouped here, because
     finding them from the files costs a second decode pass before the split (the audit's `scan_files` +
@@ -283,9 +298,7 @@ def random_split(
                 continue
             target = min(max(1, round(valid_pct * size)), size - 1)
             held |= _fill(members, target, rng, at_least_one=True)
-        if held:
-            return [i in held for i in range(n)]
-        rng = random.Random(seed)
+        return [i in held for i in range(n)]
     held = _fill(list(units.values()), max(1, round(n * valid_pct)), rng, at_least_one=False)
     return [i in held for i in range(n)]
 
@@ -327,19 +340,23 @@ def _fill(units: list[list[int]], target: int, rng: random.Random, at_least_one:
     return held
 
 
-def _find_split_dirs(root: Path, valid: str | None) -> tuple[Path, Path] | None:
-    """The (train, valid) folders when the data set ships its own split, else None."""
+def _find_split_dirs(root: Path, valid: str | None) -> tuple[Path, Path | None] | None:
+    """The (train, valid) folders when the data set ships its own split; (train, None) for a train/ folder alone
+    (the split is drawn from it); None for class folders."""
     names = (valid,) if valid else VALID_NAMES
     valid_dir = next((root / n for n in names if (root / n).is_dir()), None)
     if valid_dir is None:
         if valid:
             raise UserError(f"{root / valid}: validation folder not found")
         train_dir = next((root / n for n in TRAIN_NAMES if (root / n).is_dir()), None)
-        others = [p.name for p in root.iterdir() if p.is_dir() and p != train_dir and not p.name.startswith(".")]
-        if train_dir is not None and others:
+        if train_dir is None:
+            return None
+        others = [p.name for p in root.iterdir()
+                  if p.is_dir() and p != train_dir and not p.name.startswith(".") and not _holds_runs(p)]
+        if others:
             raise UserError(f"{root}: found {train_dir.name}/ beside {', '.join(sorted(others))}/ but no valid/ "
                             "or val/; name the validation folder with --valid NAME")
-        return None
+        return train_dir, None
     train_dir = next((root / n for n in TRAIN_NAMES if (root / n).is_dir()), None)
     if train_dir is None:
         raise UserError(f"{root}: found {valid_dir.name}/ but no train/ folder beside it")
@@ -415,6 +432,11 @@ def items_from_folder(
     empty = unused if keep_empty else None
     root = _unwrap(root, unused)
     dirs = _find_split_dirs(root, valid)
+    if dirs is not None and dirs[1] is None:  # train/ alone: its class folders, with a split drawn from them
+        _account_level(root, dirs[:1], unused)
+        warn_once(f"{root}: {dirs[0].name}/ without a valid/ or val/ folder: validation is a seeded "
+                  f"{valid_pct:.0%} of {dirs[0].name}/ (--valid-pct, --seed)", stacklevel=2)
+        root, dirs = dirs[0], None
     if dirs is not None:
         _account_level(root, dirs, unused)
         parts = []
@@ -437,6 +459,17 @@ def items_from_folder(
     items.split_origin = split_origin(split)
     items.unused = unused
     return items
+
+
+_WARNED: set[str] = set()  # what `warn_once` said in this process
+
+
+def warn_once(message: str, stacklevel: int = 2) -> None:
+    """A warning about how the data is read, once per process: `imgclf train` lists a folder up to three times (the
+    plan, the size, the data) and encodes its labels again at each size it trains at."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=stacklevel + 1)
 
 
 def require_folder(path: str | Path) -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..data.decode import BadImage, open_image, presize
+from ..data.sources import displayable
 from .predictor import Prediction
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def plot_topk(preds: Sequence[Prediction], k: int = 5, size: int = 224) -> Figur
 def _image(ax, p: Prediction, size: int) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
-    name = Path(p.path).name if p.path else ""
+    name = displayable(Path(p.path).name) if p.path else ""  # a non-UTF-8 name: matplotlib refused it
     ax.set_title(name if len(name) <= 28 else name[:25] + "...", fontsize=8)
     if p.path:
         try:
