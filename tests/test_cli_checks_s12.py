@@ -189,3 +189,15 @@ def test_the_split_digest_of_utf8_names_is_unchanged(tmp_path):
     fp = split_fingerprint(SimpleNamespace(train_paths=train, valid_paths=valid))
     assert fp["train"]["sha1"] == hashlib.sha1("a/x.jpg\na/é.jpg".encode()).hexdigest()
     assert fp["valid"]["sha1"] == hashlib.sha1(b"b/y.jpg").hexdigest()
+
+
+@pytest.mark.parametrize("args", [["predict", "RUN", "x.jpg"], ["evaluate", "RUN", "DATA"], ["interpret", "RUN"],
+                                  ["report", "RUN"], ["serve", "RUN"], ["prune", "RUN"],
+                                  ["distill", "RUN", "DATA"]])
+def test_every_command_that_runs_a_model_refuses_a_device_it_cannot_use_at_parsing(args):
+    """--device tpu was refused only by train: the other commands loaded the model, then torch raised."""
+    p = subprocess.run([sys.executable, "-m", "imgclf", *args, "--device", "tpu"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"imgclf: error: argument --device: choose auto, cpu, cuda, cuda:N (e.g. cuda:1), mps; got 'tpu' "
+        f"(see `imgclf {args[0]} --help`)"]

@@ -214,6 +214,12 @@ def device(value: str) -> str:
     raise argparse.ArgumentTypeError(f"choose {DEVICES}; got {value!r}")
 
 
+def add_device(g, default: str = "auto") -> None:
+    """--device, as every command that runs a model takes it (a bad name is refused at parsing: torch's own error
+    came as a traceback once the data had loaded)."""
+    g.add_argument("--device", type=device, default=default, help=DEVICES)
+
+
 def figures(m: dict, metrics) -> str:
     """The task's metrics of a result, in order: accuracy, or accuracy_multi/f1_multi (threshold), or mae/rmse;
     with its 95% interval where the result has `<name>_low`/`_high`: `accuracy 0.9673 (0.93-0.99, 153 images)`."""

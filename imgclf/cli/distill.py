@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import DISTILL_ALPHA, DISTILL_TEMPERATURE, ModelConfig
-from .common import Help, T, add_data_flags, figures, learning_rate
+from .common import Help, T, add_data_flags, add_device, figures, learning_rate, smoothing
 from .train import config
 
 STACK = ("imgclf.train.distill",)
@@ -48,10 +48,11 @@ def add(sub) -> None:
     g.add_argument("--wd", type=float, default=T.wd, help="weight decay")
     g.add_argument("--mixup", type=float, default=T.mixup, help="MixUp alpha (0: off); blends labels and targets")
     g.add_argument("--cutmix", type=float, default=T.cutmix, help="CutMix alpha (0: off)")
-    g.add_argument("--label-smoothing", type=float, default=T.label_smoothing, help="on the label term only")
+    g.add_argument("--label-smoothing", type=smoothing, default=T.label_smoothing,
+                   help="on the label term only (0: off, below 1)")
     g.add_argument("--clip", type=float, default=T.clip, help="gradient-norm clipping (0: off)")
     g.add_argument("--patience", type=int, default=T.patience, help="early-stopping patience on valid_loss")
-    g.add_argument("--device", default=T.device, help="auto, cpu, cuda, cuda:1, mps")
+    add_device(g, T.device)
     g.add_argument("--precision", default=T.precision, choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_backend, add_inference_precision, check_writable, make_parent, positive_int
+from .common import add_backend, add_device, add_inference_precision, check_writable, make_parent, positive_int
 
 STACK = ("imgclf.infer", "imgclf.train.metrics")
 
@@ -22,14 +22,15 @@ def add(sub) -> None:
                                    "with a warning, and the figures given again without them.")
     p.add_argument("run")
     p.add_argument("data")
-    p.add_argument("--label-re", help="regex on file names for the labels (default: folder names)")
-    p.add_argument("--label-col", help="a CSV DATA's label column (as the run trained from)")
+    p.add_argument("--label-re", help="regex on file names for the labels (default: the run's own --label-re when "
+                                      "it was trained with one, else folder names; '' for folder names)")
+    p.add_argument("--label-col", help="a CSV DATA's label column (default: the run's own --label-col)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--tta", action="store_true", help="also score test-time augmentation (center view + mirror), "
                                                       "beside the plain figures")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--bs", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
+    add_device(p)
     add_inference_precision(p)
     add_backend(p)
     p.add_argument("--quiet", action="store_true")
@@ -52,13 +53,16 @@ def calibration_text(res: dict, prefix: str = "", suffix: str = "") -> str:
 
 def run(a: argparse.Namespace) -> None:
     from ..infer import evaluate, load_model
-    from ..infer.evaluate import scored_line
+    from ..infer.evaluate import run_labelling, scored_line
     from ..rundir import write_json
     from ..train.metrics import format_figure
 
     if a.json:
         check_writable(a.json, a.force)
     model = load_model(a.run, device=a.device, precision=a.precision, backend=a.backend)
+    took = run_labelling(a.run, a.data, a.label_re, a.label_col)[2]  # evaluate reads DATA the same way
+    if took:  # before the scoring: a file name the run's regex does not match fails there
+        print(took)
     res = evaluate(model, a.data, label_re=a.label_re, bs=a.bs, progress=not a.quiet, tta=a.tta, label_col=a.label_col,
                    run_dir=a.run)
     # the task's plain figures (classes: accuracy, loss), then the single-label ones a skewed set cannot hide

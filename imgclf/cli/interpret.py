@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Help, positive_int
+from .common import Help, add_device, positive_int
 
 STACK = ("imgclf.evaluate.interpret",)
 
@@ -29,7 +29,7 @@ def add(sub) -> None:
     p.add_argument("--k", type=int, default=9, help="images in the top-losses grid")
     p.add_argument("--min-val", type=int, default=1, help="least count of a most-confused pair")
     p.add_argument("--bs", type=positive_int, default=64)
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Help, positive_int
+from .common import Help, add_device, positive_float, positive_int
 
 STACK = ("imgclf.train.prune",)
 
@@ -23,11 +23,11 @@ def add(sub) -> None:
     p.add_argument("data", nargs="?", help="its data (default: the path in RUN/config.json)")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of the weights to zero, in [0, 1)")
     p.add_argument("--epochs", type=int, default=1, help="fine-tune epochs after pruning (0: none)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the one-cycle fine-tune")
+    p.add_argument("--lr", type=positive_float, default=5e-4, help="peak learning rate of the one-cycle fine-tune")
     p.add_argument("--head", action="store_true", help="prune the classifier too (default: it stays dense)")
     p.add_argument("--out", help="new run directory (default RUN-pruned50; never overwritten: -2, -3...)")
     p.add_argument("--bs", type=positive_int, help="batch size (default: the run's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

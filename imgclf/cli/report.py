@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import check_writable
+from .common import add_device, check_writable
 
 STACK = ("imgclf.evaluate.report",)
 
@@ -23,7 +23,7 @@ def add(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing report")
     p.add_argument("--data", help="labelled images for the interpret step, when it has to run and the run's "
                                   "own data is not there (as for `imgclf interpret --data`)")
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Help, add_backend, port
+from .common import Help, add_backend, add_device, port
 
 STACK = ("imgclf.infer",)  # the server's own modules come in run(), which names a missing extra
 
@@ -31,7 +31,7 @@ def add(sub) -> None:
                    help="how long a batch waits for the images of requests still being read and decoded (a lone "
                         "request never waits)")
     p.add_argument("--topk", type=int, default=d.topk, help="classes per image in the answer (?topk=K overrides)")
-    p.add_argument("--device", default="auto")
+    add_device(p)
     add_backend(p)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import DataConfig
-from .common import Help
+from .common import Help, fraction, workers
 
 D = DataConfig()
 
@@ -39,10 +39,11 @@ def add(sub) -> None:
     g.add_argument("--label-col", help="the CSV column holding the labels")
     g.add_argument("--label-re", help=r"regex on the file name; group 1 is the label, e.g. '^(.+)_\d+\.jpg$'")
     g.add_argument("--valid", help="name of the validation folder (default: valid or val, if present)")
-    g.add_argument("--valid-pct", type=float, default=D.valid_pct, help="held-out fraction when no split exists")
+    g.add_argument("--valid-pct", type=fraction, default=D.valid_pct,
+                   help="held-out fraction when no split exists (between 0 and 1)")
     g.add_argument("--split", default=D.split, choices=["stratified", "random"], help="that held-out split")
     g.add_argument("--seed", type=int, default=D.seed, help="seed for the split")
-    g.add_argument("--workers", type=int, default=D.workers, help="decoding threads (0: one per core)")
+    g.add_argument("--workers", type=workers, default=D.workers, help="decoding threads (0: one per core)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

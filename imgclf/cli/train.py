@@ -9,13 +9,12 @@ from dataclasses import fields
 from ..config import DEFAULT_SIZE, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import UserError
 from .common import (
-    DEVICES,
     PRECISIONS,
     Help,
     M,
     T,
     add_data_flags,
-    device,
+    add_device,
     figures,
     learning_rate,
     positive_float,
@@ -91,7 +90,7 @@ def add(sub) -> None:
     g.add_argument("--valid-every", type=int, default=T.valid_every, metavar="N",
                    help="validate every Nth epoch and the last (default: every epoch; a from-scratch run the "
                         "planner chose: 4 times, as nothing is chosen on validation there)")
-    g.add_argument("--device", type=device, default=T.device, help=DEVICES)
+    add_device(g, T.device)
     g.add_argument("--precision", default=T.precision, choices=PRECISIONS)
     g.add_argument("--compile", action="store_true", default=T.compile,
                    help="torch.compile the training step: faster steps after a compile of a minute or so (CPU: "

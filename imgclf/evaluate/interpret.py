@@ -122,6 +122,7 @@ class Interpretation:
         self._projection: Projection | None = None
         self.seen: dict[str, Any] = {}  # from_run: n_seen_in_training, accuracy_unseen (infer.evaluate.seen_figures)
         self.temperature = float(temperature)
+        self.run: Path | None = None  # from_run: the run directory, whose own `RUN/interpret/` write() may replace
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -148,6 +149,7 @@ class Interpretation:
         """
         from ..data.core import ImageData
         from ..data.dedup import validation_keys
+        from ..data.targets import check_known
         from ..infer.evaluate import seen_figures
         from ..infer.predictor import load_model
         from ..train.job import run_data
@@ -164,11 +166,8 @@ class Interpretation:
         if data.presize != predictor.presize:
             raise UserError(f"{data.source}: images prepared for size {data.size}, the model sees "
                             f"{predictor.size}: build the data with size={predictor.size}")
+        check_known(data.classes, predictor.classes, data.source, "classes", "run's")
         idx = {c: i for i, c in enumerate(predictor.classes)}
-        unknown = [c for c in data.classes if c not in idx]
-        if unknown:
-            raise UserError(f"{data.source}: class(es) {', '.join(unknown)} not among the model's classes "
-                            f"({', '.join(predictor.classes)})")
         targets = torch.tensor([idx[c] for c in data.classes], dtype=torch.long)[data.valid_y]
         logits, features = _predict(predictor, data.valid_images, bs, progress)
         interp = cls(predictor.classes, data.valid_paths, logits, targets, features, images=data.valid_images,
@@ -176,6 +175,7 @@ class Interpretation:
                      temperature=getattr(predictor, "temperature", 1.0))
         # images the run trained on (same bytes) among those scored: counted, warned, figures without them
         interp.seen = seen_figures(run, validation_keys(data), interp.probs, interp.targets, predictor)
+        interp.run = Path(run)
         return interp
 
     # ------------------------------------------------------------------ figures
@@ -336,9 +336,14 @@ class Interpretation:
             **self.seen,
         }
 
-    def write(self, out: str | Path, k: int = 9, min_val: int = 1) -> Path:
-        """Write every figure, table and plot of the interpretation into `out` (created): see `FILES`."""
-        out = Path(out)
+    def write(self, out: str | Path, k: int = 9, min_val: int = 1, force: bool = False) -> Path:
+        """Write every figure, table and plot of the interpretation into `out` (created): see `FILES`.
+
+        Files of yours are not written over: when `out` already holds any of `FILES` (an earlier interpret's, or
+        your own per_class.csv) it is a UserError naming them, before anything is written, unless `force`. The
+        run's own `RUN/interpret/` (an `Interpretation.from_run(RUN)` written there) is replaced as
+        `imgclf interpret` replaces it. The check is `check_write_folder`, the one the command line makes."""
+        out = check_write_folder(out, force or self._own_folder(out))
         out.mkdir(parents=True, exist_ok=True)
         for name, fig in (("confusion_matrix.png", self.plot_confusion_matrix()),
                           ("confusion_matrix_normalized.png", self.plot_confusion_matrix(normalize=True)),
@@ -353,6 +358,10 @@ class Interpretation:
         (out / "model_summary.txt").write_text(str(self.summary) if self.summary else "no model given\n")
         write_json(out / "interpret.json", self.to_dict(k, min_val))
         return out
+
+    def _own_folder(self, out: str | Path) -> bool:
+        """Whether `out` is the `RUN/interpret/` of the run this came from (`from_run`): interpret's own folder."""
+        return self.run is not None and _same(out, interpret_dir(self.run))
 
 
 def _require_single_label(task: str, what: str, instead: str) -> None:
@@ -397,15 +406,21 @@ def interpret_dir(run: str | Path, out: str | Path | None = None) -> Path:
     return Path(out) if out else Path(run) / "interpret"
 
 
-def check_interpret_dir(run: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
-    """Before any predicting: the folder `interpret_run` will write, or a UserError saying why it cannot.
+def _same(a: str | Path, b: str | Path) -> bool:
+    return Path(a).absolute().resolve() == Path(b).absolute().resolve()
 
-    `RUN/interpret/` is the run's own and is replaced by each interpret (as documented); an `out` of the user's
-    is not written over: when it already holds one of `FILES`, only with `force`. A file where the folder or a
-    parent folder should be is refused either way (it was a FileExistsError after all the work)."""
-    folder = interpret_dir(run, out)
+
+def check_write_folder(folder: str | Path, force: bool = False, *, out_name: str = "out",
+                       force_name: str = "force=True") -> Path:
+    """The folder `Interpretation.write` fills, or a UserError saying why it cannot; nothing is written.
+
+    A file where the folder (or a parent folder) should be, or a folder where one of `FILES` goes, is refused
+    either way; a folder that already holds any of `FILES` (an earlier interpret's, or the user's own
+    per_class.csv) is refused, naming them, unless `force`. Other files in it are left alone. `out_name` and
+    `force_name` are how the caller spells them in the message (the command line: --out, --force)."""
+    folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder}: is a file; --out takes a folder")
+        raise UserError(f"{folder}: is a file; {out_name} takes a folder")
     above = next(a for a in folder.absolute().parents if a.exists())
     if not folder.exists() and not above.is_dir():
         raise UserError(f"{folder}: {above} is a file, so the folder cannot be made")
@@ -413,20 +428,32 @@ def check_interpret_dir(run: str | Path, out: str | Path | None = None, force: b
     blocked = [name for name in present if (folder / name).is_dir()]
     if blocked:
         raise UserError(f"{folder / blocked[0]}: is a folder where interpret writes a file")
-    own = folder.absolute().resolve() == interpret_dir(run).absolute().resolve()
-    if present and not own and not force:
-        more = f" and {len(present) - 1} more of its files" if len(present) > 1 else ""
-        raise UserError(f"{folder}: already holds {present[0]}{more} (pass --force to overwrite)")
+    if present and not force:
+        raise UserError(f"{folder}: already holds {', '.join(present)} (pass {force_name} to overwrite)")
     return folder
+
+
+def check_interpret_dir(run: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
+    """Before any predicting: the folder `interpret_run` will write, or a UserError saying why it cannot.
+
+    `RUN/interpret/` is the run's own and is replaced by each interpret (as documented); an `out` of the user's
+    is not written over: when it already holds one of `FILES`, only with `force` (`check_write_folder`, the check
+    `Interpretation.write` makes). A file where the folder or a parent folder should be is refused either way (it
+    was a FileExistsError after all the work)."""
+    folder = interpret_dir(run, out)
+    own = _same(folder, interpret_dir(run))
+    return check_write_folder(folder, force or own, out_name="--out", force_name="--force")
 
 
 def interpret_run(run: str | Path, data: ImageData | str | Path | None = None, out: str | Path | None = None,
                   k: int = 9, min_val: int = 1, bs: int = 64, device: str = "auto", progress: bool = True,
                   force: bool = False) -> Path:
     """`Interpretation.from_run(run, data)` written to `RUN/interpret/` (or `out`); returns the folder. An `out`
-    that holds an earlier interpret's files is replaced only with `force` (`check_interpret_dir`)."""
+    that holds an earlier interpret's files is replaced only with `force` (`check_interpret_dir`, made before any
+    predicting; `write` makes the same check again)."""
     folder = check_interpret_dir(run, out, force)
-    return Interpretation.from_run(run, data, bs=bs, device=device, progress=progress).write(folder, k, min_val)
+    interp = Interpretation.from_run(run, data, bs=bs, device=device, progress=progress)
+    return interp.write(folder, k, min_val, force=force)
 
 
 def format_summary(result: dict[str, Any], limit: int = 10) -> str:

@@ -27,6 +27,7 @@ from ..data.sources import (
 )
 from ..data.targets import encode_targets
 from ..errors import UserError
+from ..rundir import CONFIG_FILE, read_json
 from ..train.calibrate import BINS, reliability
 from ..train.metrics import (
     accuracy_multi,
@@ -82,6 +83,27 @@ def labelled_items(path: str | Path, label_re: str | None = None, label_col: str
     return items
 
 
+def run_labelling(run_dir: str | Path | None, data: str | Path, label_re: str | None = None,
+                  label_col: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """How `data` is labelled: the `label_re` / `label_col` given, else the run's own from its config.json (as
+    `imgclf interpret --data` reads other images), and a line saying which of the run's was taken (None when
+    none was). The run's label column is taken for a CSV `data`, its regex for a folder (IDX files have their
+    own labels); `label_re=""` reads class folders even for a run labelled by file names."""
+    conf = None if run_dir is None else Path(run_dir) / CONFIG_FILE
+    if label_re is not None or label_col is not None or conf is None or not conf.is_file():
+        return label_re, label_col, None
+    saved = read_json(conf).get("data") or {}
+    if Path(data).suffix.lower() == ".csv":
+        if saved.get("label_col"):
+            col = saved["label_col"]
+            return None, col, f"labels from column {col!r}: the run's --label-col ({conf})"
+    elif saved.get("label_re") and not is_idx_folder(Path(data)):
+        rx = saved["label_re"]
+        return rx, None, (f"labels from file names by the run's --label-re '{rx}' ({conf}); "
+                          "--label-re '' reads class folders instead")
+    return None, None, None
+
+
 def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None = None, bs: int = 64,
              progress: bool = True, tta: bool = False, label_col: str | None = None,
              run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -102,9 +124,14 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
     Images the run trained on (the same bytes: `RUN/train_content.json`, not names) are counted,
     `n_seen_in_training`, and the figures are given again on the unseen ones alone (`accuracy_unseen` with
     `accuracy_unseen_low`/`_high`; other tasks: `<figure>_unseen`), with one warning when any were seen.
-    `run_dir`: the run directory when `run` is a `Predictor` (else the check is unavailable, said once)."""
+    `run_dir`: the run directory when `run` is a `Predictor` (else the check is unavailable, said once).
+
+    With neither `label_re` nor `label_col` given, `data` is labelled as the run was (its config.json: a run
+    trained with `--label-re '^(\\d+)_'` reads the same file names; `run_labelling`), and `labels_from_run`
+    records which was taken."""
     predictor = run if isinstance(run, Predictor) else load_model(run)
     run_dir = run_dir if run_dir is not None else (None if isinstance(run, Predictor) else run)
+    label_re, label_col, took = run_labelling(run_dir, data, label_re, label_col)
     names = TTA_VIEWS if tta else ("center",)
     unused = Unused()  # entries under `data` not used as images: one warning, and listed in the result
     scored: dict[str, Any] = {}  # a data set root: the folder scored and those beside it that were not
@@ -127,7 +154,7 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
         unused = items.unused
         unused.warn(data)
         targets_all = encode_targets(items, predictor.task, str(data), names=predictor.classes, stats=(0.0, 1.0),
-                                     require_split=False).values
+                                     require_split=False, whose="run's").values
         view_probs, kept, skipped = predictor.probs_files(items.paths, bs=bs, progress=progress, names=names)
         row = {str(p): i for i, p in enumerate(items.paths)}
         targets = targets_all[[row[str(p)] for p in kept]]
@@ -150,6 +177,8 @@ def evaluate(run: str | Path | Predictor, data: str | Path, label_re: str | None
                                                        None if before is None else combine(before)).items()})
         res["tta_views"] = list(TTA_VIEWS)
     res.update(seen_figures(run_dir, keys, view_probs[0], targets, predictor, _view(before, 0)))
+    if took:  # which of the run's own was read: {"label_re": ...} or {"label_col": ...}
+        res["labels_from_run"] = {k: v for k, v in (("label_re", label_re), ("label_col", label_col)) if v}
     return res
 
 
