@@ -233,6 +233,10 @@ def _checkpoint_doc(run: Path) -> dict | None:
             return json.loads(f.metadata()["imgclf_checkpoint"])
     except (FileNotFoundError, OSError):
         return None
+    except RuntimeError as e:  # safe_open reads the header and maps the file in two opens: a checkpoint published
+        if "mapping size" in str(e):  # between them (atomically, by rename) has another size; read it next poll
+            return None
+        raise
 
 
 def _stop_when(proc: subprocess.Popen, run: Path, epoch: int, send) -> tuple[int, str, dict]:

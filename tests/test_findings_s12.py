@@ -117,3 +117,16 @@ def test_metrics_json_has_the_shipped_models_loss_beside_the_uncalibrated_one(tm
     assert m["temperature"] != 1.0 and m["valid_loss_calibrated"] < m["valid_loss"]
     got = evaluate(tmp_path / "run", Path(__file__).parents[2] / "shared/datasets/hymenoptera", progress=False)
     assert got["loss"] == pytest.approx(m["valid_loss_calibrated"], abs=2e-3)
+
+
+def test_the_advice_on_a_gap_between_cv_and_validation_says_who_drew_the_split():
+    """A split imgclf drew itself (40 classes of 3 images) was asked "(a given valid/ folder?)"."""
+    from imgclf.train.trust import validation_advice
+
+    base = {"accuracy": 1.0, "accuracy_low": 0.76, "accuracy_high": 1.0, "n_valid": 12}
+    report = {"candidates": [{"name": "probe@64", "selection": {"method": "5-fold CV", "accuracy": 0.5, "n": 200,
+                                                              "loss": 1.0}}], "chosen": "probe@64"}
+    lines = {origin: validation_advice({**base, "near_duplicates_moved": {"split_origin": origin}}, report)["lines"]
+             for origin in ("given", "drawn")}
+    assert "(a given valid/ folder?)" in lines["given"][-1]
+    assert "drawn at random from the same images" in lines["drawn"][-1] and "given" not in lines["drawn"][-1]

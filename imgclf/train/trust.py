@@ -59,9 +59,13 @@ def validation_advice(metrics: dict[str, Any], report: dict[str, Any] | None = N
     agree = lo <= cv["accuracy"] <= hi
     if not agree:
         trust = "neither"
-        lines.append("trust neither alone: the cross-validated figure lies outside the validation interval, a "
-                     "gap the validation split's noise does not explain; its images may differ from the training "
-                     "ones (a given valid/ folder?): score more images the run has not seen (`imgclf evaluate`)")
+        origin = (metrics.get("near_duplicates_moved") or {}).get("split_origin")
+        why = ("a gap the validation split's noise does not explain; its images may differ from the training ones "
+               "(a given valid/ folder?)" if origin in (None, "given") else
+               "the split was drawn at random from the same images, so the gap is chance or a few hard images "
+               "landing in validation")
+        lines.append("trust neither alone: the cross-validated figure lies outside the validation interval, "
+                     f"{why}: score more images the run has not seen (`imgclf evaluate`)")
     elif cv["high"] - cv["low"] < hi - lo:
         trust = "cv"
         lines.append(f"trust the cross-validated figure: it rests on {cv['n']} images (interval "
