@@ -52,10 +52,14 @@ if Path("/proc/self").is_dir():  # Linux: /proc takes no new folder, even for ro
 
 @pytest.mark.parametrize("command", ["train", "inspect"])
 @pytest.mark.parametrize(("out", "said"), OUTS)
-def test_an_out_that_cannot_be_made_is_one_line_before_any_work(work, command, out, said):
+def test_an_out_that_cannot_be_made_is_one_line_before_any_work(work, command, out, said, capsys, monkeypatch):
+    """In-process `main()` (the CLI's own entry, without a subprocess's ~3 s of imports per case)."""
+    from imgclf.cli import main
+
     before = work.entries()
-    code, stdout, err = run_cli(command, "data", "--out", out, *(SMALL if command == "train" else ["--quiet"]),
-                                cwd=work.root)
+    monkeypatch.chdir(work.root)
+    code = main([command, "data", "--out", out, *(SMALL if command == "train" else ["--quiet"])])
+    stdout, err = capsys.readouterr()
     assert said in one_error(code, err)
     assert stdout == ""  # no plan, no decoding said before it
     assert work.entries() == before  # no runs/, no run directory
