@@ -116,6 +116,21 @@ def publish(tmp: Path, dest: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def written_whole(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write, made `path` (`publish`) only when the block ends without an error:
+    a crash or Ctrl-C mid-write leaves the earlier file or none, never half of one, and no temporary file. The
+    temporary name is the process's own, so jobs writing one shared file at once (the caches under
+    ~/.cache/imgclf) never mix their bytes."""
+    dest = Path(path)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        publish(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def check_version(found: str | None, what: str | Path) -> None:
     """A run directory or checkpoint written by a newer imgclf may hold what this one cannot read."""
     from . import __version__
@@ -143,12 +158,9 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically (temp file + rename), so a killed run never leaves half a file; the temp file is the process's
-    own, so jobs writing one shared file at once (the caches under ~/.cache/imgclf) never mix their bytes."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
-    publish(tmp, path)
+    """Atomically (`written_whole`), so a killed run never leaves half a file."""
+    with written_whole(path) as tmp:
+        tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -199,9 +211,8 @@ def save_model(run: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = run / (MODEL_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    publish(tmp, run / MODEL_FILE)
+    with written_whole(run / MODEL_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     write_json(run / META_FILE, {**meta, "imgclf_version": __version__})
 
 

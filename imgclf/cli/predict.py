@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..data.sources import displayable
 from ..errors import UserError
+from ..rundir import written_whole
 from .common import (
     add_backend,
     add_device,
@@ -88,7 +86,7 @@ def run(a: argparse.Namespace) -> None:
     if not preds:  # each file was named as it was skipped; an empty CSV would read as success
         raise UserError(f"none of the {len(skipped)} image file(s) could be decoded: nothing predicted or written")
     if a.submission:
-        with atomic_output(a.submission) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        with written_whole(make_parent(a.submission)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([("Id", "Category"), *[(displayable(i), c) for i, c in submission_rows(preds)]])
         print(f"{len(preds)} predictions -> {a.submission}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
         if skipped:  # a Kaggle-style grader rejects a submission without a row for every test image
@@ -109,7 +107,7 @@ def run(a: argparse.Namespace) -> None:
                     for row, p in zip(rows, preds, strict=True)]
     table = [[displayable(cell) for cell in row] for row in [header, *rows]]
     if a.csv:
-        with atomic_output(a.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        with written_whole(make_parent(a.csv)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows(table)
         print(f"{len(rows)} predictions -> {a.csv}" + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
     elif not a.submission:
@@ -122,7 +120,7 @@ def run(a: argparse.Namespace) -> None:
         from ..infer.plot import MAX_PLOTTED, plot_topk
 
         fmt = Path(a.plot).suffix.lower().lstrip(".")  # the temporary file's name does not end in it
-        with atomic_output(a.plot) as tmp:
+        with written_whole(make_parent(a.plot)) as tmp:
             plot_topk(preds, k).savefig(tmp, dpi=110, format=fmt)
         more = f" (the first {MAX_PLOTTED} of {len(preds)} predicted)" if len(preds) > MAX_PLOTTED else ""
         print(f"top-{k} of {min(len(preds), MAX_PLOTTED)} image(s) -> {a.plot}{more}", file=sys.stderr)
@@ -137,22 +135,6 @@ def check_flags(a: argparse.Namespace) -> None:
         if flag:
             raise UserError(f"{flag} adds columns to --csv's rows, and --submission writes only Id,Category: "
                             f"add --csv FILE for them, or drop {flag}")
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A temporary file beside `path` to write, made `path` (`rundir.publish`: fsync + rename) only when the block
-    ends without an error: a crash or Ctrl-C mid-write leaves the user's earlier file (--force) or none, never
-    half of one, and no temporary file either."""
-    from ..rundir import publish
-
-    dest = Path(make_parent(path))
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")  # the process's own, as rundir.write_json's
-    try:
-        yield tmp
-        publish(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_topk(a: argparse.Namespace, task: str, classes: list[str]) -> int:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import Interrupted, UserError
-from ..rundir import CHECKPOINT_FILE, check_version, load_weights, publish
+from ..rundir import CHECKPOINT_FILE, check_version, load_weights, written_whole
 from . import distributed as dist
 from .callbacks.nonfinite import TerminateOnNaN
 
@@ -137,9 +137,8 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     doc = {"format": FORMAT, "imgclf_version": __version__, **pack(state, "", tensors)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"imgclf_checkpoint": json.dumps(doc)})
-    publish(tmp, path)
+    with written_whole(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"imgclf_checkpoint": json.dumps(doc)})
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
