@@ -152,3 +152,18 @@ def test_missing_extra_is_one_line_naming_it(trained_run, tmp_path, monkeypatch,
     code = main(["export", str(run), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "pip install 'imgclf[export]'" in err[0], err
+
+
+def test_the_command_exits_without_teardown_yet_loses_no_output(tmp_path):
+    """`imgclf` ends by `leave` (os._exit after the exit handlers and a flush): its status, its last lines on a
+    pipe and an exit handler's work all arrive."""
+    marker = tmp_path / "handler-ran"
+    code = ("import atexit, sys; from pathlib import Path; from imgclf.cli import command; "
+            f"atexit.register(lambda: Path({str(marker)!r}).write_text('yes')); "
+            "sys.argv = ['imgclf', 'models']; command()")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "efficientnet_lite0" in p.stdout and p.stdout.endswith("\n"), p.stderr
+    assert marker.read_text() == "yes"
+    code = "import sys; from imgclf.cli import command; sys.argv = ['imgclf', 'train', '/nonexistent/x']; command()"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.strip().startswith("imgclf: error:") and "no such" in p.stderr

@@ -8,12 +8,14 @@ share live in `common.py`.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import importlib
 import os
 import signal
 import sys
 import warnings
+from typing import NoReturn
 
 from ..errors import Interrupted, UserError
 from . import (
@@ -110,7 +112,28 @@ def _interrupted(e: KeyboardInterrupt) -> int:
     return 128 + signum
 
 
+def command() -> NoReturn:
+    """The `imgclf` command (and `python -m imgclf`): `main` on this process's command line, then `leave`."""
+    leave(main())
+
+
+def leave(code: int) -> NoReturn:
+    """End the `imgclf` process without the interpreter's teardown. By now every file the command wrote is closed
+    (each is written in a `with`), and what is left is torch's stack: freed object by object, it took 0.5 s after
+    the default job's last line (2-core Xeon), 4% of its wall time, and 1.3 s after a bare import without
+    `load_stack`'s freeze. Exit handlers still run (multiprocessing's stops any worker left), then the streams are
+    flushed, then the process exits with `code`."""
+    atexit._run_exitfuncs()  # what the interpreter's own exit runs first; its teardown after that is what is skipped
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that left (`| head`), a stream already closed
+            pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (None: this process's own) and return its exit status."""
     args = parser().parse_args(argv)
     own_process = argv is None  # the `imgclf` command itself, not a call from a long-lived Python process
     warnings.formatwarning = _one_line_warning  # the documented hook for how warnings print
@@ -149,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -9,12 +9,16 @@ for thousands of images, so the weight decay can be chosen on validation from a 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .forked import fork_map
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 # The auto recipe's probe fits each training image's mirror too: a second feature pass over the training split
@@ -91,16 +95,9 @@ def fit_linear_probe(
     mu = x.mean(0)
     sd = ((x - mu).pow(2).mean()).sqrt().clamp_min(1e-6)
     xs = (x - mu) / sd
-    # small problems: one thread; thread hand-offs cost more than the maths (22 ms vs <1 ms a step, measured
-    # on 48 x 1280 features with the other core busy)
-    threads = torch.get_num_threads()
-    if xs.numel() < 4_000_000:
-        torch.set_num_threads(1)
-    try:
-        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).cpu()
+    cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).cpu()
+    with small_threads(xs):
         return _fit_grid(xs, y, xv, yv, mu, sd, n_classes, wds, label_smoothing, max_iter, cw)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit_grid(xs: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, mu: torch.Tensor,
@@ -244,6 +241,116 @@ def _row_space(xs: torch.Tensor) -> torch.Tensor:
     return vh[s > s[0] * 1e-6]
 
 
+def small(x: torch.Tensor) -> bool:
+    """Whether heads fitted on `x` run fastest on one torch thread: thread hand-offs cost more than the maths
+    there (22 ms vs <1 ms an L-BFGS step, measured on 48 x 1280 features with the other core busy)."""
+    return x.numel() < 4_000_000
+
+
+@contextmanager
+def small_threads(x: torch.Tensor):
+    """One torch thread while fitting heads on `x` when it is `small`."""
+    threads = torch.get_num_threads()
+    if small(x):
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class LbfgsCV:
+    """The L-BFGS probe's k-fold selection of its decay, cut into one task per fold (`tasks`: the fork pool runs
+    them side by side, with other work of the same CV: recipes.probe_cv) and the choice from their results
+    (`choose`). `select_probe` does both."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    n_classes: int
+    fold: torch.Tensor  # (N,) each row's fold
+    wds: Sequence[float]
+    label_smoothing: float
+    max_iter: int
+    class_weights: torch.Tensor | None
+    warm_start: bool
+    started: float  # perf_counter when the selection began: its seconds count from there
+
+    @property
+    def k(self) -> int:
+        return int(self.fold.max()) + 1
+
+    def tasks(self) -> list[Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
+        """One per fold: (logits (len(wds), held-out rows, classes), losses (len(wds),)) of its chain of decays."""
+        return [partial(self._fold, f) for f in range(self.k)]
+
+    def _fold(self, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold `f`'s fits, strongest decay first, each warm-started from the one before (same rows: no leak)."""
+        tr, te = self.fold != f, self.fold == f
+        xt = self.x[tr]
+        mu = xt.mean(0)
+        sd = (xt - mu).pow(2).mean().sqrt().clamp_min(1e-6)
+        xs, xe = (xt - mu) / sd, (self.x[te] - mu) / sd
+        if xs.shape[1] > xs.shape[0]:
+            basis = _row_space(xs)
+            xs, xe = xs @ basis.T, xe @ basis.T
+        logits = torch.zeros(len(self.wds), len(xe), self.n_classes)
+        losses = torch.zeros(len(self.wds))
+        last = None
+        for i in sorted(range(len(self.wds)), key=lambda i: -self.wds[i]):
+            w, b = _lbfgs(xs, self.y[tr], self.n_classes, self.wds[i], self.label_smoothing, self.max_iter,
+                          last if self.warm_start else None, self.class_weights, CV_TOLERANCE)
+            last = (w, b)
+            logits[i] = xe @ w.T + b
+            losses[i] = F.cross_entropy(logits[i], self.y[te])
+        return logits, losses
+
+    def choose(self, results: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> ProbeSelection:
+        """The decay with the lowest mean out-of-fold loss (ties: the stronger), refitted on every row from zero."""
+        x, y, wds, k = self.x, self.y, self.wds, self.k
+        oof = torch.zeros(len(wds), len(y), self.n_classes)
+        fold_loss = torch.zeros(len(wds), k)
+        for f, (logits, losses) in enumerate(results):
+            oof[:, self.fold == f] = logits
+            fold_loss[:, f] = losses
+        table = []
+        for i, wd in enumerate(wds):
+            se = float(fold_loss[i].std() / k ** 0.5) if k > 1 else 0.0
+            table.append({"wd": wd, "cv_loss": float(fold_loss[i].mean()), "cv_loss_se": se,
+                          "cv_accuracy": float((oof[i].argmax(1) == y).float().mean())})
+        best = min(range(len(wds)), key=lambda i: (round(table[i]["cv_loss"], 6), -wds[i]))
+        t = time.perf_counter()
+        mu = x.mean(0)
+        sd = (x - mu).pow(2).mean().sqrt().clamp_min(1e-6)
+        xs = (x - mu) / sd
+        basis = _row_space(xs) if xs.shape[1] > xs.shape[0] else None
+        with small_threads(x):
+            w, b = _lbfgs(xs if basis is None else xs @ basis.T, y, self.n_classes, wds[best], self.label_smoothing,
+                          self.max_iter, None, self.class_weights)
+        w = w if basis is None else w @ basis
+        with torch.no_grad():
+            train_loss = float(F.cross_entropy(xs @ w.T + b, y))
+        weight = w / sd
+        fit = ProbeFit(wds[best], train_loss, table[best]["cv_loss"], table[best]["cv_accuracy"],
+                       time.perf_counter() - t, weight, b - weight @ mu)
+        row = table[best]
+        return ProbeSelection(wds[best], row["cv_loss"], row["cv_loss_se"], row["cv_accuracy"], table, fit,
+                              oof[best], self.fold, time.perf_counter() - self.started)
+
+
+def lbfgs_cv(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, groups: torch.Tensor | None = None, folds: int = 5,
+    wds: Sequence[float] = WEIGHT_DECAYS, seed: int = 0, label_smoothing: float = 0.1, max_iter: int = 200,
+    class_weights: torch.Tensor | None = None, warm_start: bool = True,
+) -> LbfgsCV:
+    """`select_probe`'s selection, its folds drawn, ready to run (`LbfgsCV.tasks`, then `LbfgsCV.choose`)."""
+    started = time.perf_counter()
+    x, y = x.float().cpu(), torch.as_tensor(y).cpu().long()
+    fold = grouped_stratified_folds(y, groups, folds, seed)
+    cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).cpu()
+    return LbfgsCV(x, y, n_classes, fold, tuple(wds), label_smoothing, max_iter, cw, warm_start, started)
+
+
 def select_probe(
     x: torch.Tensor, y: torch.Tensor, n_classes: int, groups: torch.Tensor | None = None, folds: int = 5,
     wds: Sequence[float] = WEIGHT_DECAYS, seed: int = 0, label_smoothing: float = 0.1, max_iter: int = 200,
@@ -265,62 +372,12 @@ def select_probe(
     decay itself: measured, that leak took wd=1e-4's CV loss on hymenoptera from 0.178 to 0.151 and made
     it the choice. Within a fold each decay warm-starts from the next stronger one (same rows, no leak;
     CV losses equal the cold ones to 3 decimals); `warm_start=False` starts each from zero. The refit on all
-    rows starts from zero, so the head is `fit_linear_probe`'s at that decay (to 3e-5).
+    rows starts from zero, so the head is `fit_linear_probe`'s at that decay (to 3e-5). The folds are
+    independent: `forked.fork_map` runs them side by side where it can.
     Measured (CPU seconds, under load: 2 shared cores at load ~10): hymenoptera's 490 x 1280
     EfficientNet-Lite0 features (245 images + mirrors), 5 folds x 7 decays + the refit: 3.3-5.0 s warm,
     6.2-6.7 s cold, against 1.4 s for `fit_linear_probe`'s 7 fits scored on validation; on the quiet 2-core
     Xeon with the CV fits stopping at CV_TOLERANCE: 1.1 s warm (1.45 s at L-BFGS's default tolerance).
     """
-    t0 = time.perf_counter()
-    x, y = x.float().cpu(), torch.as_tensor(y).cpu().long()
-    fold = grouped_stratified_folds(y, groups, folds, seed)
-    k = int(fold.max()) + 1
-    order = sorted(range(len(wds)), key=lambda i: -wds[i])  # strongest first: each may warm-start the next weaker
-    cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).cpu()
-    threads = torch.get_num_threads()
-    if x.numel() < 4_000_000:  # as fit_linear_probe: thread hand-offs cost more than the maths here
-        torch.set_num_threads(1)
-    try:
-        oof = torch.zeros(len(wds), len(y), n_classes)
-        fold_loss = torch.zeros(len(wds), k)
-        for f in range(k):
-            tr, te = fold != f, fold == f
-            xt = x[tr]
-            mu = xt.mean(0)
-            sd = (xt - mu).pow(2).mean().sqrt().clamp_min(1e-6)
-            xs, xe = (xt - mu) / sd, (x[te] - mu) / sd
-            if xs.shape[1] > xs.shape[0]:
-                basis = _row_space(xs)
-                xs, xe = xs @ basis.T, xe @ basis.T
-            last = None
-            for i in order:
-                w, b = _lbfgs(xs, y[tr], n_classes, wds[i], label_smoothing, max_iter, last if warm_start else None, cw,
-                              CV_TOLERANCE)
-                last = (w, b)
-                logits = xe @ w.T + b
-                oof[i, te] = logits
-                fold_loss[i, f] = F.cross_entropy(logits, y[te])
-        table = []
-        for i, wd in enumerate(wds):
-            se = float(fold_loss[i].std() / k ** 0.5) if k > 1 else 0.0
-            table.append({"wd": wd, "cv_loss": float(fold_loss[i].mean()), "cv_loss_se": se,
-                          "cv_accuracy": float((oof[i].argmax(1) == y).float().mean())})
-        best = min(range(len(wds)), key=lambda i: (round(table[i]["cv_loss"], 6), -wds[i]))
-        t = time.perf_counter()
-        mu = x.mean(0)
-        sd = (x - mu).pow(2).mean().sqrt().clamp_min(1e-6)
-        xs = (x - mu) / sd
-        basis = _row_space(xs) if xs.shape[1] > xs.shape[0] else None
-        w, b = _lbfgs(xs if basis is None else xs @ basis.T, y, n_classes, wds[best], label_smoothing, max_iter,
-                      None, cw)
-        w = w if basis is None else w @ basis
-        with torch.no_grad():
-            train_loss = float(F.cross_entropy(xs @ w.T + b, y))
-        weight = w / sd
-        fit = ProbeFit(wds[best], train_loss, table[best]["cv_loss"], table[best]["cv_accuracy"],
-                       time.perf_counter() - t, weight, b - weight @ mu)
-    finally:
-        torch.set_num_threads(threads)
-    row = table[best]
-    return ProbeSelection(wds[best], row["cv_loss"], row["cv_loss_se"], row["cv_accuracy"], table, fit, oof[best],
-                          fold, time.perf_counter() - t0)
+    cv = lbfgs_cv(x, y, n_classes, groups, folds, wds, seed, label_smoothing, max_iter, class_weights, warm_start)
+    return cv.choose(fork_map(cv.tasks(), one_thread=small(cv.x)))

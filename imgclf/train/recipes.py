@@ -31,11 +31,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.core import ImageData
 from ..models import recommended_size
@@ -44,6 +46,7 @@ from .callbacks import CSVLogger, SaveBestModel
 from .candidate import Candidate
 from .checkpoint import Checkpointer
 from .finetune import cv_fine_tune, fine_tune
+from .forked import fork_map, workers_for
 from .lr_finder import LRFind
 from .metrics import accuracy, balanced_accuracy
 from .plan import (
@@ -65,10 +68,12 @@ from .probe import (
     best_fit,
     fit_linear_probe,
     head_fit,
+    lbfgs_cv,
     load_head,
     probe_rows,
     score_head,
     select_probe,
+    small,
 )
 from .vision import VisionLearner, vision_learner
 
@@ -174,34 +179,64 @@ def head_text(detail: dict[str, Any]) -> str:
     return f"L-BFGS head, weight decay {detail['wd']:g}{edge}"
 
 
-def one_cycle_head(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor,
-                   init: dict[str, torch.Tensor], beat: float) -> tuple[list[dict], ProbeSelection | None]:
-    """The one-cycle head on `folds` (the L-BFGS selection's, so the two compare fold for fold), each fold's head
-    started from `init` (the classifier as created): its CV row for the record, and, when its CV loss is below
-    `beat`, its selection with the head refitted on every training row (else None)."""
-    t = time.perf_counter()
+def one_cycle_tasks(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor,
+                    init: dict[str, torch.Tensor], refit: bool) -> list[Callable[[], tuple]]:
+    """The one-cycle head's CV on `folds` (the L-BFGS selection's, so the two compare fold for fold) as tasks for
+    `fork_map`, each fold's head started from `init` (the classifier as created): (out-of-fold logits, the torch
+    RNG state after it). `refit`: one more task, the head on every training row ((head, seconds, RNG state)),
+    run ahead of knowing whether it wins, beside the L-BFGS folds. None at all when a fold would train on fewer
+    than two rows."""
     k = int(folds.max()) + 1
     if any(int((folds != f).sum()) < 2 for f in range(k)):
+        return []
+    tasks: list[Callable[[], tuple]] = [partial(_one_cycle_fold, learn, x, y, folds == f, init, learn.seed + f)
+                                        for f in range(k)]
+    return tasks + [partial(_one_cycle_all, learn, x, y, init)] if refit else tasks
+
+
+def _one_cycle_fold(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, te: torch.Tensor,
+                    init: dict[str, torch.Tensor], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tr = ~te
+    head = learn.fit_head_copy(x[tr], y[tr], x[te], y[te], init, seed, HEAD_EPOCHS, HEAD_LR)
+    with torch.no_grad():
+        return head(x[te].to(learn.device)).float().cpu(), torch.get_rng_state()
+
+
+def _one_cycle_all(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, init: dict[str, torch.Tensor]
+                   ) -> tuple[nn.Module, float, torch.Tensor]:
+    t = time.perf_counter()
+    head = learn.fit_head_copy(x, y, x, y, init, learn.seed, HEAD_EPOCHS, HEAD_LR)
+    return head, time.perf_counter() - t, torch.get_rng_state()
+
+
+def one_cycle_head(learn: VisionLearner, x: torch.Tensor, y: torch.Tensor, folds: torch.Tensor,
+                   init: dict[str, torch.Tensor], beat: float, done: Sequence[tuple], started: float
+                   ) -> tuple[list[dict], ProbeSelection | None]:
+    """The one-cycle head's CV row for the record from `done` (its `one_cycle_tasks`' results), and, when its CV
+    loss is below `beat`, its selection with the head refitted on every training row (from `done` when it was
+    run there, else now); else None. The torch RNG is left where running the fits in turn here would leave it.
+    `started`: perf_counter when the CV began."""
+    if not done:
         return [], None
+    k = int(folds.max()) + 1
     yc = y.cpu()
     oof = torch.zeros(len(y), len(learn.data.classes))
     fold_loss = torch.zeros(k)
     for f in range(k):
-        tr, te = folds != f, folds == f
-        head = learn.fit_head_copy(x[tr], y[tr], x[te], y[te], init, learn.seed + f, HEAD_EPOCHS, HEAD_LR)
-        with torch.no_grad():
-            oof[te] = head(x[te].to(learn.device)).float().cpu()
+        te = folds == f
+        oof[te] = done[f][0]
         fold_loss[f] = F.cross_entropy(oof[te], yc[te])
     cv_loss, se = float(fold_loss.mean()), float(fold_loss.std() / k ** 0.5) if k > 1 else 0.0
     cv_acc = float((oof.argmax(1) == yc).float().mean())
     table = [{"head": "one_cycle", "epochs": HEAD_EPOCHS, "lr": HEAD_LR, "cv_loss": cv_loss, "cv_loss_se": se,
               "cv_accuracy": cv_acc}]
     if not cv_loss < beat:
+        torch.set_rng_state(done[k - 1][1])
         return table, None
-    t_fit = time.perf_counter()
-    head = learn.fit_head_copy(x, y, x, y, init, learn.seed, HEAD_EPOCHS, HEAD_LR)
-    fit = head_fit(head, x, y, cv_loss, cv_acc, time.perf_counter() - t_fit)
-    return table, ProbeSelection(0.0, cv_loss, se, cv_acc, table, fit, oof, folds, time.perf_counter() - t,
+    head, seconds, rng = done[k] if len(done) > k else _one_cycle_all(learn, x, y, init)
+    torch.set_rng_state(rng)
+    fit = head_fit(head, x, y, cv_loss, cv_acc, seconds)
+    return table, ProbeSelection(0.0, cv_loss, se, cv_acc, table, fit, oof, folds, time.perf_counter() - started,
                                  "one_cycle", init)
 
 
@@ -212,8 +247,10 @@ def probe_cv(learn: VisionLearner, folds: int = 5, sel: ProbeSelection | None = 
 
     The validation features are scored once, for the record. Two kinds of head compete on the same folds: the
     L-BFGS logistic regression over a grid of decays, and the head phase's one-cycle fit (`one_cycle_head`); the
-    lower CV loss wins (ties: L-BFGS). Returns the candidate, the measured forward throughput (images/s) and the
-    selection (its out-of-fold logits calibrate the model: interfaces.md 3).
+    lower CV loss wins (ties: L-BFGS). Both kinds' folds (and the one-cycle head's refit, before it is known to
+    win) are independent tasks that `fork_map` runs side by side on every core. Returns the candidate, the
+    measured forward throughput (images/s) and the selection (its out-of-fold logits calibrate the model:
+    interfaces.md 3).
     """
     t = time.perf_counter()
     x, y, xv, yv = probe_features(learn)
@@ -222,12 +259,15 @@ def probe_cv(learn: VisionLearner, folds: int = 5, sel: ProbeSelection | None = 
     if sel is None:  # `sel`: a selection already made on these features (`_check_class_weights`)
         print(f"probe@{learn.data.size}: choosing its head and weight decay by {folds}-fold CV on {len(y):,} "
               "feature rows", flush=True)  # seconds to a minute on large sets: said before, not only after
+        started = time.perf_counter()
         init = copy.deepcopy(learn.model.get_classifier().state_dict())
-        sel = select_probe(x, y, len(learn.data.classes),
-                           groups=torch.arange(n).repeat(len(y) // n), folds=folds, seed=learn.seed,
-                           class_weights=learn.class_weights)  # --balance: see vision_learner
-        assert sel.folds is not None
-        rows, won = one_cycle_head(learn, x, y, sel.folds, init, beat=sel.cv_loss)
+        cv = lbfgs_cv(x, y, len(learn.data.classes), groups=torch.arange(n).repeat(len(y) // n), folds=folds,
+                      seed=learn.seed, class_weights=learn.class_weights)  # --balance: see vision_learner
+        lbfgs = cv.tasks()
+        heads = one_cycle_tasks(learn, x, y, cv.fold, init, refit=workers_for(len(lbfgs) + cv.k + 1) > 1)
+        done = fork_map(lbfgs + heads, one_thread=small(cv.x))
+        sel = cv.choose(done[:len(lbfgs)])
+        rows, won = one_cycle_head(learn, x, y, cv.fold, init, sel.cv_loss, done[len(lbfgs):], started)
         # `wd` stays the L-BFGS decay CV chose: the fine-tune trial's reference head refits at it (finetune.py)
         sel = replace(won or sel, table=sel.table + rows, wd=sel.wd)
     load_head(learn.model.get_classifier(), sel.fit)
