@@ -101,3 +101,34 @@ def test_predict_decodes_ahead_and_predicts_the_same(trained_run, tmp_path):
         assert "broken.jpg: empty file" in p.stderr
         out[flag] = csv_path.read_text().replace(str(tmp_path), "")
     assert out["0"] == out["1"] and len(out["1"].splitlines()) == 1 + 18
+
+
+def test_features_computed_while_starting_are_the_jobs_own(tmp_path):
+    """The first job records its exported graph; the next one's decoder runs it on the images it decoded, and the
+    job takes those features instead of computing them: the same numbers to the last bit (every CV loss the probe
+    tried, the final figures), the log saying how many came from the start."""
+    data = make_folder(tmp_path / "data", {"red": 6, "blue": 6}, size=(48, 40), split=True, n_valid=3)
+    env = {**os.environ, "IMGCLF_PROGRESS": "lines", "IMGCLF_CACHE": str(tmp_path / "cache")}
+
+    def job(name: str, **extra: str) -> tuple[str, dict, dict]:
+        out = tmp_path / name
+        p = subprocess.run([sys.executable, "-m", "imgclf", "train", str(data), "--size", "64", "--recipe", "probe",
+                            "--out", str(out)], capture_output=True, text=True, timeout=300, env={**env, **extra})
+        assert p.returncode == 0, p.stderr[-2000:]
+        return ((out / "train.log").read_text(), json.loads((out / "recipe.json").read_text()),
+                json.loads((out / "metrics.json").read_text()))
+
+    log1, recipe1, metrics1 = job("first")
+    assert "computed while starting" not in log1
+    graphs = json.loads((tmp_path / "cache/engines/ahead.json").read_text())
+    graph = graphs["efficientnet_lite0|64"]
+    assert os.path.isfile(graph["path"]) and graph["dim"] == 1280 and graph["size"] == 64
+    log2, recipe2, metrics2 = job("second")
+    # 12 training images and their mirrors, 3 validation images: all ready by the time the job asked
+    assert "features train/center+flip [onnxruntime fp32]: 24 img (24 computed while starting)" in log2, log2
+    assert "features valid/center [onnxruntime fp32]: 6 img (6 computed while starting)" in log2, log2
+    tried = lambda r: r["candidates"][0]["detail"]["tried"]  # noqa: E731
+    assert tried(recipe2) == tried(recipe1)  # every CV loss to the last digit: the features were the same
+    assert {k: metrics2[k] for k in ("accuracy", "valid_loss")} == {k: metrics1[k] for k in ("accuracy", "valid_loss")}
+    log3, recipe3, _ = job("off", IMGCLF_FEATURES_AHEAD="0")
+    assert "computed while starting" not in log3 and tried(recipe3) == tried(recipe1)

@@ -211,7 +211,9 @@ def ahead(a: argparse.Namespace) -> None:
     from ..data import ahead
     from ..data.decode import CROP_PCT
 
-    ahead.default_start(a.data, a.size, a.crop_pct or CROP_PCT, DEFAULT_SIZE)
+    # the backbone's own weights (not --weights): its graph's features at that size can be computed ahead too
+    ahead.default_start(a.data, a.size, a.crop_pct or CROP_PCT, DEFAULT_SIZE,
+                        a.arch if a.weights is None and a.recipe in ("auto", "probe") else None)
 
 
 def run(a: argparse.Namespace) -> None:

@@ -443,6 +443,7 @@ class FeatureCache:
         self.passes = 0  # how many passes over images computed them (the train split's two views: one)
         self.engine: FeatureEngine | None = None
         self.engine_name = "auto"  # what `pick_engine` may choose: "auto", "onnx" or "eager"
+        self.ahead_rows = 0  # feature rows the CLI's decoder computed while the job started (data/ahead.py)
 
     @property
     def ran(self) -> str:

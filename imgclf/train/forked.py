@@ -16,6 +16,7 @@ stops them itself.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import pickle
@@ -23,7 +24,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 
@@ -88,8 +89,12 @@ def fork_map(tasks: Sequence[Callable[[], T]], workers: int | None = None, one_t
     return [got[i] if i in got else tasks[i]() for i in range(len(tasks))]
 
 
-def _work(tasks: Sequence[Callable[[], Any]], claim, send) -> None:
-    """In a worker: take the next unclaimed task until none is left, sending back (index, ok, result)."""
+def _work(tasks: Sequence[Callable[[], Any]], claim, send) -> NoReturn:
+    """In a worker: take the next unclaimed task until none is left, sending back (index, ok, result); then exit
+    at once. Nothing the worker inherited may be freed here: an onnxruntime session's destructor waits on its
+    thread pool, whose threads a fork does not copy (seen: a worker hung for good on a session collected as part
+    of a garbage cycle). So no cyclic collection, and no teardown: `os._exit`."""
+    gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     while True:
@@ -104,3 +109,4 @@ def _work(tasks: Sequence[Callable[[], Any]], claim, send) -> None:
         except Exception:  # not sent: this process runs it again and raises its error there
             send.send_bytes(pickle.dumps((i, False, None)))
     send.close()
+    os._exit(0)

@@ -216,7 +216,8 @@ def plan_job(cfg: RunConfig) -> Plan | None:
         scratch_rate = measure_training(net, scratch["size"], 10, device, dtype, bs=scratch["bs"])
     budget = tc.budget if tc.budget is not None else default_budget(facts.n_train)
     trained = recorded_rate(cfg.model.arch, sizes[-1], device, kind="train")  # earlier fine-tune trials here
-    rates = Rates(forward, rate_size, decode, scratch_rate, engine, trained[:2] if trained else None, ready)
+    rates = Rates(forward, rate_size, decode, scratch_rate, engine, trained[:2] if trained else None, ready,
+                  ahead.features_done(paths, presize))
     plan = choose_plan(facts, rates, budget, sizes, tc.recipe, scratch, tc.max_epochs)
     print(plan.text(), flush=True)
     for line in plan.why:
@@ -398,8 +399,12 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
         t_data = time.perf_counter()
         try:
             data = load_data(replace(cfg, data=replace(cfg.data, size=size, crop_pct=crop)), progress)
-        finally:
-            ahead.stop()  # what the CLI decoded ahead and the data did not take (decoded per batch, another size)
+        except BaseException:
+            ahead.stop()
+            raise
+        # the images the data did not take are dropped; features the decoder computes of them go on while a probe
+        # at its presize will take them (its first feature pass stops it), else it stops now
+        ahead.release(data.presize if plan and plan["kind"] != "scratch" else None)
         phases["decode"] = time.perf_counter() - t_data  # listing, decoding, presizing and the near-duplicate check
         if fresh and dist.is_main():
             warn_unused_valid_pct(cfg, data)
@@ -450,6 +455,8 @@ def train(cfg: RunConfig | None = None, progress: bool = True, resume: str | Pat
     except Exception as e:
         _stopped(out, ck, f"failed: {type(e).__name__}: {e}", keep_best=False, t_start=t_start)
         raise
+    finally:
+        ahead.stop()  # a decoder still computing features no pass took (the probe's pass stops it first)
 
 
 def _job_plan(cfg: RunConfig, out: Path | None) -> dict[str, Any] | None:

@@ -89,6 +89,7 @@ class Rates:
     # (`record_rate(kind="train")`); None: priced from the forward rate (`eager_rate`)
     train: tuple[int, float] | None = None
     decoded: int = 0  # images already decoded at the first size while the job started (data/ahead.py): not priced
+    featured: int = 0  # images whose features (view and mirror) the decoder computed by then: not priced either
 
     def forward_at(self, size: int) -> float:
         """Forward rate at another size: the cost of a conv net grows with the pixels."""
@@ -184,7 +185,9 @@ def probe_phases(facts: DataFacts, rates: Rates, size: int, first: bool) -> list
     the CV'd probe."""
     n_all = facts.n_train + facts.n_valid
     rows = probe_rows(facts.n_train)
-    feats = (rows + facts.n_valid) / rates.forward_at(size)
+    # images whose features were computed ahead (first size only) take their share of the rows with them
+    ahead = min(rates.featured, n_all) / n_all if first and n_all else 0.0
+    feats = (rows + facts.n_valid) * (1 - ahead) / rates.forward_at(size)
     decode = (n_all - rates.decoded if first else n_all) / rates.decode
     name = f"decode {n_all} images" if first else f"decode again at {size} px"
     return [Phase(name, decode), Phase(f"features at {size} px", feats),

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import ahead
 from ..data.core import ImageData
 from ..models import recommended_size
 from . import distributed as dist
@@ -276,13 +277,26 @@ def probe_cv(learn: VisionLearner, folds: int = 5, sel: ProbeSelection | None = 
     cand = Candidate(
         f"probe@{learn.data.size}", "probe", learn.data.size, valid_loss, accuracy, time.perf_counter() - t,
         {"head": sel.head, "wd": sel.wd, "train_loss": sel.fit.train_loss, "feature_seconds": feat_seconds,
-         "feature_engine": learn.features.engine_report(), "tried": sel.table},
+         "feature_engine": learn.features.engine_report(), "features_ahead": learn.features.ahead_rows,
+         "tried": sel.table},
         {"method": f"{k}-fold CV on the training features" + (" (an image and its mirror in one fold)"
                                                                  if PROBE_MIRRORS else ""),
          "loss": sel.cv_loss, "loss_se": sel.cv_loss_se, "accuracy": sel.cv_accuracy, "n": n},
     )
     rate = (len(y) + len(yv)) / max(feat_seconds, 1e-3)
     return cand, rate, sel
+
+
+def remember_graph(learn: VisionLearner) -> None:
+    """Record the graph that ran the probe's pass as this backbone's at this size, when it is the pretrained body
+    as published (not --weights), so that the next job's decoder computes features with it while the job starts
+    (data/ahead.py)."""
+    engine = learn.features.engine
+    held = learn.features.peek(("valid", "center"), learn.model)
+    if engine is None or engine.graph is None or held is None or learn.meta.pretrained not in ("embedded", "timm"):
+        return
+    ahead.remember_graph(learn.meta.arch, ahead.Graph(str(engine.graph), learn.data.size, held[0].shape[1],
+                                                      tuple(learn.meta.mean), tuple(learn.meta.std)))
 
 
 def clearly_better(new: Candidate, old: Candidate) -> bool:
@@ -488,8 +502,9 @@ def auto_fit(
         probes.append(cand)
         last = (size, rate)
         if dist.is_main():  # the next job's plan prices its features from this pass (plan.recorded_rate)
-            record_rate(arch, size, learn.device, learn.features.ran, probe_rows(d.n_train) + d.n_valid,
-                        cand.detail["feature_seconds"])
+            record_rate(arch, size, learn.device, learn.features.ran,
+                        probe_rows(d.n_train) + d.n_valid - learn.features.ahead_rows, cand.detail["feature_seconds"])
+            remember_graph(learn)
         if better:
             best = (cand, learn, rate, sel)
         del learn

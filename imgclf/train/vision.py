@@ -15,9 +15,11 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..data import ahead
 from ..data.core import ImageData
 from ..data.dedup import write_training_content
 from ..data.loaders import TensorLoader
@@ -110,13 +112,31 @@ class VisionLearner(Learner):
             if engine.batch and dl.device.type == "cpu":  # a few calls' worth at a time (features.PASS_PIXELS)
                 dl.bs = engine.batch
             n, world = len(dl.images), dist.world_size()
+            views = 2 if pair else 1
+            # what the CLI's decoder computed while the job started (data/ahead.py), with this very graph
+            # (and the decoder stopped, whatever this engine: the pass wants every core)
+            early = ahead.take_features(self.data.train_paths if split == "train" else self.data.valid_paths,
+                                        engine.graph if world == 1 else None)
+            self.features.ahead_rows += len(early) * views
+            ys = dl.targets
+            if early:  # the pass runs on the rest
+                rest = torch.tensor([i for i in range(n) if i not in early], dtype=torch.long)
+                dl.images, dl.targets = dl.images[rest], dl.targets[rest]
             if world > 1:
                 dl.shard(dist.rank(), world, bs=dl.bs)
             desc = f"features {split}/{'center+flip' if pair else view} [{engine.name}]"
-            batches = _progress(dl, desc, self.progress, 2 if pair else 1)
+            told = {"total": n * views, "initial": len(early) * views,
+                    "start": f"{n * views} img ({len(early) * views} computed while starting)"} if early else {}
+            batches = _progress(dl, desc, self.progress, views, **told)
             # closing: a Ctrl-C mid-pass ends the bar ("stopped at N img") before the CLI's "interrupted" line
             with glue(engine), closing(batches):
-                out = extract_features(self.model, batches, self.dtype, self.device, engine=engine, flip=pair)
+                out = None
+                if len(dl.images):
+                    out = extract_features(self.model, batches, self.dtype, self.device, engine=engine, flip=pair)
+                else:  # every image's features came from the start: the bar's lines say so all the same
+                    list(batches)
+            if early:
+                out = _with_early(out, early, rest, ys, pair, view)
             out = tuple(dist.gather_shards(t, n) for t in out) if world > 1 else out
             return {(split, "center"): out[:2], (split, "flip"): (out[2], out[1])} if pair else out
 
@@ -289,15 +309,34 @@ class VisionLearner(Learner):
         return path
 
 
-def _progress(dl, desc: str, enabled: bool, views: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _progress(dl, desc: str, enabled: bool, views: int = 1, **told: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches under a bar that counts the images through the engine (`views` a batch image: its
-    center and mirror from one pass), as the decode's bar does: `490 img in 2.2 s (223/s)`, not `4 batches`."""
+    center and mirror from one pass), as the decode's bar does: `490 img in 2.2 s (223/s)`, not `4 batches`.
+    `told`: the bar's total, initial count and first line, where some images' features were computed ahead."""
     from ..progress import bar
 
-    with bar(total=dl.n_shard * views, desc=desc, unit="img", enabled=enabled and dist.is_main()) as b:
+    told = {"total": dl.n_shard * views, **told}
+    with bar(desc=desc, unit="img", enabled=enabled and dist.is_main(), **told) as b:
         for xb, yb in dl:
             yield xb, yb
             b.update(len(xb) * views)
+
+
+def _with_early(out: tuple[torch.Tensor, ...] | None, early: dict[int, Any], rest: torch.Tensor, ys: torch.Tensor,
+                pair: bool, view: str) -> tuple[torch.Tensor, ...]:
+    """A pass's features over the `rest` of a split merged with those computed ahead (`early`: {row: (2, dim)
+    center and mirror}), in the split's order: (features, targets) or, for `pair`, (center, targets, mirrors)."""
+    rows = torch.tensor(sorted(early), dtype=torch.long)
+    got = torch.from_numpy(np.stack([early[i] for i in sorted(early)]))
+    dim = got.shape[-1]
+    center, mirror = torch.empty(len(ys), dim), torch.empty(len(ys), dim)
+    center[rows] = got[:, 1] if view == "flip" and not pair else got[:, 0]
+    mirror[rows] = got[:, 1]
+    if out is not None:
+        center[rest] = out[0].to(center)
+        if pair:
+            mirror[rest] = out[2].to(mirror)
+    return (center, ys, mirror) if pair else (center, ys)
 
 
 def task_losses(data: ImageData, label_smoothing: float = 0.1, loss: str = "auto") -> tuple[nn.Module, nn.Module]:
