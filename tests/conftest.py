@@ -130,6 +130,17 @@ def make_folder(
     return root
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Every test starts with the process's torch thread count: a test that pins it (bitwise resume checks) would
+    otherwise change what later ones measure (the probe's fork workers follow it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(name="write_image")
 def write_image_fixture() -> Callable[..., Path]:
     """The `write_image(path, mode=..., size=..., colour=...)` helper."""

@@ -114,12 +114,14 @@ class VisionLearner(Learner):
             n, world = len(dl.images), dist.world_size()
             views = 2 if pair else 1
             # what the CLI's decoder computed while the job started (data/ahead.py), with this very graph
-            # (and the decoder stopped, whatever this engine: the pass wants every core)
-            early = ahead.take_features(self.data.train_paths if split == "train" else self.data.valid_paths,
-                                        engine.graph if world == 1 else None)
+            # (and the decoder stopped, whatever this engine: the pass wants every core). Streamed shards hold no
+            # files and no indexable images: nothing to take
+            paths = getattr(self.data, f"{split}_paths", None)
+            early = ahead.take_features(paths or [], engine.graph if world == 1 and paths is not None
+                                        and isinstance(dl.images, torch.Tensor) else None)
             self.features.ahead_rows += len(early) * views
-            ys = dl.targets
             if early:  # the pass runs on the rest
+                ys = dl.targets
                 rest = torch.tensor([i for i in range(n) if i not in early], dtype=torch.long)
                 dl.images, dl.targets = dl.images[rest], dl.targets[rest]
             if world > 1:
