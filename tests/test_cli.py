@@ -167,3 +167,10 @@ def test_the_command_exits_without_teardown_yet_loses_no_output(tmp_path):
     code = "import sys; from imgclf.cli import command; sys.argv = ['imgclf', 'train', '/nonexistent/x']; command()"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.strip().startswith("imgclf: error:") and "no such" in p.stderr
+
+
+def test_the_command_under_a_profiler_exits_normally_so_the_profile_is_written(tmp_path):
+    prof = tmp_path / "models.prof"
+    p = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "imgclf", "models"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and prof.stat().st_size > 1000, p.stderr
