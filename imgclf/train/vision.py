@@ -119,6 +119,9 @@ class VisionLearner(Learner):
             paths = getattr(self.data, f"{split}_paths", None)
             early = ahead.take_features(paths or [], engine.graph if world == 1 and paths is not None
                                         and isinstance(dl.images, torch.Tensor) else None)
+            if early and engine.primed is not None:  # the engine's check just ran the split's first images: the
+                for i in range(len(engine.primed[0])):  # pass starts with them and reuses those features instead
+                    early.pop(i, None)
             self.features.ahead_rows += len(early) * views
             if early:  # the pass runs on the rest
                 ys = dl.targets
