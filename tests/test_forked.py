@@ -116,3 +116,31 @@ def test_the_probe_chooses_and_leaves_the_rng_alike_forked_or_in_turn(image_fold
         assert (got[0][1] is None) == (got[1][1] is None) == (beat < 0)
         if beat > 0:
             assert torch.equal(got[0][1], got[1][1])
+
+
+def test_ctrl_c_stops_the_workers_at_once_and_without_a_word(tmp_path):
+    """Ctrl-C reaches the job (the workers ignore it); the job stops them, under the command's own SIGTERM handler
+    too, and no worker prints a traceback on its way out."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "stop.py"
+    script.write_text(textwrap.dedent("""
+        import os, signal, threading, time
+        from imgclf.cli import _terminate
+        from imgclf.train.forked import fork_map
+
+        signal.signal(signal.SIGTERM, _terminate)  # as `imgclf` runs: SIGTERM raises in Python
+        def slow():
+            time.sleep(60)
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t = time.time()
+        try:
+            fork_map([slow, slow, slow], workers=2)
+        except KeyboardInterrupt:
+            print(f"stopped {time.time() - t:.1f}")
+    """))
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert p.stdout.startswith("stopped") and float(p.stdout.split()[1]) < 10, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr and "imgclf-fold" not in p.stderr, p.stderr

@@ -96,6 +96,7 @@ def _work(tasks: Sequence[Callable[[], Any]], claim, send) -> NoReturn:
     of a garbage cycle). So no cyclic collection, and no teardown: `os._exit`."""
     gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopped by this process (`terminate`): gone, without a word
     torch.set_num_threads(1)
     while True:
         with claim.get_lock():
