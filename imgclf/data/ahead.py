@@ -58,9 +58,15 @@ class Graph:
     std: tuple[float, ...]
 
 
+def engine_cache() -> Path:
+    """Where exported feature graphs are kept (features.onnx_engine) and their records (`remember_graph`):
+    `$IMGCLF_CACHE/engines`, default ~/.cache/imgclf/engines. Here, torch-free, so the decoder can read them."""
+    return Path(os.environ.get("IMGCLF_CACHE") or Path.home() / ".cache/imgclf").expanduser() / "engines"
+
+
 def graphs_file() -> Path:
-    """Where `remember_graph` keeps its records: beside features.engine_cache()'s graphs."""
-    return Path(os.environ.get("IMGCLF_CACHE") or Path.home() / ".cache/imgclf").expanduser() / "engines" / GRAPHS
+    """Where `remember_graph` keeps its records: beside the graphs."""
+    return engine_cache() / GRAPHS
 
 
 def remember_graph(arch: str, graph: Graph) -> None:
@@ -73,11 +79,11 @@ def remember_graph(arch: str, graph: Graph) -> None:
         got = {}
     got = got if isinstance(got, dict) else {}
     got[f"{arch}|{graph.size}"] = asdict(graph)
+    from ..rundir import write_json  # the job's side (torch loaded): not the decoder's
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(got, indent=1))
-        tmp.replace(path)
+        write_json(path, got)
     except OSError:
         pass
 

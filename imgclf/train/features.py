@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.ahead import engine_cache
 from ..rundir import write_json
 
 ENGINES = ("auto", "onnx", "eager")
@@ -164,11 +165,6 @@ def static_padding(model: nn.Module, size: int) -> nn.Module:
         pad = nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         (model.get_submodule(parent) if parent else model).register_module(leaf, nn.Sequential(pad, plain))
     return model
-
-
-def engine_cache() -> Path:
-    """Where exported feature graphs are kept: `$IMGCLF_CACHE/engines`, default ~/.cache/imgclf/engines."""
-    return Path(os.environ.get("IMGCLF_CACHE") or Path.home() / ".cache/imgclf").expanduser() / "engines"
 
 
 def body_key(model: nn.Module, size: int) -> str:
