@@ -256,6 +256,9 @@ def test_checkpoint_of_another_arch_is_one_line(data_dir, tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["status"].startswith("failed:")
 
 
+HEAD_EPOCHS = 12  # the Ctrl-C comes at the 3rd (~0.35 s each here): nine epochs of margin for the signal to land
+
+
 @pytest.mark.parametrize("fit_no", [1, 2])
 def test_fine_tune_recipe_resumes_in_either_fit(data_dir, tmp_path, fit_no):
     """The fine_tune recipe is two fits (the head on cached features, then the whole model): Ctrl-C in the
@@ -275,7 +278,8 @@ def test_fine_tune_recipe_resumes_in_either_fit(data_dir, tmp_path, fit_no):
     def cfg(out):
         return RunConfig(data=DataConfig(path=str(data_dir), size=32, bs=8, workers=1),
                          model=ModelConfig(arch="xresnet_tiny", pretrained=False),
-                         train=TrainConfig(recipe="fine_tune", epochs=1, freeze_epochs=1 if fit_no == 2 else 40,
+                         train=TrainConfig(recipe="fine_tune", epochs=1,
+                                           freeze_epochs=1 if fit_no == 2 else HEAD_EPOCHS,
                                            precision="fp32",
                                            ckpt_every=2, device="cpu"),  # bitwise: on the CPU (see _learner)
                          out=str(out))
@@ -305,7 +309,8 @@ def test_fine_tune_recipe_resumes_in_either_fit(data_dir, tmp_path, fit_no):
     wa, wb = load_file(str(a.run_dir / "model.safetensors")), load_file(str(b.run_dir / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (a.metrics["valid_loss"], a.metrics["kept"]) == (b.metrics["valid_loss"], b.metrics["kept"])
-    assert [r["phase"] for r in b.learner.recorder.history] == ["frozen"] * (1 if fit_no == 2 else 40) + ["unfrozen"]
+    frozen = 1 if fit_no == 2 else HEAD_EPOCHS
+    assert [r["phase"] for r in b.learner.recorder.history] == ["frozen"] * frozen + ["unfrozen"]
 
 
 def test_sigterm_stops_as_ctrl_c_does(tmp_path, capsys):
@@ -350,3 +355,25 @@ def test_a_run_started_with_a_relative_data_path_resumes(image_folder, tmp_path,
     capsys.readouterr()
     assert main(["train", "--resume", "run", "--quiet"]) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "config.json").read_text())["status"] == "done"
+
+
+def test_a_kept_probe_writes_a_checkpoint_only_when_one_is_due(image_folder, tmp_path):
+    """After the auto recipe's probe, with no fine-tune to follow, only a short finish is left: the checkpoint
+    between the fits (0.3 s of the default job's 13) is written only when the run's rule makes one due (here
+    --ckpt-every; else five minutes since the last), and the log says which."""
+    from imgclf.train.checkpoint import STEP_SECONDS, Checkpointer
+
+    data = image_folder({"a": 6, "b": 6}, name="pair")
+    logs = {}
+    for name, extra in (("quick", []), ("every", ["--ckpt-every", "3"])):
+        out = tmp_path / name
+        assert main(["train", str(data), "--size", "32", "--recipe", "probe", "--quiet", "--out", str(out),
+                     *extra]) == 0
+        logs[name] = (out / "train.log").read_text()
+        assert not (out / CHECKPOINT_FILE).exists()  # a done run keeps none either way
+    assert "checkpoints: none was due before the run was done" in logs["quick"], logs["quick"]
+    assert "checkpoints: 1 written in" in logs["every"], logs["every"]
+    ck = Checkpointer(tmp_path / "x")
+    assert not ck.worth_saving()
+    ck._t_last -= STEP_SECONDS + 1  # five minutes since the last checkpoint (or the start)
+    assert ck.worth_saving() and Checkpointer(tmp_path / "y", every=0).worth_saving() is False

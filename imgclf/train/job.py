@@ -587,7 +587,8 @@ def _run(cfg: RunConfig, data: ImageData, out: Path, ck: Checkpointer, progress:
     }
     write_json(out / "metrics.json", metrics)
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)  # a done run is not resumed: its weights are the model's
-    print(f"checkpoints: {ck.n_written} written in {ck.seconds:.1f}s (removed: the run is done)")
+    print(f"checkpoints: {ck.n_written} written in {ck.seconds:.1f}s (removed: the run is done)" if ck.n_written
+          else "checkpoints: none was due before the run was done")
     return TrainResult(out, metrics, learn)
 
 

@@ -570,6 +570,7 @@ def auto_fit(
                     "oof_logits": sel.oof_logits[:n].clone(), "targets": learn.data.train_y.clone()}
     if ck is not None:
         ck.attach(learn)
+    if ck is not None and (epochs or ck.worth_saving()):  # a fine-tune follows: a resume starts it from here
         ck.extra["auto"] = {
             "size": probe.size, "probe": asdict(probe), "probe_state": copy.deepcopy(learn.model.state_dict()),
             "report": copy.deepcopy(report), "why": list(why), "epochs": epochs, "base_lr": base_lr,
