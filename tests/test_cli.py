@@ -124,6 +124,19 @@ def test_predict_and_evaluate_errors(tmp_path, tiny_split_folder):
     assert code == 2 and "invalid regex" in err
 
 
+def test_a_run_that_is_none_is_said_before_torch_loads(tmp_path, tiny_split_folder):
+    """`imgclf predict` / `evaluate` with a RUN that is missing or holds no model: the same one line as before,
+    from the command's `check`, before the ~5 s of imports (torch never loaded)."""
+    image = next(tiny_split_folder.rglob("*.jpg"))
+    for argv, said in ((["predict", str(tmp_path), str(image)], "not a run directory"),
+                       (["evaluate", str(tmp_path / "nope"), str(tiny_split_folder)], "no such run directory"),
+                       (["predict", str(tmp_path / "nope"), str(image), "--backend", "onnx"], "no such run directory")):
+        code = (f"import sys; sys.argv = ['imgclf', *{argv!r}]; from imgclf.cli import main; rc = main(); "
+                "print(rc, 'torch' in sys.modules)")
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert p.stdout.split() == ["2", "False"] and said in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
 def test_output_files_are_checked_before_predicting(trained_run, tmp_path):
     """Each of these was a traceback after the predictions were made, or a file silently lost."""
     image = next((trained_run.parent / "data" / "val").rglob("*.jpg"))

@@ -1,8 +1,9 @@
 """The `imgclf` command: thin over the Python API. User mistakes print one line and exit 2.
 
 One module per command, each with `add(subparsers)`, `run(args)` and `STACK` (the modules its run imports, loaded
-first by `load_stack`); `COMMANDS` lists them in the order `imgclf --help` shows them. Flags that several commands
-share live in `common.py`.
+first by `load_stack`), and optionally `check(args)` (torch-free checks said before the imports) and `ahead(args)`
+(torch-free work started before them); `COMMANDS` lists them in the order `imgclf --help` shows them. Flags that
+several commands share live in `common.py`.
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command = COMMANDS[args.command]
         if own_process:  # a caller's process keeps its objects collectable: nothing frozen there
+            if hasattr(command, "check"):  # torch-free mistakes (a RUN that is none): said before the imports
+                command.check(args)
             if hasattr(command, "ahead"):  # work that needs no torch, started first: on the core the imports leave
                 command.ahead(args)
             # SIGTERM as Ctrl-C from here on (the process the line above forked keeps the default, so that

@@ -51,6 +51,15 @@ def calibration_text(res: dict, prefix: str = "", suffix: str = "") -> str:
         f"ECE {after:.4f} (T={t:.3f}, {BINS} bins)")
 
 
+def check(a: argparse.Namespace) -> None:
+    """Before torch is imported (`cli.main`): --json and RUN, in run's order."""
+    from ..rundir import check_run
+
+    if a.json:
+        check_writable(a.json, a.force)
+    check_run(a.run, a.backend)
+
+
 def run(a: argparse.Namespace) -> None:
     from ..infer import evaluate, load_model
     from ..infer.evaluate import run_labelling, scored_line

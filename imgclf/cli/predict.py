@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data.sources import displayable
 from ..errors import UserError
-from ..rundir import written_whole
+from ..rundir import check_run, written_whole
 from .common import (
     add_backend,
     add_device,
@@ -49,17 +49,22 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def check(a: argparse.Namespace) -> None:
+    """Before torch is imported (`cli.main`): the flags, IMAGES listed once (`a.paths`, which `run` uses) and RUN,
+    in run's order."""
+    check_flags(a)
+    a.paths = expand_images(a.images)
+    check_run(a.run, a.backend)
+
+
 def ahead(a: argparse.Namespace) -> None:
-    """Before torch is imported (`cli.main`): list IMAGES once (`a.paths`, which `run` uses) and start decoding
-    them in a second process at the run's presize, read from its model.json (data/ahead.py), while the model's
-    stack loads on the other core."""
+    """Before torch is imported, after `check`: start decoding `a.paths` in a second process at the run's
+    presize, read from its model.json (data/ahead.py), while the model's stack loads on the other core."""
     import json
     from pathlib import Path
 
     from ..data import ahead as decoder
 
-    check_flags(a)  # the errors in run's order
-    a.paths = expand_images(a.images)
     run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent  # an exported file's run: its folder
     try:
         presize = int(json.loads((run_dir / "model.json").read_text())["presize"])
@@ -72,7 +77,7 @@ def run(a: argparse.Namespace) -> None:
     from ..infer import load_model
     from ..infer.predictor import check_submission_ids, missing_ids, submission_rows
 
-    paths = getattr(a, "paths", None)  # checked and listed by `ahead` when run as a command
+    paths = getattr(a, "paths", None)  # checked and listed by `check` when run as a command
     if paths is None:
         check_flags(a)
     if a.topk is not None and a.topk < 1:
