@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 # models.recommended_size(ModelConfig.arch), known without importing timm: `imgclf train` decodes ahead at it
 # while torch loads (data/ahead.py), and `ImageData` presizes for it unless told a size, as the CLI does;
 # tests/test_ahead.py keeps the two equal
 DEFAULT_SIZE = 256
+
+
+def cache_home() -> Path:
+    """Where imgclf keeps what it fetches or builds once and reuses across runs (downloaded weights, exported
+    feature graphs and their records, measured rates, data sets unless `$IMGCLF_DATA` says otherwise):
+    `$IMGCLF_CACHE`, default ~/.cache/imgclf. Read when asked, so a process that sets it later is obeyed."""
+    return Path(os.environ.get("IMGCLF_CACHE") or Path.home() / ".cache/imgclf").expanduser()
 
 
 @dataclass

@@ -62,7 +62,7 @@ def test_a_worker_that_dies_or_fails_leaves_its_task_to_this_process():
 
 def test_one_thread_in_turn_and_the_thread_count_restored():
     threads = torch.get_num_threads()
-    assert fork_map([torch.get_num_threads] * 2, workers=1, one_thread=True) == [1, 1]
+    assert fork_map([torch.get_num_threads] * 2, workers=1, on_one=True) == [1, 1]
     assert torch.get_num_threads() == threads
     assert fork_map([torch.get_num_threads] * 2) == [1, 1]  # workers: one thread each
 

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import cache_home
+
 MAX_BYTES = 512 << 20  # decoded images held for the job at most (~2,000 photos presized to 293 px)
 TODO, DONE, REDO = 0, 1, 2  # a file's state in the shared status bytes
 GRAPHS = "ahead.json"  # beside the exported graphs (features.engine_cache): each backbone and size's latest graph
@@ -60,8 +62,8 @@ class Graph:
 
 def engine_cache() -> Path:
     """Where exported feature graphs are kept (features.onnx_engine) and their records (`remember_graph`):
-    `$IMGCLF_CACHE/engines`, default ~/.cache/imgclf/engines. Here, torch-free, so the decoder can read them."""
-    return Path(os.environ.get("IMGCLF_CACHE") or Path.home() / ".cache/imgclf").expanduser() / "engines"
+    `config.cache_home()/engines`. Here, torch-free, so the decoder can read them."""
+    return cache_home() / "engines"
 
 
 def graphs_file() -> Path:
@@ -198,24 +200,18 @@ class Ahead:
         self.stop()
         if self.graph is None or graph is None or os.path.abspath(graph) != os.path.abspath(self.graph.path):
             return {}
-        got = {}
-        for j, p in enumerate(paths):
-            i = self.index.get(os.path.abspath(p))
-            if i is not None and self.feature_status[i] == DONE:
-                got[j] = self.features[i].copy()
-        return got
+        return {j: self.features[i].copy() for j, i in self.finished(paths, self.feature_status)}
 
     def take(self, paths: Sequence[Path], presize: int) -> dict[int, np.ndarray]:
         """{index into `paths`: image} for the files done at `presize`: views of the shared mapping, which the
         caller copies out before `stop` drops it."""
-        if presize != self.presize:
-            return {}
-        got = {}
-        for j, p in enumerate(paths):
-            i = self.index.get(os.path.abspath(p))
-            if i is not None and self.status[i] == DONE:
-                got[j] = self.images[i]
-        return got
+        return {j: self.images[i] for j, i in self.finished(paths, self.status)} if presize == self.presize else {}
+
+    def finished(self, paths: Sequence[Path], status: np.ndarray) -> list[tuple[int, int]]:
+        """(index into `paths`, index here) of each of `paths` whose `status` (decoding's or the features') is
+        DONE."""
+        found = ((j, self.index.get(os.path.abspath(p))) for j, p in enumerate(paths))
+        return [(j, i) for j, i in found if i is not None and status[i] == DONE]
 
 
 _current: Ahead | None = None
@@ -260,10 +256,8 @@ def release(presize: int | None) -> None:
     """The job's data is loaded: what the decoder holds and the data did not take is dropped. A decoder computing
     features at `presize` goes on until the probe's first pass takes them (`take_features`); any other stops
     (None: no probe follows)."""
-    if _current is None:
-        return
-    if presize is not None and presize == _current.presize and _current.graph is not None:
-        _current.decoding_over()
+    if _current is not None and presize == _current.presize:
+        _current.decoding_over()  # which stops it when it has no graph
     else:
         stop()
 
@@ -278,8 +272,7 @@ def features_done(paths: Sequence[Path], presize: int) -> int:
     """How many of `paths` have their features computed ahead at `presize` so far (the plan prices the rest)."""
     if _current is None or _current.presize != presize or _current.graph is None:
         return 0
-    return sum(1 for p in paths if (i := _current.index.get(os.path.abspath(p))) is not None
-               and _current.feature_status[i] == DONE)
+    return len(_current.finished(paths, _current.feature_status))
 
 
 def stop() -> None:

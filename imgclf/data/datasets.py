@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..config import RunConfig
+from ..config import RunConfig, cache_home
 from ..errors import UserError
 from ..progress import Bar
 from ..progress import bar as progress_bar
@@ -162,8 +162,8 @@ def register_dataset(ds: Dataset, overwrite: bool = False) -> Dataset:
 
 
 def data_home() -> Path:
-    """Where data sets are cached: `$IMGCLF_DATA`, else `~/.cache/imgclf/datasets`."""
-    return Path(os.environ.get("IMGCLF_DATA") or Path.home() / ".cache/imgclf/datasets").expanduser()
+    """Where data sets are cached: `$IMGCLF_DATA`, else `config.cache_home()/datasets` (~/.cache/imgclf/datasets)."""
+    return Path(os.environ["IMGCLF_DATA"]).expanduser() if os.environ.get("IMGCLF_DATA") else cache_home() / "datasets"
 
 
 def local_dir(ds: Dataset | str) -> Path:

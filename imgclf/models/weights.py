@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import cache_home
 from ..errors import UserError
 from ..progress import bar as progress_bar
-
-CACHE_DIR = Path(os.environ.get("IMGCLF_CACHE", Path.home() / ".cache" / "imgclf"))
 
 
 def embedded_lite0_path() -> Path:
@@ -78,7 +77,7 @@ def download(url: str, cache_dir: Path | None = None, progress: bool = True) -> 
 
     Written to a temporary file and renamed, so a killed download never leaves a half file behind.
     """
-    cache_dir = Path(cache_dir or CACHE_DIR)
+    cache_dir = Path(cache_dir) if cache_dir else cache_home()
     cache_dir.mkdir(parents=True, exist_ok=True)
     name = Path(urllib.request.urlparse(url).path).name or "weights.pth"
     dest = cache_dir / name

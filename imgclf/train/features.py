@@ -31,7 +31,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from torch import nn
 
 from ..data.ahead import engine_cache
 from ..rundir import write_json
+from .forked import one_thread
 
 ENGINES = ("auto", "onnx", "eager")
 # parity of an engine's features with eager fp32 on the first batch's images: cosine of each image's feature
@@ -109,19 +110,10 @@ class FeatureEngine:
                 "images_per_second": self.images / self.seconds if self.seconds else None}
 
 
-@contextmanager
-def glue(engine: FeatureEngine | None):
+def glue(engine: FeatureEngine | None) -> AbstractContextManager[None]:
     """Torch on one thread while `engine` runs on its own pool (onnxruntime): the crops between its calls are
     small, and torch's idle workers would spin on the cores it needs (`PASS_PIXELS`)."""
-    if engine is None or not engine.own_threads:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return one_thread(engine is not None and engine.own_threads)
 
 
 def eager_engine(model: nn.Module, dtype: torch.dtype | None = None) -> FeatureEngine:

@@ -22,13 +22,28 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from multiprocessing.connection import wait
 from typing import Any, NoReturn, TypeVar
 
 import torch
 
 T = TypeVar("T")
+
+
+@contextmanager
+def one_thread(on: bool = True) -> Iterator[None]:
+    """torch on one intra-op thread for the block (`on`), then as many as before. Small fits and the glue
+    between another engine's calls run fastest so: thread hand-offs cost more than their maths, and idle torch
+    workers spin on the cores others need (probe.small, features.glue)."""
+    threads = torch.get_num_threads()
+    if on:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def workers_for(n_tasks: int) -> int:
@@ -41,20 +56,15 @@ def workers_for(n_tasks: int) -> int:
     return max(1, min(n_tasks, cores, torch.get_num_threads()))
 
 
-def fork_map(tasks: Sequence[Callable[[], T]], workers: int | None = None, one_thread: bool = False) -> list[T]:
+def fork_map(tasks: Sequence[Callable[[], T]], workers: int | None = None, on_one: bool = False) -> list[T]:
     """Each task's result, in order. Tasks must be deterministic and must not print or write files: in a worker
     their side effects stay in the worker. `workers`: None for `workers_for(len(tasks))`. Workers run one torch
-    thread each; `one_thread`: so do the tasks when they run here in turn (small fits, where thread hand-offs cost
+    thread each; `on_one`: so do the tasks when they run here in turn (small fits, where thread hand-offs cost
     more than the maths)."""
     workers = workers_for(len(tasks)) if workers is None else min(workers, len(tasks))
     if workers < 2:
-        threads = torch.get_num_threads()
-        if one_thread:
-            torch.set_num_threads(1)
-        try:
+        with one_thread(on_one):
             return [task() for task in tasks]
-        finally:
-            torch.set_num_threads(threads)
     ctx = multiprocessing.get_context("fork")
     claim = ctx.Value("i", 0)  # the next task to take: workers share the list dynamically (folds differ in cost)
     sys.stdout.flush()

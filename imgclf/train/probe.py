@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .forked import fork_map
+from .forked import fork_map, one_thread
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 # The auto recipe's probe fits each training image's mirror too: a second feature pass over the training split
@@ -247,16 +247,9 @@ def small(x: torch.Tensor) -> bool:
     return x.numel() < 4_000_000
 
 
-@contextmanager
-def small_threads(x: torch.Tensor):
+def small_threads(x: torch.Tensor) -> AbstractContextManager[None]:
     """One torch thread while fitting heads on `x` when it is `small`."""
-    threads = torch.get_num_threads()
-    if small(x):
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return one_thread(small(x))
 
 
 @dataclass
@@ -380,4 +373,4 @@ def select_probe(
     Xeon with the CV fits stopping at CV_TOLERANCE: 1.1 s warm (1.45 s at L-BFGS's default tolerance).
     """
     cv = lbfgs_cv(x, y, n_classes, groups, folds, wds, seed, label_smoothing, max_iter, class_weights, warm_start)
-    return cv.choose(fork_map(cv.tasks(), one_thread=small(cv.x)))
+    return cv.choose(fork_map(cv.tasks(), on_one=small(cv.x)))

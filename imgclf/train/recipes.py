@@ -266,7 +266,7 @@ def probe_cv(learn: VisionLearner, folds: int = 5, sel: ProbeSelection | None = 
                       seed=learn.seed, class_weights=learn.class_weights)  # --balance: see vision_learner
         lbfgs = cv.tasks()
         heads = one_cycle_tasks(learn, x, y, cv.fold, init, refit=workers_for(len(lbfgs) + cv.k + 1) > 1)
-        done = fork_map(lbfgs + heads, one_thread=small(cv.x))
+        done = fork_map(lbfgs + heads, on_one=small(cv.x))
         sel = cv.choose(done[:len(lbfgs)])
         rows, won = one_cycle_head(learn, x, y, cv.fold, init, sel.cv_loss, done[len(lbfgs):], started)
         # `wd` stays the L-BFGS decay CV chose: the fine-tune trial's reference head refits at it (finetune.py)
