@@ -239,6 +239,13 @@ def check_run(run: str | Path, backend: str = "eager") -> None:
         require_model(run)
 
 
+def check_resumable(run: str | Path) -> None:
+    """The one-line error of a --resume folder that is no run of `imgclf train` (no config.json), torch-free: the
+    job's `resume_config` says it, and the CLI says it before torch loads."""
+    if not (Path(run) / CONFIG_FILE).is_file():
+        raise UserError(f"{run}: no {CONFIG_FILE}: not a run directory of `imgclf train`")
+
+
 def weights_digest(run: str | Path) -> str | None:
     """sha1 of RUN/model.safetensors (None when absent): what an exported file records it was made from, so a run
     trained on since (`train --resume`) cannot be served from a stale export."""

@@ -125,12 +125,17 @@ def test_predict_and_evaluate_errors(tmp_path, tiny_split_folder):
 
 
 def test_a_run_that_is_none_is_said_before_torch_loads(tmp_path, tiny_split_folder):
-    """`imgclf predict` / `evaluate` with a RUN that is missing or holds no model: the same one line as before,
-    from the command's `check`, before the ~5 s of imports (torch never loaded)."""
-    image = next(tiny_split_folder.rglob("*.jpg"))
-    for argv, said in ((["predict", str(tmp_path), str(image)], "not a run directory"),
-                       (["evaluate", str(tmp_path / "nope"), str(tiny_split_folder)], "no such run directory"),
-                       (["predict", str(tmp_path / "nope"), str(image), "--backend", "onnx"], "no such run directory")):
+    """Each command given a RUN that is missing or holds no model (a --resume folder with no config.json): the same
+    one line as from the API, said by the command's `check` before the ~5 s of imports (torch never loaded)."""
+    image, nope, empty = next(tiny_split_folder.rglob("*.jpg")), str(tmp_path / "nope"), str(tmp_path)
+    cases = [(["predict", empty, str(image)], "not a run directory"),
+             (["evaluate", nope, str(tiny_split_folder)], "no such run directory"),
+             (["predict", nope, str(image), "--backend", "onnx"], "no such run directory"),
+             (["train", "--resume", empty], "no config.json: not a run directory of `imgclf train`"),
+             (["distill", nope, str(tiny_split_folder)], "no such run directory")]
+    cases += [([command, empty], "not a run directory") for command in ("export", "interpret", "report", "prune")]
+    cases += [(["serve", nope, "--backend", "int8"], "no such run directory")]
+    for argv, said in cases:
         code = (f"import sys; sys.argv = ['imgclf', *{argv!r}]; from imgclf.cli import main; rc = main(); "
                 "print(rc, 'torch' in sys.modules)")
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -57,6 +57,13 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def check(a: argparse.Namespace) -> None:
+    """Before torch is imported (`cli.main`): a TEACHER that holds no model, said at once."""
+    from ..rundir import check_run
+
+    check_run(a.teacher)
+
+
 def run(a: argparse.Namespace) -> None:
     from ..train.distill import distill
 

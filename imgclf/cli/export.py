@@ -36,6 +36,13 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
 
 
+def check(a: argparse.Namespace) -> None:
+    """Before torch is imported (`cli.main`): a RUN that holds no model, said at once."""
+    from ..rundir import check_run
+
+    check_run(a.run)
+
+
 def run(a: argparse.Namespace) -> None:
     from ..infer.export import FORMATS, default_path, export_model
 

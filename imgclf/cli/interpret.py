@@ -33,6 +33,13 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def check(a: argparse.Namespace) -> None:
+    """Before torch is imported (`cli.main`): a RUN that holds no model, said at once."""
+    from ..rundir import check_run
+
+    check_run(a.run)
+
+
 def run(a: argparse.Namespace) -> None:
     from ..evaluate.interpret import FILES, check_interpret_dir, format_summary, interpret_run
     from ..rundir import read_json

@@ -31,6 +31,13 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def check(a: argparse.Namespace) -> None:
+    """Before torch is imported (`cli.main`): a RUN that holds no model, said at once."""
+    from ..rundir import check_run
+
+    check_run(a.run)
+
+
 def run(a: argparse.Namespace) -> None:
     from ..train.prune import prune_run
 

@@ -35,6 +35,13 @@ def add(sub) -> None:
     add_backend(p)
 
 
+def check(a: argparse.Namespace) -> None:
+    """Before torch is imported (`cli.main`): a RUN that holds no model (or no file for --backend), said at once."""
+    from ..rundir import check_run
+
+    check_run(a.run, a.backend)
+
+
 def run(a: argparse.Namespace) -> None:
     from ..errors import UserError
 

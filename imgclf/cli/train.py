@@ -196,6 +196,14 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def check(a: argparse.Namespace) -> None:
+    """Before torch is imported (`cli.main`): a --resume folder that is no run of `imgclf train`, said at once."""
+    from ..rundir import check_resumable
+
+    if a.resume:
+        check_resumable(a.resume)
+
+
 def ahead(a: argparse.Namespace) -> None:
     """Start decoding DATA's images in a second process before torch is imported (data/ahead.py; `cli.main` calls
     this before it loads `STACK`, ~2 s on one core), where the job's first

@@ -44,6 +44,7 @@ from ..rundir import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     META_FILE,
+    check_resumable,
     check_run_dir,
     check_version,
     early_lines,
@@ -649,9 +650,8 @@ def resume_config(run: str | Path, cfg: RunConfig | None = None) -> tuple[RunCon
     """(config, run directory) of a run to resume, from its config.json. A resume takes the
     whole config from there: a `cfg` given as well must train the same way (data paths aside)."""
     run = Path(run)
+    check_resumable(run)
     path = run / CONFIG_FILE
-    if not path.is_file():
-        raise UserError(f"{run}: no {CONFIG_FILE}: not a run directory of `imgclf train`")
     saved = read_json(path)
     if isinstance(saved, dict) and "distill" in saved:
         raise UserError(f"{run}: a distillation run; --resume continues runs of `imgclf train`")
