@@ -25,6 +25,7 @@ from imgclf.train.plan import (
     recorded_rate,
     scratch_regime,
     steady_rate,
+    trial_in_share,
 )
 from imgclf.train.scratch import scratch_recipe
 
@@ -101,6 +102,20 @@ def test_blurred_photo_set_plans_a_trial_before_any_fine_tune_epoch():
     # every phase has its seconds, and the sure part (without the conditional epochs) is a third of the budget
     assert len(phase_seconds(text)) == len(plan.phases) + 2
     assert plan.sure_seconds <= 924 / 3 + 60 and plan.most_seconds <= 924
+
+
+def test_no_trial_is_planned_that_would_end_past_a_third_of_the_budget():
+    """The blurred photos on a slower CPU: a trial and an epoch still fit the budget, but if the trial said no the
+    job would end past a third of it (issue 14's bar), so none is planned; with the budget to spare it is."""
+    facts = DataFacts(n_train=3440, n_valid=860, short_side=96)
+    rates = Rates(forward=100.0, size=256, decode=107.0, train=(256, 8.1))  # a trial's pace measured earlier
+    tight = choose_plan(facts, rates, 600, [256])
+    assert tight.kind == "probe" and tight.fine_tune_epochs == 0
+    assert "would take the job past a third of the 600 s budget" in tight.why[-1], tight.why
+    assert tight.trial_seconds + tight.sure_seconds - 3 > 600 / 3  # the probe, then the trial: past 200 s
+    roomy = choose_plan(facts, rates, 900, [256])
+    assert roomy.kind == "fine_tune" and roomy.fine_tune_epochs == 1
+    assert trial_in_share(130.0, 67.0, 600) and not trial_in_share(140.0, 67.0, 600)
 
 
 def test_a_budget_too_small_gets_the_cheap_plan():

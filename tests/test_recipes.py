@@ -46,6 +46,13 @@ def test_fine_tune_is_tried_only_when_it_can_show_a_gain_and_fits_the_budget():
     assert ok and "~20 validation errors of 100" in why
     ok, why = should_try_fine_tune(weak, 100, epoch_seconds=500, remaining=100)
     assert not ok and "does not fit" in why
+    # the blurred photos on the slow Xeon: trial + epoch fit what is left, but a trial that said no would have
+    # ended the job at 236 s of its 600 (a third: 200)
+    ok, why = should_try_fine_tune(weak, 100, epoch_seconds=430, remaining=432, trial_seconds=67, spent=165,
+                                   budget=600)
+    assert not ok and "(~67s after 165s spent) would take the job past a third of its 600s budget" in why
+    assert should_try_fine_tune(weak, 100, epoch_seconds=430, remaining=432, trial_seconds=67, spent=120,
+                                budget=600)[0]
 
 
 def test_candidate_sizes_never_shrink_photos_and_check_small_images():

@@ -44,6 +44,9 @@ SCRATCH_MAX_SIDE = 64
 MIN_SCRATCH_EPOCHS = 6  # fewer one-cycle epochs than this lose more than a point on Fashion-MNIST
 MAX_DEFAULT_BUDGET = 600.0  # ten minutes unless --budget says more
 EXPORT_SECONDS = 3.0
+# a fine-tune trial starts only where the job, if the trial says no, still ends within this share of its budget
+# (issue 14's blurred photos: the trial after a slow probe took the job to 239 s of its 600 on the slow Xeon)
+TRIAL_SHARE = 1 / 3
 # select_probe (5 folds x 7 decays + the refit, L-BFGS): hymenoptera's 490 feature rows 1.0-1.1 s on the quiet
 # 2-core Xeon (2.9 s under load before its CV fits stopped at probe.CV_TOLERANCE); 0.5-1.5 ms a row on 490-3,920
 # rows of them with noise added; priced at about twice that, as a shared machine runs it
@@ -194,6 +197,13 @@ def probe_phases(facts: DataFacts, rates: Rates, size: int, first: bool) -> list
             Phase("probe" if first else f"probe at {size} px", 0.5 + PROBE_SECONDS_PER_ROW * rows)]
 
 
+def trial_in_share(spent: float, trial: float, budget: float) -> bool:
+    """Whether a fine-tune trial of `trial` seconds, begun `spent` seconds into the job, ends within TRIAL_SHARE of
+    the `budget`. Where it says the fine-tune will not pay, the job then ends about there; where it would end
+    later, the probe came dear (a slow machine, many images) and at most an epoch or so could follow it anyway."""
+    return spent + trial <= budget * TRIAL_SHARE
+
+
 def fine_tune_prices(facts: DataFacts, rates: Rates, size: int) -> tuple[float, float]:
     """(trial seconds, epoch seconds) of the fine-tune at `size`: it trains on the fit part of the training split
     and scores the inner holdout after the trial and each epoch."""
@@ -303,7 +313,11 @@ def _probe_plan(facts: DataFacts, rates: Rates, budget: float, sizes: list[int],
         epochs = min(max_epochs, math.floor(left / epoch)) if left > 0 else 0
         priced.append({"name": f"fine_tune@{size}", "trial_seconds": trial, "epoch_seconds": epoch,
                        "epochs": max(epochs, 0), "fits": epochs >= 1})
-        if epochs >= 1:
+        if epochs >= 1 and not trial_in_share(spent, trial, budget):
+            why.append(f"no fine-tune planned: its trial (~{trial:.0f} s after ~{spent:.0f} s of probe) would take "
+                       f"the job past a third of the {budget:.0f} s budget before it could tell whether a fine-tune "
+                       "pays; after the probe the run prices it again from its own timings")
+        elif epochs >= 1:
             plan.kind, plan.fine_tune_epochs = "fine_tune", epochs
             frac = round(1 / TRIAL_FRACTION)
             plan.phases += [Phase(f"fine-tune trial 1/{frac} epoch", trial),

@@ -59,6 +59,7 @@ from .plan import (
     record_rate,
     recorded_rate,
     train_forward,
+    trial_in_share,
 )
 from .probe import (
     HEAD_EPOCHS,
@@ -97,9 +98,12 @@ def candidate_sizes(short_side: float, recommended: int) -> list[int]:
 
 
 def should_try_fine_tune(probe: Candidate, n_valid: int, epoch_seconds: float, remaining: float,
-                         min_errors: int = MIN_ERRORS, where: str = "validation") -> tuple[bool, str]:
+                         min_errors: int = MIN_ERRORS, where: str = "validation", trial_seconds: float = 0.0,
+                         spent: float = 0.0, budget: float = math.inf) -> tuple[bool, str]:
     """Whether a fine-tune is worth its time: a measurable gain must be possible among the `n_valid` images it is
-    judged on (`where`: the validation split, or the inner holdout), and an epoch (with its trial) must fit."""
+    judged on (`where`: the validation split, or the inner holdout), an epoch (with its trial) must fit, and its
+    trial (`trial_seconds`, begun `spent` seconds into the job) must end within a third of the `budget`
+    (`plan.trial_in_share`)."""
     assert probe.accuracy is not None
     errors = round((1 - probe.accuracy) * n_valid)
     if errors < min_errors:
@@ -108,6 +112,10 @@ def should_try_fine_tune(probe: Candidate, n_valid: int, epoch_seconds: float, r
     if epoch_seconds > remaining:
         left = f"the {remaining:.0f}s left" if remaining > 0 else f"the budget (spent {-remaining:.0f}s over it)"
         return False, f"one fine-tune epoch (~{epoch_seconds:.0f}s) does not fit {left}"
+    if trial_seconds and not trial_in_share(spent, trial_seconds, budget):
+        return False, (f"its trial (~{trial_seconds:.0f}s after {spent:.0f}s spent) would take the job past a third "
+                       f"of its {budget:.0f}s budget before it could tell whether a fine-tune pays, so the probe is "
+                       "kept")
     return True, f"the probe leaves ~{errors} {where} errors of {n_valid} and ~{remaining:.0f}s of budget"
 
 
@@ -548,7 +556,7 @@ def auto_fit(
             assert sel is not None
             try_it, reason = should_try_fine_tune(
                 Candidate(probe.name, "probe", probe.size, None, sel.cv_accuracy, 0.0), n_hold, epoch_s + trial_s,
-                remaining, where="inner-holdout")
+                remaining, where="inner-holdout", trial_seconds=trial_s, spent=time.perf_counter() - t0, budget=budget)
             report["fine_tune_plan"] = {"trial_seconds": trial_s, "epoch_seconds": epoch_s, "holdout": n_hold}
         else:
             epoch_s = (n_train * TRAIN_COST + n_valid) / rate  # rate was measured at this size
