@@ -98,6 +98,14 @@ def expand_images(args: list[str]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+def check_run_arg(a: argparse.Namespace) -> None:
+    """The `check` (`cli.main`: before torch is imported) of the commands whose first argument is RUN: one that holds
+    no model (or, with --backend, no file for it) is said at once (`rundir.check_run`)."""
+    from ..rundir import check_run
+
+    check_run(a.run, getattr(a, "backend", "eager"))
+
+
 def check_writable(path: str, force: bool, suffixes: tuple[str, ...] = ()) -> None:
     """Before any work: an output file that can be written (its missing folders are made by `make_parent` when it
     is written), not a folder, not overwritten without `force`, and of one of `suffixes` when given, so no

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_backend, add_device, add_inference_precision, check_writable, make_parent, positive_int
+from .common import (
+    add_backend,
+    add_device,
+    add_inference_precision,
+    check_run_arg,
+    check_writable,
+    make_parent,
+    positive_int,
+)
 
 STACK = ("imgclf.infer", "imgclf.train.metrics")
 
@@ -53,11 +61,9 @@ def calibration_text(res: dict, prefix: str = "", suffix: str = "") -> str:
 
 def check(a: argparse.Namespace) -> None:
     """Before torch is imported (`cli.main`): --json and RUN, in run's order."""
-    from ..rundir import check_run
-
     if a.json:
         check_writable(a.json, a.force)
-    check_run(a.run, a.backend)
+    check_run_arg(a)
 
 
 def run(a: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Help
+from .common import Help, check_run_arg
 
 STACK = ("imgclf.infer.export",)
 
@@ -36,11 +36,7 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
 
 
-def check(a: argparse.Namespace) -> None:
-    """Before torch is imported (`cli.main`): a RUN that holds no model, said at once."""
-    from ..rundir import check_run
-
-    check_run(a.run)
+check = check_run_arg  # before torch is imported: a RUN that holds no model, said at once
 
 
 def run(a: argparse.Namespace) -> None:

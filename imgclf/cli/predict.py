@@ -10,12 +10,13 @@ from pathlib import Path
 
 from ..data.sources import displayable
 from ..errors import UserError
-from ..rundir import check_run, written_whole
+from ..rundir import written_whole
 from .common import (
     add_backend,
     add_device,
     add_inference_precision,
     check_outputs,
+    check_run_arg,
     expand_images,
     make_parent,
     positive_int,
@@ -54,7 +55,7 @@ def check(a: argparse.Namespace) -> None:
     in run's order."""
     check_flags(a)
     a.paths = expand_images(a.images)
-    check_run(a.run, a.backend)
+    check_run_arg(a)
 
 
 def ahead(a: argparse.Namespace) -> None:

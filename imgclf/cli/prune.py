@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Help, add_device, positive_float, positive_int
+from .common import Help, add_device, check_run_arg, positive_float, positive_int
 
 STACK = ("imgclf.train.prune",)
 
@@ -31,11 +31,7 @@ def add(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def check(a: argparse.Namespace) -> None:
-    """Before torch is imported (`cli.main`): a RUN that holds no model, said at once."""
-    from ..rundir import check_run
-
-    check_run(a.run)
+check = check_run_arg  # before torch is imported: a RUN that holds no model, said at once
 
 
 def run(a: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Help, add_backend, add_device, port
+from .common import Help, add_backend, add_device, check_run_arg, port
 
 STACK = ("imgclf.infer",)  # the server's own modules come in run(), which names a missing extra
 
@@ -35,11 +35,7 @@ def add(sub) -> None:
     add_backend(p)
 
 
-def check(a: argparse.Namespace) -> None:
-    """Before torch is imported (`cli.main`): a RUN that holds no model (or no file for --backend), said at once."""
-    from ..rundir import check_run
-
-    check_run(a.run, a.backend)
+check = check_run_arg  # before torch is imported: a RUN that holds no model, said at once
 
 
 def run(a: argparse.Namespace) -> None:

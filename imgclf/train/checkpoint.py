@@ -312,7 +312,11 @@ class Checkpointer:
         once STEP_SECONDS have passed since the last, as mid-epoch. A checkpoint took 0.3 s of the default job's
         13 (2-core Xeon), written and removed within the same second; a run killed in that second starts over,
         as one killed in its first five minutes does."""
-        return bool(self.every) or (self.every is None and time.monotonic() - self._t_last > STEP_SECONDS)
+        return bool(self.every) or self._due_by_time()
+
+    def _due_by_time(self) -> bool:
+        """Without --ckpt-every: STEP_SECONDS since the last checkpoint (0: epoch ends only, never by time)."""
+        return self.every is None and time.monotonic() - self._t_last > STEP_SECONDS
 
     def save_between_fits(self, learn: Learner, where: str) -> None:
         """A checkpoint outside any fit (after the auto recipe's probe): weights, `extra`, the learner's
@@ -354,10 +358,7 @@ class Checkpointer:
     def _due(self, learn: Learner) -> bool:
         at_end = getattr(learn.train_dl, "position", None) is not None and \
             learn.train_dl.position.batches >= len(learn.train_dl)
-        if self.every:
-            due = learn.iter % self.every == 0
-        else:
-            due = self.every is None and time.monotonic() - self._t_last > STEP_SECONDS
+        due = learn.iter % self.every == 0 if self.every else self._due_by_time()
         return due and not at_end  # at the end, the epoch's own checkpoint follows shortly
 
     def after_epoch(self, learn: Learner, cbs: Sequence[Callback]) -> None:

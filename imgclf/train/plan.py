@@ -205,11 +205,16 @@ def trial_in_share(spent: float, trial: float, budget: float) -> bool:
 
 
 def fine_tune_prices(facts: DataFacts, rates: Rates, size: int) -> tuple[float, float]:
-    """(trial seconds, epoch seconds) of the fine-tune at `size`: it trains on the fit part of the training split
-    and scores the inner holdout after the trial and each epoch."""
-    n_hold = round(facts.n_train * HOLDOUT)
-    n_fit = facts.n_train - n_hold
-    fwd = rates.train_forward_at(size)
+    """(trial seconds, epoch seconds) of the fine-tune at `size` (`fine_tune_seconds`)."""
+    return fine_tune_seconds(facts.n_train, rates.train_forward_at(size))
+
+
+def fine_tune_seconds(n_train: int, fwd: float) -> tuple[float, float]:
+    """(trial seconds, epoch seconds) of the fine-tune of `n_train` images at `fwd` forward passes/s as its steps
+    run them: it trains on the fit part of the training split and scores the inner holdout after the trial and
+    each epoch. The plan prices it so, and the job again after the probe, from its own timings."""
+    n_hold = round(n_train * HOLDOUT)
+    n_fit = n_train - n_hold
     return (n_fit * TRIAL_FRACTION * TRAIN_COST + n_hold) / fwd, (n_fit * TRAIN_COST + n_hold) / fwd
 
 

@@ -54,8 +54,8 @@ from .plan import (
     EXPORT_SECONDS,
     HOLDOUT,
     TRAIN_COST,
-    TRIAL_FRACTION,
     default_budget,
+    fine_tune_seconds,
     record_rate,
     recorded_rate,
     train_forward,
@@ -550,9 +550,7 @@ def auto_fit(
         remaining, rate = dist.agree((remaining, rate))  # under torchrun: rank 0's clock decides for all ranks
         if selection == "cv":
             n_hold = round(n_train * HOLDOUT)
-            fwd = rate  # measured at this size
-            trial_s = (n_train * (1 - HOLDOUT) * TRIAL_FRACTION * TRAIN_COST + n_hold) / fwd
-            epoch_s = (n_train * (1 - HOLDOUT) * TRAIN_COST + n_hold) / fwd
+            trial_s, epoch_s = fine_tune_seconds(n_train, rate)  # rate: measured at this size
             assert sel is not None
             try_it, reason = should_try_fine_tune(
                 Candidate(probe.name, "probe", probe.size, None, sel.cv_accuracy, 0.0), n_hold, epoch_s + trial_s,
